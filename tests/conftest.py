@@ -1,0 +1,19 @@
+"""Shared test fixtures: float64 on demand and JAX's persistent compilation cache."""
+
+import os
+import pathlib
+
+import jax
+import pytest
+
+_CACHE = pathlib.Path(os.environ.get("VMC_TEST_JAX_CACHE",
+                                     pathlib.Path(__file__).resolve().parents[1] / ".jax_cache"))
+jax.config.update("jax_compilation_cache_dir", str(_CACHE))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@pytest.fixture
+def x64():
+    """Run the test with float64 enabled (restored afterwards)."""
+    with jax.enable_x64(True):
+        yield
