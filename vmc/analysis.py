@@ -11,9 +11,16 @@ This module imports no training code and no matplotlib (plots live in `vmc.plots
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+import math
+import pathlib
+from typing import NamedTuple, Optional
 
+import h5py
 import numpy as np
+import yaml
+
+from vmc.errors import InputError
 
 MIN_SAMPLES = 16   # fewer samples than this cannot be reblocked meaningfully
 MIN_BLOCKS = 16    # a blocking level is only trusted with at least this many blocks
@@ -148,3 +155,298 @@ def reblock(x) -> ReblockResult:
                          block_size=int(levels.block_size[level]),
                          n_blocks=int(levels.n_blocks[level]),
                          tau=(stderr / sigma0) ** 2, plateau=plateau, level=level)
+
+
+# ------------------------------------------------------------------------- run directories
+CHEMICAL_ACCURACY_HA = 1.6e-3   # 1 kcal/mol = 1.594 mHa, rounded as usual in NN-VMC papers
+EXACT_KINDS = ("exact", "estimated exact")
+TRAIN_TAIL_FRACTION = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """Reference energy from config.yaml `molecule.reference` (hartree)."""
+
+    energy: float
+    source: str
+    kind: str  # 'exact', 'estimated exact', 'CCSD(T)/CBS' or 'other'
+    hf_limit: Optional[float]  # literature Hartree-Fock limit, Ha
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalData:
+    """One frozen-parameter evaluation (a group of eval.h5).
+
+    Attributes:
+      name: group name, e.g. 'eval_000'.
+      energy: (n_steps,) float64 per-step walker-mean local energy, Ha, burn-in removed.
+      variance: (n_steps,) float64 per-step walker variance of E_L, Ha², or None.
+      pmove: (n_steps,) float64 acceptance rate, or None.
+      attrs: group attributes (seed, walkers, steps, burn_in, checkpoint_step) as Python scalars.
+    """
+
+    name: str
+    energy: np.ndarray
+    variance: Optional[np.ndarray]
+    pmove: Optional[np.ndarray]
+    attrs: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class RunData:
+    """Everything `vmc analyze` reads from one run directory.
+
+    Attributes:
+      run_dir: the directory.
+      name: system name (config `name`, else the directory name).
+      config: config.yaml as a plain dict.
+      stats: train.h5 /stats columns, each (n_steps,) (energy in Ha, variance Ha², width
+        bohr, ...); empty when there is no train.h5 or no /stats in it yet.
+      pretrain: train.h5 /pretrain columns (step, loss), or None.
+      evals: eval.h5 groups in name order; empty when there is no eval.h5.
+      reference: the reference energy, or None when the config gives none.
+    """
+
+    run_dir: pathlib.Path
+    name: str
+    config: dict
+    stats: dict
+    pretrain: Optional[dict]
+    evals: list
+    reference: Optional[Reference]
+
+
+def _read_group(group) -> dict:
+    return {k: np.asarray(d[()]) for k, d in group.items() if isinstance(d, h5py.Dataset)}
+
+
+def _parse_reference(config: dict) -> Optional[Reference]:
+    ref = (config.get("molecule") or {}).get("reference")
+    if not ref or ref.get("energy") is None:
+        return None
+    try:
+        hf = ref.get("hf_limit")
+        return Reference(float(ref["energy"]), str(ref.get("source", "")),
+                         str(ref.get("kind", "exact")), None if hf is None else float(hf))
+    except (TypeError, ValueError):
+        raise InputError(f"molecule.reference: energy and hf_limit must be numbers (Ha), "
+                         f"got {ref!r}") from None
+
+
+def _load_eval(name: str, group) -> EvalData:
+    data = _read_group(group)
+    if "energy" not in data:
+        raise InputError(f"eval.h5/{name}: no dataset 'energy'")
+    attrs = {k: v.decode() if isinstance(v, bytes) else v.item() if isinstance(v, np.generic)
+             else v for k, v in group.attrs.items()}
+    cut = int(attrs.get("burn_in", 0) or 0)
+    n = data["energy"].shape[0]
+    # Drop burn-in only if the file holds it (length steps + burn_in); else all are measured.
+    if not (cut > 0 and n == int(attrs.get("steps", -1)) + cut):
+        cut = 0
+    get = lambda k: None if k not in data else np.asarray(data[k][cut:], dtype=np.float64)
+    return EvalData(name, get("energy"), get("variance"), get("pmove"), attrs)
+
+
+def load_run(run_dir) -> RunData:
+    """Read config.yaml, train.h5 and eval.h5 of a run directory (format: ARCHITECTURE.md).
+
+    Args:
+      run_dir: path to the run directory.
+
+    Returns:
+      RunData with arrays as float64 (step as int64).
+
+    Raises:
+      InputError (a ValueError): not a directory, no config.yaml, neither train.h5 nor eval.h5,
+        stats columns of unequal length or without 'step'/'energy', an eval group without
+        'energy', a non-numeric reference energy.
+      OSError: an HDF5 file that cannot be read.
+    """
+    run_dir = pathlib.Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: not a run directory (does not exist or is a file)")
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise InputError(f"{run_dir}: no config.yaml; is this a run directory of `vmc run`?")
+    try:
+        config = yaml.safe_load(cfg_path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise InputError(f"{cfg_path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{cfg_path}: expected a mapping at top level")
+    train, evalf = run_dir / "train.h5", run_dir / "eval.h5"
+    if not train.is_file() and not evalf.is_file():
+        raise InputError(f"{run_dir}: neither train.h5 nor eval.h5 found")
+    stats, pretrain, evals = {}, None, []
+    if train.is_file():
+        with h5py.File(train, "r") as f:
+            stats = _read_group(f["stats"]) if "stats" in f else {}
+            pretrain = _read_group(f["pretrain"]) if "pretrain" in f else None
+        missing = {"step", "energy"} - set(stats)
+        if stats and missing:
+            raise InputError(f"{train}: /stats lacks {sorted(missing)}")
+        if stats and (len({v.shape for v in stats.values()}) != 1 or stats["step"].ndim != 1):
+            raise InputError(f"{train}: /stats datasets must be 1-D of equal length")
+    if evalf.is_file():
+        with h5py.File(evalf, "r") as f:
+            evals = [_load_eval(k, f[k]) for k in sorted(f) if isinstance(f[k], h5py.Group)]
+    name = str(config.get("name") or run_dir.resolve().name)
+    return RunData(run_dir, name, config, stats, pretrain, evals, _parse_reference(config))
+
+
+# ------------------------------------------------------------------------------ summaries
+@dataclasses.dataclass(frozen=True)
+class EvalSummary:
+    """Reblocked result of one evaluation group; energies in Ha, variance in Ha²."""
+
+    name: str
+    checkpoint_step: Optional[int]
+    seed: Optional[int]
+    walkers: Optional[int]
+    steps: int
+    energy: float
+    stderr: float
+    tau: float
+    block_size: int
+    plateau: bool
+    variance: Optional[float]
+    pmove: Optional[float]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """The result of one run, recomputed from its HDF5 files (never from summary.json).
+
+    Energies in Ha, variance in Ha², deviation in mHa. `estimator` says where `energy` comes
+    from: 'eval' (the last group of eval.h5, frozen parameters) or 'train tail' (last 10 % of
+    training steps, parameters still moving) when there is no evaluation; None when neither
+    has MIN_SAMPLES finite values. deviation_mha = 1000 (energy − reference); its label is
+    'error' for an exact or estimated-exact reference and 'difference to CCSD(T)/CBS' (or
+    'difference to reference') otherwise, where within_chemical_accuracy stays None.
+    correlation_pct = 100 (E_HF − E)/(E_HF − E_ref) (fraction of correlation energy,
+    shared/reference/README.md), None without hf_limit.
+    """
+
+    name: str
+    run_dir: str
+    estimator: Optional[str]
+    energy: Optional[float]
+    stderr: Optional[float]
+    tau: Optional[float]
+    block_size: Optional[int]
+    plateau: Optional[bool]
+    n_samples: int
+    variance: Optional[float]
+    train_steps: int
+    train_tail_energy: Optional[float]
+    train_tail_stderr: Optional[float]
+    train_tail_plateau: Optional[bool]
+    reference: Optional[float]
+    reference_kind: Optional[str]
+    reference_source: Optional[str]
+    hf_limit: Optional[float]
+    deviation_mha: Optional[float]
+    deviation_sigma: Optional[float]
+    deviation_label: Optional[str]
+    within_chemical_accuracy: Optional[bool]
+    correlation_pct: Optional[float]
+    evals: tuple
+
+    def to_dict(self) -> dict:
+        """Plain JSON-serialisable dict (evals as a list of dicts)."""
+        return dataclasses.asdict(self) | {"evals": [dataclasses.asdict(e) for e in self.evals]}
+
+
+def _finite_mean(x) -> Optional[float]:
+    if x is None or not np.any(np.isfinite(x)):
+        return None
+    return float(np.mean(x[np.isfinite(x)]))
+
+
+def _summarize_eval(ev: EvalData) -> EvalSummary:
+    try:
+        r = reblock(ev.energy)
+    except ValueError as e:
+        raise InputError(f"eval.h5/{ev.name}: {e}") from None
+    ints = [None if ev.attrs.get(k) is None else int(ev.attrs[k])
+            for k in ("checkpoint_step", "seed", "walkers")]
+    return EvalSummary(ev.name, *ints, int(ev.energy.size), r.mean, r.stderr, r.tau,
+                       r.block_size, r.plateau, _finite_mean(ev.variance), _finite_mean(ev.pmove))
+
+
+def train_tail(stats: dict) -> tuple[Optional[ReblockResult], slice]:
+    """Reblock the last 10 % of training steps (at least MIN_SAMPLES steps).
+
+    Args:
+      stats: train.h5 /stats columns; uses 'energy' (n_steps,) Ha. Non-finite steps are skipped.
+
+    Returns:
+      (ReblockResult or None when fewer than MIN_SAMPLES finite energies remain, the slice of
+      steps used).
+    """
+    energy = np.asarray(stats.get("energy", np.zeros(0)), dtype=np.float64)
+    n = energy.size
+    tail = slice(n - min(n, max(math.ceil(TRAIN_TAIL_FRACTION * n), MIN_SAMPLES)), n)
+    e = energy[tail][np.isfinite(energy[tail])]
+    return (reblock(e) if e.size >= MIN_SAMPLES else None), tail
+
+
+def _compare(e: float, se: float, ref: Reference) -> dict:
+    """Deviation from the reference: fields of RunSummary (see its docstring)."""
+    exactish = ref.kind in EXACT_KINDS
+    corr = None
+    if ref.hf_limit is not None and ref.hf_limit != ref.energy:
+        corr = 100.0 * (ref.hf_limit - e) / (ref.hf_limit - ref.energy)
+    return dict(deviation_mha=1e3 * (e - ref.energy),
+                deviation_sigma=(e - ref.energy) / se if se else None,
+                deviation_label="error" if exactish else "difference to CCSD(T)/CBS"
+                if ref.kind == "CCSD(T)/CBS" else "difference to reference",
+                within_chemical_accuracy=bool(abs(e - ref.energy) <= CHEMICAL_ACCURACY_HA)
+                if exactish else None, correlation_pct=corr)
+
+
+def summarize(run_dir) -> RunSummary:
+    """Summarize a run directory: reblocked energy, error vs reference, per-eval results.
+
+    Args:
+      run_dir: path to a run directory, or a RunData already loaded.
+
+    Returns:
+      RunSummary (see its docstring for units and definitions).
+
+    Raises:
+      InputError (a ValueError), OSError: as `load_run`; InputError for an evaluation with
+        fewer than 16 steps or non-finite energies.
+    """
+    run = run_dir if isinstance(run_dir, RunData) else load_run(run_dir)
+    evals = tuple(_summarize_eval(ev) for ev in run.evals)
+    tail, cut = train_tail(run.stats)
+    head = dict.fromkeys(("estimator", "energy", "stderr", "tau", "block_size", "plateau",
+                          "variance"))
+    n_s = 0
+    if evals:
+        last = evals[-1]
+        head.update(estimator="eval", energy=last.energy, stderr=last.stderr, tau=last.tau,
+                    block_size=last.block_size, plateau=last.plateau, variance=last.variance)
+        n_s = last.steps
+    elif tail is not None:
+        head.update(estimator="train tail", energy=tail.mean, stderr=tail.stderr, tau=tail.tau,
+                    block_size=tail.block_size, plateau=tail.plateau,
+                    variance=_finite_mean(run.stats.get("variance", np.zeros(0))[cut]))
+        n_s = cut.stop - cut.start
+    ref = run.reference
+    cmp = dict.fromkeys(("deviation_mha", "deviation_sigma", "deviation_label",
+                         "within_chemical_accuracy", "correlation_pct"))
+    if ref is not None and head["energy"] is not None:
+        cmp = _compare(head["energy"], head["stderr"], ref)
+    return RunSummary(
+        name=run.name, run_dir=str(run.run_dir), n_samples=int(n_s), **head,
+        train_steps=int(run.stats["step"].size) if run.stats else 0,
+        train_tail_energy=None if tail is None else tail.mean,
+        train_tail_stderr=None if tail is None else tail.stderr,
+        train_tail_plateau=None if tail is None else tail.plateau,
+        reference=None if ref is None else ref.energy,
+        reference_kind=None if ref is None else ref.kind,
+        reference_source=None if ref is None else ref.source,
+        hf_limit=None if ref is None else ref.hf_limit, **cmp, evals=evals)
