@@ -1,0 +1,83 @@
+"""Wavefunction ansätze. The rest of the code sees only `Ansatz`:
+
+    params = ansatz.init(key)
+    sign, logabs = ansatz.log_psi(params, x)     # x: (n_electrons, 3) bohr, spin up first
+    mats = ansatz.orbitals(params, x)            # orbital matrices (for pretraining)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vmc.system import Molecule
+
+
+class Ansatz(NamedTuple):
+    """A wavefunction: `init(key) -> params`, `log_psi(params, x) -> (sign, logabs)`,
+    `orbitals(params, x) -> list of (K, m, m)`; `module` is the flax module (or None)."""
+    init: Callable[[jax.Array], Any]
+    log_psi: Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
+    orbitals: Callable[[Any, jax.Array], list]
+    module: Any
+
+
+def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
+    """Build the ansatz named by `cfg.name` ('ferminet', 'psiformer', 'hf').
+
+    Args:
+      cfg: `vmc.config.AnsatzConfig`.
+      molecule: the Molecule (bohr).
+      dtype: parameter and activation dtype (float32 or float64).
+      hf: a `vmc.hf.HartreeFock` result, needed for name 'hf'.
+    Raises:
+      ValueError: unknown ansatz name, or 'hf' without a Hartree–Fock result.
+    """
+    atoms = tuple(tuple(float(c) for c in p) for p in np.asarray(molecule.positions))
+    charges = tuple(float(z) for z in molecule.charges)
+    x0 = jnp.zeros((molecule.n_electrons, 3), dtype)
+    if cfg.name == "hf":
+        if hf is None:
+            raise ValueError("ansatz.name 'hf' needs a Hartree-Fock result")
+        from vmc.hf import eval_orbitals, hf_log_psi
+
+        def orbitals_hf(params, x):
+            up, down = eval_orbitals(hf, x)
+            n_up = molecule.n_up
+            return [m[None] for m in (up[:n_up], down[n_up:]) if m.shape[0] > 0]
+        return Ansatz(lambda key: {}, lambda params, x: hf_log_psi(hf, x), orbitals_hf, None)
+    if cfg.name == "ferminet":
+        from vmc.ansatz.ferminet import FermiNet
+        module = FermiNet(atoms=atoms, charges=charges, n_up=molecule.n_up,
+                          n_down=molecule.n_down, hidden_one=tuple(cfg.hidden_one),
+                          hidden_two=tuple(cfg.hidden_two), determinants=cfg.determinants,
+                          full_det=cfg.full_det, envelope=cfg.envelope, jastrow=cfg.jastrow,
+                          dtype=dtype)
+    elif cfg.name == "psiformer":
+        from vmc.ansatz.psiformer import Psiformer
+        module = Psiformer(atoms=atoms, charges=charges, n_up=molecule.n_up,
+                           n_down=molecule.n_down, heads=cfg.heads, head_dim=cfg.head_dim,
+                           layers=cfg.layers, layer_norm=cfg.layer_norm,
+                           determinants=cfg.determinants, full_det=cfg.full_det,
+                           envelope=cfg.envelope, jastrow=cfg.jastrow, dtype=dtype)
+    else:
+        raise ValueError(f"ansatz.name: unknown ansatz {cfg.name!r}; valid: ferminet, psiformer, hf")
+
+    def init(key):
+        return module.init(key, x0)
+
+    def log_psi(params, x):
+        return module.apply(params, x)
+
+    def orbitals(params, x):
+        return module.apply(params, x, method=module.orbitals)
+
+    return Ansatz(init, log_psi, orbitals, module)
+
+
+def count_params(params) -> int:
+    """Number of scalar parameters in a pytree."""
+    return int(sum(np.size(p) for p in jax.tree_util.tree_leaves(params)))

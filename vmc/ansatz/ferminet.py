@@ -1,0 +1,126 @@
+"""FermiNet (Pfau, Spencer, Matthews, Foulkes, Phys. Rev. Research 2, 033429, 2020).
+
+Written for ONE configuration `x: (n_electrons, 3)` bohr, spin-up electrons first; the rest of
+the code vmaps over walkers.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vmc.ansatz.common import (Envelope, Jastrow, electron_features, log_sum_det,
+                               spin_blocks)
+
+
+class FermiNetLayer(nn.Module):
+    """One interaction layer: permutation-equivariant one- and two-electron updates.
+
+    h1: (n, d1) one-electron stream; h2: (n, n, d2) two-electron stream.
+    The one-electron input concatenates h1_i, the spin-up and spin-down means of h1 and the
+    spin-up and spin-down means over j of h2_ij (Pfau et al. 2020, eq. 5).
+    """
+    n_up: int
+    width_one: int
+    width_two: int | None  # None: last layer, no two-electron update
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h1, h2):
+        n = h1.shape[0]
+        feats = [h1]
+        for sl in spin_blocks(self.n_up, n):
+            if sl.stop > sl.start:
+                feats.append(jnp.broadcast_to(jnp.mean(h1[sl], axis=0), h1.shape))
+                feats.append(jnp.mean(h2[:, sl], axis=1))
+        f = jnp.concatenate(feats, axis=-1)
+        new1 = jnp.tanh(nn.Dense(self.width_one, dtype=self.dtype, param_dtype=self.dtype,
+                                 name="one")(f))
+        h1 = new1 + h1 if new1.shape == h1.shape else new1
+        if self.width_two is not None:
+            new2 = jnp.tanh(nn.Dense(self.width_two, dtype=self.dtype, param_dtype=self.dtype,
+                                     name="two")(h2))
+            h2 = new2 + h2 if new2.shape == h2.shape else new2
+        return h1, h2
+
+
+class FermiNet(nn.Module):
+    """FermiNet wavefunction log|ψ|.
+
+    Attributes:
+      atoms: (n_atoms, 3) nuclear positions, bohr (as nested tuples).
+      charges: (n_atoms,) nuclear charges.
+      n_up, n_down: electrons per spin; electrons 0..n_up-1 are spin up.
+      hidden_one, hidden_two: stream widths per layer (equal lengths).
+      determinants: K, the number of determinants.
+      full_det: one n×n determinant per k (True) or det(up block)·det(down block) (False).
+      envelope: 'isotropic' or 'full' (anisotropic) exponential envelopes.
+      jastrow: multiply by Psiformer's electron–electron Jastrow factor.
+    """
+    atoms: tuple
+    charges: tuple
+    n_up: int
+    n_down: int
+    hidden_one: Sequence[int] = (32, 32, 32)
+    hidden_two: Sequence[int] = (8, 8, 8)
+    determinants: int = 8
+    full_det: bool = True
+    envelope: str = "isotropic"
+    jastrow: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        if len(self.hidden_one) != len(self.hidden_two):
+            raise ValueError("hidden_one and hidden_two need the same number of layers")
+        n_layers = len(self.hidden_one)
+        self.layers = [FermiNetLayer(self.n_up, w1, self.hidden_two[i] if i < n_layers - 1 else None,
+                                     self.dtype, name=f"layer_{i}")
+                       for i, w1 in enumerate(self.hidden_one)]
+        n = self.n_up + self.n_down
+        self.n_out = [n if self.full_det else ns for ns in (self.n_up, self.n_down)]
+        self.orbital_dense = [nn.Dense(self.determinants * n_out, dtype=self.dtype,
+                                       param_dtype=self.dtype, name=f"orbital_{s}")
+                              for s, n_out in zip(("up", "down"), self.n_out)]
+        self.envelopes = [Envelope(len(self.atoms), self.determinants * n_out, self.envelope,
+                                   self.dtype, name=f"envelope_{s}")
+                          for s, n_out in zip(("up", "down"), self.n_out)]
+        if self.jastrow:
+            self.jastrow_factor = Jastrow(self.n_up, self.dtype)
+
+    def orbitals(self, x):
+        """Orbital matrices.
+
+        Args:
+          x: (n_electrons, 3) electron positions, bohr.
+        Returns:
+          full_det: [(K, n, n)]; else [(K, n_up, n_up), (K, n_down, n_down)] (empty blocks
+          omitted). Row i is electron i (within its spin block).
+        """
+        atoms = jnp.asarray(self.atoms, self.dtype)
+        x = x.astype(self.dtype)
+        h1, h2, ae, r_ae = electron_features(x, atoms)
+        for layer in self.layers:
+            h1, h2 = layer(h1, h2)
+        n = x.shape[0]
+        mats = []
+        for s, sl in enumerate(spin_blocks(self.n_up, n)):
+            ns = sl.stop - sl.start
+            if ns == 0:
+                continue
+            orb = self.orbital_dense[s](h1[sl])                       # (ns, K*n_out)
+            orb = orb * self.envelopes[s](ae[sl], r_ae[sl])           # (ns, K*n_out)
+            orb = orb.reshape(ns, self.determinants, self.n_out[s])
+            mats.append(jnp.transpose(orb, (1, 0, 2)))                 # (K, ns, n_out)
+        if self.full_det:
+            return [jnp.concatenate(mats, axis=1)]
+        return mats
+
+    def __call__(self, x):
+        """(sign, log|ψ|) of one configuration x: (n_electrons, 3) bohr."""
+        sign, logabs = log_sum_det(self.orbitals(x))
+        if self.jastrow:
+            logabs = logabs + self.jastrow_factor(x.astype(self.dtype))
+        return sign, logabs

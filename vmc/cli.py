@@ -1,0 +1,121 @@
+"""Command line: `vmc run`, `vmc check`, `vmc eval`, `vmc analyze`.
+
+Bad input prints one line `error: ...` to stderr and exits with code 2, writing nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with code 2 and one line on errors (its default is also 2)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="vmc", description="Neural-network variational Monte Carlo for molecules.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    r = sub.add_parser("run", help="train a wavefunction, evaluate it, write summary.json")
+    r.add_argument("config", help="molecule YAML file")
+    r.add_argument("--out", help="run directory (default runs/<config stem>)")
+    r.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override a setting, e.g. optim.lr=0.1")
+    r.add_argument("--preset", help="named settings: paper (FermiNet sizes), tiny")
+    r.add_argument("--resume", action="store_true",
+                   help="continue from the newest valid checkpoint in --out")
+    r.add_argument("--init-from", metavar="RUN_DIR",
+                   help="warm start: parameters (and walkers) from another run")
+    c = sub.add_parser("check", help="validate a config and print what a run would do")
+    c.add_argument("config")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--preset")
+    e = sub.add_parser("eval", help="frozen-parameter evaluation of a run's newest checkpoint")
+    e.add_argument("run_dir")
+    e.add_argument("--steps", type=int)
+    e.add_argument("--walkers", type=int)
+    e.add_argument("--seed", type=int)
+    e.add_argument("--burn-in", type=int)
+    sub.add_parser("analyze", help="reblocked energies, tables and plots of runs",
+                   add_help=False)
+    return p
+
+
+def _setup_jax():
+    """Process-wide JAX settings: float64 available (the network dtype is set per run)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")   # keep PySCF's threads off JAX's cores
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    cache = os.environ.get("VMC_JAX_CACHE")
+    if cache:
+        jax.config.update("jax_compilation_cache_dir", cache)
+    from vmc.parallel import setup_distributed
+    setup_distributed()
+
+
+def main(argv=None) -> int:
+    """Entry point of the `vmc` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "analyze":
+        from vmc.analyze import main as analyze_main
+        return analyze_main(argv[1:])
+    args = _parser().parse_args(argv)
+    from vmc.errors import InputError
+    try:
+        if args.command == "check":
+            return _check(args)
+        if args.command == "run":
+            return _run(args)
+        if args.command == "eval":
+            return _eval(args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 2
+
+
+def _load(args):
+    from vmc.config import load_config
+    return load_config(args.config, preset=args.preset, overrides=tuple(args.overrides))
+
+
+def _run(args) -> int:
+    cfg = _load(args)
+    out = pathlib.Path(args.out) if args.out else pathlib.Path("runs") / pathlib.Path(args.config).stem
+    from vmc.run import holds_run
+    if holds_run(out) and not args.resume:
+        from vmc.errors import InputError
+        raise InputError(f"--out {str(out)!r}: already holds a run; use --resume to continue "
+                         f"it or choose another --out")
+    if args.init_from and not (pathlib.Path(args.init_from) / "checkpoints").is_dir():
+        from vmc.errors import InputError
+        raise InputError(f"--init-from {args.init_from!r}: not a run directory with checkpoints")
+    _setup_jax()
+    from vmc.run import train_run
+    return train_run(cfg, out, resume=args.resume,
+                     init_from=pathlib.Path(args.init_from) if args.init_from else None,
+                     log=lambda m: print(m, flush=True))
+
+
+def _eval(args) -> int:
+    _setup_jax()
+    from vmc.run import eval_run
+    return eval_run(pathlib.Path(args.run_dir), steps=args.steps, walkers=args.walkers,
+                    seed=args.seed, burn_in=args.burn_in, log=lambda m: print(m, flush=True))
+
+
+def _check(args) -> int:
+    cfg = _load(args)
+    _setup_jax()
+    from vmc.check import describe
+    print(describe(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

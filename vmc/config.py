@@ -1,0 +1,376 @@
+"""Run configuration: YAML → frozen dataclasses, defaults, presets, `--set` overrides.
+
+A YAML file needs only the molecule; every other section is optional:
+
+    name: LiH                      # optional, default: the file's stem
+    molecule:                      # or the molecule keys at top level (atoms, units, charge, spin, reference)
+      atoms:
+        - {symbol: Li, position: [0.0, 0.0, 0.0]}
+        - {symbol: H, position: [3.015, 0.0, 0.0]}
+      units: bohr
+      charge: 0
+      spin: 0
+      reference: {energy: -8.070548, source: "...", kind: exact}
+    ansatz: {...}   sampler: {...}   hamiltonian: {...}   optim: {...}
+    pretrain: {...} eval: {...}      run: {...}
+
+Errors are raised as `vmc.errors.InputError` with one line naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import typing
+from typing import Any, Optional
+
+import yaml
+
+from vmc.errors import InputError, did_you_mean
+from vmc.system import Molecule, make_molecule
+
+REFERENCE_KINDS = ("exact", "estimated exact", "CCSD(T)/CBS", "other")
+
+
+def _field(default, *, choices=None, lo=None, hi=None, doc=""):
+    """A dataclass field with validation metadata (choices, inclusive bounds)."""
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples for sequence defaults")
+    return dataclasses.field(default=default,
+                             metadata={"choices": choices, "lo": lo, "hi": hi, "doc": doc})
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """A reference energy (hartree) with its source and kind."""
+    energy: Optional[float] = None
+    source: str = ""
+    kind: str = _field("exact", choices=REFERENCE_KINDS)
+    hf_limit: Optional[float] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MoleculeConfig:
+    """The molecule as written in YAML (positions in `units`)."""
+    atoms: tuple = ()
+    units: str = "bohr"
+    charge: int = 0
+    spin: int = 0
+    reference: Reference = Reference()
+
+
+@dataclasses.dataclass(frozen=True)
+class AnsatzConfig:
+    """Wavefunction ansatz (FermiNet: Pfau et al. 2020; Psiformer: von Glehn et al. 2023)."""
+    name: str = _field("ferminet", choices=("ferminet", "psiformer", "hf"))
+    hidden_one: tuple = (32, 32, 32)   # one-electron stream widths, one per layer
+    hidden_two: tuple = (8, 8, 8)      # two-electron stream widths, one per layer
+    determinants: int = _field(8, lo=1)
+    full_det: bool = True
+    envelope: str = _field("isotropic", choices=("isotropic", "full"))
+    jastrow: bool = False
+    heads: int = _field(4, lo=1)           # Psiformer attention heads
+    head_dim: int = _field(16, lo=1)       # Psiformer width per head
+    layers: int = _field(2, lo=1)          # Psiformer attention layers
+    layer_norm: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """Metropolis walkers sampling |ψ|² (all-electron Gaussian proposals)."""
+    walkers: int = _field(256, lo=2)
+    moves: int = _field(10, lo=1)              # Metropolis moves per optimization step
+    width: float = _field(0.2, lo=1e-6)        # initial proposal width, bohr
+    target_pmove: float = _field(0.5, lo=0.05, hi=0.95)
+    adapt_rate: float = _field(1.0, lo=0.0)    # log(width) += rate*(pmove-target) each step
+    burn_in: int = _field(100, lo=0)           # steps (of `moves` moves) before training
+    init_width: float = _field(1.0, lo=1e-3)   # walker initialisation spread around nuclei, bohr
+
+
+@dataclasses.dataclass(frozen=True)
+class HamiltonianConfig:
+    """Local energy settings."""
+    laplacian: str = _field("forward", choices=("forward", "hessian"))
+
+
+SOLVERS = ("sample", "dense", "adam", "cg", "kfac", "kfac-cg", "spring")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer. SR settings use FermiNet's convention: the direction solves (F + λI) d = g/2."""
+    solver: str = _field("sample", choices=SOLVERS)
+    steps: int = _field(1000, lo=0)
+    lr: Optional[float] = None        # None: 0.2 for SR solvers, 1e-3 for adam
+    lr_decay_steps: float = _field(1000.0, lo=1e-9)  # t0 in η_t = η0 / (1 + t/t0)
+    damping: float = _field(1e-3, lo=0.0)
+    norm_constraint: Optional[float] = 1e-3   # C; None switches the trust region off
+    clip: Optional[float] = 5.0       # E_L clipping width in mean absolute deviations
+    adam_b1: float = _field(0.9, lo=0.0, hi=1.0)
+    adam_b2: float = _field(0.999, lo=0.0, hi=1.0)
+    cg_maxiter: int = _field(100, lo=0)
+    cg_tol: float = _field(1e-4, lo=0.0)
+    spring_mu: float = _field(0.9, lo=0.0, hi=0.999)
+    kfac_cov_ema: float = _field(0.95, lo=0.0, hi=1.0)
+    kfac_inverse_every: int = _field(1, lo=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """Hartree–Fock pretraining of the orbitals."""
+    steps: Optional[int] = None       # None: 0 for <= 2 electrons, else 1000
+    basis: str = "cc-pvdz"
+    method: str = _field("auto", choices=("auto", "rhf", "rohf", "uhf"))
+    lr: float = _field(3e-3, lo=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Frozen-parameter evaluation after training."""
+    steps: int = _field(2000, lo=0)
+    walkers: Optional[int] = None     # None: sampler.walkers
+    burn_in: int = _field(100, lo=0)
+    seed: Optional[int] = None        # None: run.seed + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Run control: seeds, precision, logging and checkpoints."""
+    seed: int = 0
+    x64: bool = False
+    log_every: int = _field(50, lo=1)
+    progress: bool = True
+    checkpoint_every: int = _field(500, lo=1)
+    checkpoint_minutes: float = _field(15.0, lo=0.0)
+    keep_checkpoints: int = _field(3, lo=1)
+    max_minutes: Optional[float] = None
+    max_bad_steps: int = _field(10, lo=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The whole resolved configuration of one run."""
+    name: str = "molecule"
+    molecule: MoleculeConfig = MoleculeConfig()
+    ansatz: AnsatzConfig = AnsatzConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    hamiltonian: HamiltonianConfig = HamiltonianConfig()
+    optim: OptimConfig = OptimConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    eval: EvalConfig = EvalConfig()
+    run: RunConfig = RunConfig()
+
+    def build_molecule(self) -> Molecule:
+        """The validated Molecule (bohr). Raises InputError."""
+        m = self.molecule
+        return make_molecule(list(m.atoms), m.units, m.charge, m.spin)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # FermiNet's published sizes (Pfau et al. 2020, Table S1) for GPU runs.
+    "paper": {
+        "ansatz": {"hidden_one": (256, 256, 256, 256), "hidden_two": (32, 32, 32, 32),
+                   "determinants": 16},
+        "sampler": {"walkers": 4096, "moves": 10, "burn_in": 100},
+        "optim": {"solver": "kfac", "steps": 200000, "lr": 0.05, "lr_decay_steps": 10000.0,
+                  "damping": 1e-3, "norm_constraint": 1e-3},
+        "pretrain": {"steps": 1000},
+        "eval": {"steps": 10000},
+        "run": {"log_every": 100},
+    },
+    # Tiny network and few steps: smoke tests and CI.
+    "tiny": {
+        "ansatz": {"hidden_one": (8, 8), "hidden_two": (4, 4), "determinants": 2},
+        "sampler": {"walkers": 32, "moves": 2, "burn_in": 5},
+        "optim": {"steps": 10},
+        "pretrain": {"steps": 0},
+        "eval": {"steps": 20, "burn_in": 5},
+        "run": {"log_every": 5, "progress": False},
+    },
+}
+
+_MOLECULE_KEYS = {f.name for f in dataclasses.fields(MoleculeConfig)}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(path: str, value, tp, meta):
+    """Check `value` against the annotation `tp` and metadata; return the coerced value."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(path, value, args[0], meta)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise InputError(f"{path}: expected a mapping of {sorted(f.name for f in dataclasses.fields(tp))}, got {value!r}")
+        return _build(tp, value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{path}: expected an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{path}: expected a number, got {value!r}")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InputError(f"{path}: expected a finite number, got {value!r}")
+    elif tp is str:
+        if not isinstance(value, str):
+            raise InputError(f"{path}: expected a string, got {value!r}")
+    elif tp is tuple:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and "hidden" in path:
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"{path}: expected a list, got {value!r}")
+        if "hidden" in path:
+            if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                    for v in value):
+                raise InputError(f"{path}: expected a non-empty list of positive integers, got {value!r}")
+        return tuple(value)
+    choices, lo, hi = meta.get("choices"), meta.get("lo"), meta.get("hi")
+    if choices is not None and value not in choices:
+        raise InputError(f"{path}: {value!r} is not valid; valid: {', '.join(map(str, choices))}"
+                         + did_you_mean(value, map(str, choices)))
+    if lo is not None and value < lo:
+        raise InputError(f"{path}: {value!r} is too small; valid: >= {lo}")
+    if hi is not None and value > hi:
+        raise InputError(f"{path}: {value!r} is too large; valid: <= {hi}")
+    return value
+
+
+def _build(cls, data: dict, prefix: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            raise InputError(f"{path}: unknown setting; valid keys in "
+                             f"{prefix or 'the top level'}: {', '.join(fields)}"
+                             + did_you_mean(key, fields))
+        kwargs[key] = _coerce(path, value, hints[key], fields[key].metadata)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _parse_override(item: str) -> dict:
+    if "=" not in item:
+        raise InputError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=0.1")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise InputError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=0.1")
+    for p in reversed(parts):
+        value = {p: value}
+    return value
+
+
+def _resolve_defaults(cfg: Config, n_electrons: int) -> Config:
+    """Fill the settings whose default depends on others (written out in config.yaml)."""
+    optim, pre, ev = cfg.optim, cfg.pretrain, cfg.eval
+    if optim.lr is None:
+        optim = dataclasses.replace(optim, lr=1e-3 if optim.solver == "adam" else 0.2)
+    if pre.steps is None:
+        pre = dataclasses.replace(pre, steps=0 if n_electrons <= 2 else 1000)
+    if ev.walkers is None:
+        ev = dataclasses.replace(ev, walkers=cfg.sampler.walkers)
+    if ev.seed is None:
+        ev = dataclasses.replace(ev, seed=cfg.run.seed + 1)
+    if optim.lr <= 0:
+        raise InputError(f"optim.lr: {optim.lr} is not valid; valid: > 0")
+    return dataclasses.replace(cfg, optim=optim, pretrain=pre, eval=ev)
+
+
+def config_from_dict(data: dict, *, name: str = "molecule", preset: Optional[str] = None,
+                     overrides: tuple[str, ...] = ()) -> Config:
+    """Build a validated Config from a YAML-like dict.
+
+    Order of precedence (last wins): defaults, preset, the file, `--set` overrides.
+    Molecule keys (atoms, units, charge, spin, reference) may stand at the top level.
+
+    Raises:
+      InputError: unknown key (with a did-you-mean), wrong type or range, bad molecule.
+    """
+    if not isinstance(data, dict):
+        raise InputError("config: the file must hold a mapping with at least `atoms` "
+                         "(or `molecule: {atoms: ...}`)")
+    data = dict(data)
+    top_mol = {k: data.pop(k) for k in list(data) if k in _MOLECULE_KEYS}
+    if top_mol:
+        if "molecule" in data:
+            raise InputError(f"config: molecule keys {sorted(top_mol)} given both at the top "
+                             "level and under `molecule`; use one place")
+        data["molecule"] = top_mol
+    if "molecule" not in data or "atoms" not in (data.get("molecule") or {}):
+        raise InputError("molecule.atoms: missing; give a list of "
+                         "{symbol: X, position: [x, y, z]}")
+    merged: dict = {"name": name}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise InputError(f"--preset: unknown preset {preset!r}; valid: "
+                             f"{', '.join(PRESETS)}" + did_you_mean(preset, PRESETS))
+        merged = _merge(merged, PRESETS[preset])
+    merged = _merge(merged, data)
+    for item in overrides:
+        merged = _merge(merged, _parse_override(item))
+    cfg = _build(Config, merged, "")
+    molecule = cfg.build_molecule()
+    return _resolve_defaults(cfg, molecule.n_electrons)
+
+
+def load_config(path, *, preset: Optional[str] = None,
+                overrides: tuple[str, ...] = ()) -> Config:
+    """Read a YAML config file and return the resolved, validated Config.
+
+    Raises:
+      InputError: missing file, invalid YAML, or any invalid setting (see config_from_dict).
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise InputError(f"config file {str(path)!r}: not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise InputError(f"config file {str(path)!r}: invalid YAML{where}") from None
+    return config_from_dict(data if data is not None else {}, name=path.stem, preset=preset,
+                            overrides=overrides)
+
+
+def to_dict(cfg: Config) -> dict:
+    """The resolved config as plain YAML-able data (tuples become lists)."""
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    """The resolved config as YAML text (every default written out)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)

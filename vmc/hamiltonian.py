@@ -1,0 +1,95 @@
+"""Local energy E_L = (Hψ)/ψ of the clamped-nuclei electronic Hamiltonian (MATH.md §1).
+
+    E_L = −½ Σ_i (Δ_i log|ψ| + |∇_i log|ψ||²) + V(x)
+
+The kinetic term comes from the forward Laplacian (folx; Li et al., Nat. Mach. Intell. 2024)
+or, as the reference it is tested against, from a Hessian diagonal by jvp-of-grad.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import folx
+import jax
+import jax.numpy as jnp
+
+from vmc.ansatz.common import pair_distances
+
+LAPLACIANS = ("forward", "hessian")
+
+
+def potential_energy(x, atoms, charges, nuclear_repulsion: float = 0.0):
+    """Coulomb potential energy of one configuration, hartree.
+
+    Args:
+      x: (n_electrons, 3) electrons, bohr.
+      atoms: (n_atoms, 3) nuclei, bohr; charges: (n_atoms,) Z.
+      nuclear_repulsion: the constant Σ_{I<J} Z_I Z_J / R_IJ (hartree).
+    Returns:
+      () V = −Σ_{iI} Z_I/|r_i − R_I| + Σ_{i<j} 1/|r_i − r_j| + nuclear_repulsion.
+    """
+    r_ae = jnp.linalg.norm(x[:, None, :] - atoms[None, :, :], axis=-1)
+    v_en = -jnp.sum(charges[None, :] / r_ae)
+    n = x.shape[0]
+    _, r_ee = pair_distances(x)
+    upper = jnp.triu(jnp.ones((n, n), bool), k=1)
+    v_ee = jnp.sum(jnp.where(upper, 1.0 / jnp.where(upper, r_ee[..., 0], 1.0), 0.0))
+    return v_en + v_ee + nuclear_repulsion
+
+
+def kinetic_from_logabs(logabs_fn: Callable, x, laplacian: str = "forward"):
+    """Kinetic energy −½ (Δ log|ψ| + |∇ log|ψ||²) of one configuration, hartree.
+
+    Args:
+      logabs_fn: x (n_electrons, 3) -> log|ψ| scalar.
+      x: (n_electrons, 3) bohr.
+      laplacian: 'forward' (folx forward Laplacian) or 'hessian' (Σ_k e_kᵀ ∇²f e_k by
+        jvp-of-grad over the 3 n_electrons coordinates).
+    Raises:
+      ValueError: unknown laplacian.
+    """
+    shape = x.shape
+    flat = x.reshape(-1)
+
+    def f(v):
+        return logabs_fn(v.reshape(shape))
+
+    if laplacian == "forward":
+        out = folx.forward_laplacian(f, sparsity_threshold=0)(flat)
+        lap = out.laplacian
+        grad = out.jacobian.dense_array.reshape(-1)
+    elif laplacian == "hessian":
+        grad_f = jax.grad(f)
+        grad = grad_f(flat)
+        eye = jnp.eye(flat.shape[0], dtype=flat.dtype)
+
+        def second(i):
+            return jax.jvp(grad_f, (flat,), (eye[i],))[1][i]
+        lap = jnp.sum(jax.lax.map(second, jnp.arange(flat.shape[0])))
+    else:
+        raise ValueError(f"hamiltonian.laplacian: unknown {laplacian!r}; valid: forward, hessian")
+    return -0.5 * (lap + jnp.sum(grad * grad))
+
+
+def make_local_energy(log_psi: Callable, molecule, laplacian: str = "forward",
+                      dtype=jnp.float32) -> Callable:
+    """E_L(params, x) for one configuration x: (n_electrons, 3) bohr; returns () hartree.
+
+    Args:
+      log_psi: (params, x) -> (sign, logabs).
+      molecule: `vmc.system.Molecule`.
+      laplacian: 'forward' or 'hessian'.
+      dtype: dtype of the nuclear coordinates fed to the potential.
+    """
+    if laplacian not in LAPLACIANS:
+        raise ValueError(f"hamiltonian.laplacian: unknown {laplacian!r}; valid: forward, hessian")
+    atoms = jnp.asarray(molecule.positions, dtype)
+    charges = jnp.asarray(molecule.charges, dtype)
+    e_nn = molecule.nuclear_repulsion
+
+    def local_energy(params, x):
+        kinetic = kinetic_from_logabs(lambda y: log_psi(params, y)[1], x, laplacian)
+        return kinetic + potential_energy(x, atoms, charges, e_nn)
+
+    return local_energy

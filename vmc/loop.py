@@ -1,0 +1,166 @@
+"""The host-side training loop: logging, train.h5 rows, checkpoints, signals, NaN policy.
+
+The loop only calls the jit-compiled step (vmc.train) and owns every side effect:
+
+* a step whose energy or update is not finite is rejected: parameters and walkers stay, the
+  `rejected` column of train.h5 counts it, and a warning is printed;
+* after `run.max_bad_steps` consecutive rejected steps the caller rolls back (see vmc.run);
+* checkpoints every `run.checkpoint_every` steps or `run.checkpoint_minutes`, at the end, and
+  between steps after SIGTERM / SIGINT / SIGUSR1 or when `run.max_minutes` is reached.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import pathlib
+import signal
+import sys
+import time
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vmc import checkpoint as ckpt
+from vmc.config import dump_yaml
+from vmc.train import StepStats, TrainState
+
+
+class Outcome(enum.Enum):
+    """How a training loop ended."""
+    FINISHED = "finished"
+    INTERRUPTED = "interrupted"   # signal or run.max_minutes: checkpointed, resumable
+    DIVERGED = "diverged"         # run.max_bad_steps consecutive non-finite steps
+
+
+class SignalFlag:
+    """Records SIGTERM/SIGINT/SIGUSR1; the loop checks it between steps (never acts inside
+    the handler)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received: Optional[int] = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in self.SIGNALS:
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:   # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+def poison_steps() -> set[int] | str:
+    """Test-only fault injection: VMC_FAULT_INJECT=nan_energy@5,9 or nan_energy@all makes the
+    local energies of those steps NaN inside the jitted step."""
+    spec = os.environ.get("VMC_FAULT_INJECT", "")
+    if not spec.startswith("nan_energy@"):
+        return set()
+    which = spec.split("@", 1)[1]
+    return "all" if which == "all" else {int(s) for s in which.split(",") if s}
+
+
+def save_checkpoint(run_dir: pathlib.Path, state: TrainState, step: int, cfg, keep: int,
+                    extra_attrs: Optional[dict] = None) -> pathlib.Path:
+    """Write checkpoints/ckpt_<step>.h5 atomically and prune to the newest `keep`."""
+    d = run_dir / "checkpoints"
+    d.mkdir(parents=True, exist_ok=True)
+    path = ckpt.checkpoint_path(d, step)
+    attrs = {"step": int(step), "config": dump_yaml(cfg), **(extra_attrs or {})}
+    ckpt.save(path, {"params": state.params, "opt_state": state.opt_state,
+                     "mcmc": state.mcmc}, attrs)
+    ckpt.prune(d, keep)
+    return path
+
+
+def _row(t: int, stats: dict, rejected: int, seconds: float) -> dict:
+    row = {"step": t, **{k: float(v) for k, v in stats.items()}}
+    row["rejected"] = float(rejected)
+    row["step_time"] = seconds
+    return row
+
+
+def _finite(stats: dict) -> bool:
+    return bool(np.isfinite(stats["energy"]) and np.isfinite(stats["update_norm"]))
+
+
+def run_loop(step_fn: Callable, state: TrainState, *, start: int, steps: int, train_key,
+             cfg, run_dir: pathlib.Path, writer, log: Callable[[str], None],
+             progress=None, rejected: int = 0) -> tuple[TrainState, int, Outcome, int]:
+    """Run training steps `start` … `steps`−1.
+
+    Args:
+      step_fn: jit-compiled `(state, key, t, poison) -> (state, StepStats)`.
+      state: the state after `start` completed steps.
+      train_key: step t uses `fold_in(train_key, t)`.
+      writer: `vmc.h5io.StatsWriter` for train.h5.
+      log: prints one console line.
+      progress: optional tqdm bar (updated per step).
+      rejected: rejected steps so far (restored on resume).
+    Returns:
+      (state, completed steps, outcome, rejected count).
+    """
+    r = cfg.run
+    poison = poison_steps()
+    bad_in_row = 0
+    last_ckpt_time = start_time = time.time()
+    t = start
+    with SignalFlag() as flag:
+        while t < steps:
+            tic = time.time()
+            bad = poison == "all" or (isinstance(poison, set) and t in poison)
+            new_state, stats = step_fn(state, jax.random.fold_in(train_key, t), t,
+                                       jnp.asarray(bad))
+            stats = {k: float(v) for k, v in jax.device_get(stats._asdict()).items()}
+            if _finite(stats):
+                state, bad_in_row = new_state, 0
+            else:
+                rejected += 1
+                bad_in_row += 1
+                log(f"warning: step {t}: non-finite energy or update; step rejected "
+                    f"({bad_in_row} in a row, {rejected} in all)")
+            if stats["pmove"] < 0.01:
+                log(f"warning: step {t}: pmove {stats['pmove']:.3f}: walkers are stuck")
+            seconds = time.time() - tic
+            writer.append(_row(t, stats, rejected, seconds))
+            t += 1
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix_str(f"E={stats['energy']:.5f}", refresh=False)
+            if t % r.log_every == 0 or t == steps:
+                log(f"step {t:6d}  E {stats['energy']:+.6f} Ha  var {stats['variance']:.4g}  "
+                    f"pmove {stats['pmove']:.3f}  width {stats['width']:.3f}  "
+                    f"{seconds:.3f} s/step")
+            if bad_in_row >= r.max_bad_steps:
+                writer.flush()
+                return state, t, Outcome.DIVERGED, rejected
+            minutes = (time.time() - start_time) / 60
+            stop = flag.received is not None or (r.max_minutes is not None
+                                                 and minutes >= r.max_minutes)
+            due = (t % r.checkpoint_every == 0 or t == steps
+                   or (r.checkpoint_minutes > 0
+                       and time.time() - last_ckpt_time >= 60 * r.checkpoint_minutes))
+            if stop or due:
+                writer.flush()
+                save_checkpoint(run_dir, state, t, cfg, r.keep_checkpoints,
+                                {"rejected": rejected})
+                last_ckpt_time = time.time()
+            if stop:
+                why = (f"signal {signal.Signals(flag.received).name}"
+                       if flag.received is not None else f"run.max_minutes={r.max_minutes}")
+                log(f"stopping after step {t} ({why}); checkpoint written; "
+                    f"continue with --resume")
+                return state, t, Outcome.INTERRUPTED, rejected
+    writer.flush()
+    return state, t, Outcome.FINISHED, rejected

@@ -1,0 +1,297 @@
+"""`vmc run` and `vmc eval`: run directories, training, evaluation and summary.json.
+
+Exit codes (also in README): 0 finished; 2 bad input (nothing written); 3 diverged (too many
+consecutive non-finite steps even after one rollback); 75 stopped by a signal or
+run.max_minutes after writing a checkpoint (requeue and `--resume`); 1 any other error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import subprocess
+import sys
+import time
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+
+import vmc
+from vmc import analysis, checkpoint as ckpt, h5io
+from vmc.config import Config, dump_yaml
+from vmc.errors import InputError
+from vmc.evaluate import evaluate, resize_walkers
+from vmc.loop import Outcome, run_loop
+from vmc.sampler import MCMCState
+from vmc.train import Setup, TrainState, build, init_state, make_burn_in_step, make_train_step
+
+EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 75
+EXACT_KINDS = ("exact", "estimated exact")
+
+
+def provenance() -> dict:
+    """Versions and device of this process (package, git commit, jax, flax, folx)."""
+    import flax
+    import folx
+    commit = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=pathlib.Path(vmc.__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"vmc_version": vmc.__version__, "git_commit": commit, "jax_version": jax.__version__,
+            "flax_version": flax.__version__, "folx_version": getattr(folx, "__version__", None),
+            "device_kind": jax.devices()[0].device_kind, "device_count": jax.device_count(),
+            "process_count": jax.process_count()}
+
+
+def holds_run(run_dir: pathlib.Path) -> bool:
+    """Whether `run_dir` already holds (part of) a run."""
+    return any((run_dir / n).exists() for n in ("config.yaml", "train.h5", "checkpoints",
+                                                  "summary.json"))
+
+
+def _keys(seed: int):
+    root = jax.random.PRNGKey(seed)
+    return {name: jax.random.fold_in(root, i)
+            for i, name in enumerate(("init", "burn_in", "train", "pretrain"))}
+
+
+def _restore(setup: Setup, run_dir: pathlib.Path, log) -> tuple[TrainState, int, int]:
+    """State from the newest valid checkpoint; walkers resized if the count changed."""
+    template = init_state(setup, jax.random.PRNGKey(0))
+    d = run_dir / "checkpoints"
+    path = ckpt.latest_valid(d, {"params": template.params, "opt_state": template.opt_state})
+    if path is None:
+        raise InputError(f"--resume: no valid checkpoint in {d}")
+    trees, attrs = ckpt.restore(path, {"params": template.params,
+                                       "opt_state": template.opt_state})
+    raw = ckpt.read_tree_raw(path, "mcmc")
+    walkers = raw["walkers"]
+    n_w = setup.cfg.sampler.walkers
+    if walkers.shape[0] != n_w:
+        log(f"resume: checkpoint has {walkers.shape[0]} walkers, config wants {n_w}: "
+            f"{'cycling through' if n_w > walkers.shape[0] else 'keeping the first'} "
+            f"{n_w} of them")
+        walkers = resize_walkers(walkers, n_w)
+        logabs = jax.vmap(lambda x: setup.ansatz.log_psi(trees["params"], x)[1])(walkers)
+    else:
+        logabs = raw["logabs"]
+    mcmc = MCMCState(jax.numpy.asarray(walkers), jax.numpy.asarray(logabs),
+                     jax.numpy.asarray(raw["width"]))
+    log(f"resume: from {path.name} (step {attrs['step']})")
+    return (TrainState(trees["params"], trees["opt_state"], mcmc), int(attrs["step"]),
+            int(attrs.get("rejected", 0)))
+
+
+def _progress(cfg, total: int, desc: str):
+    if not cfg.run.progress or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+def _burn_in(setup: Setup, state: TrainState, key, log) -> TrainState:
+    steps = setup.cfg.sampler.burn_in
+    if steps == 0:
+        return state
+    burn = make_burn_in_step(setup)
+    mcmc, pmove = state.mcmc, 0.0
+    for t in range(steps):
+        mcmc, pmove = burn(state.params, mcmc, jax.random.fold_in(key, t))
+    log(f"burn-in: {steps} steps, pmove {float(pmove):.3f}, width {float(mcmc.width):.3f} bohr")
+    return state._replace(mcmc=mcmc)
+
+
+def train_run(cfg: Config, run_dir: pathlib.Path, *, resume: bool = False,
+              init_from: Optional[pathlib.Path] = None, log: Callable = print) -> int:
+    """Train (or resume), evaluate and write summary.json. Returns the exit code.
+
+    Raises:
+      InputError: the run directory already holds a run (without `resume`), or bad input.
+    """
+    wall_start = time.time()
+    run_dir = pathlib.Path(run_dir)
+    if holds_run(run_dir) and not resume:
+        raise InputError(f"--out {str(run_dir)!r}: already holds a run; use --resume to "
+                         f"continue it or choose another --out")
+    if resume and not (run_dir / "checkpoints").is_dir():
+        raise InputError(f"--resume: {str(run_dir)!r} holds no checkpoints to resume from")
+    setup = build(cfg)
+    keys = _keys(cfg.run.seed)
+    if resume:
+        state, start, rejected = _restore(setup, run_dir, log)
+    else:
+        state, start, rejected = init_state(setup, keys["init"]), 0, 0
+        if init_from is not None:
+            from vmc.warmstart import warm_start
+            state = warm_start(setup, state, pathlib.Path(init_from), log)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    writer = h5io.StatsWriter(run_dir / "train.h5")
+    if resume:
+        writer.truncate(start - 1)
+    elif cfg.pretrain.steps > 0 and cfg.ansatz.name != "hf":
+        from vmc.pretrain import pretrain
+        state = pretrain(setup, state, keys["pretrain"], run_dir, log)
+    if not resume and init_from is None:
+        state = _burn_in(setup, state, keys["burn_in"], log)
+    log(f"{cfg.name}: {setup.molecule.n_up} up + {setup.molecule.n_down} down electrons, "
+        f"{_count(state.params)} parameters, solver {cfg.optim.solver}, "
+        f"{cfg.sampler.walkers} walkers, {cfg.optim.steps} steps")
+    step_fn = make_train_step(setup)
+    bar = _progress(cfg, cfg.optim.steps - start, "train")
+    state, done, outcome, rejected = run_loop(
+        step_fn, state, start=start, steps=cfg.optim.steps, train_key=keys["train"], cfg=cfg,
+        run_dir=run_dir, writer=writer, log=_bar_log(bar, log), progress=bar, rejected=rejected)
+    if outcome is Outcome.DIVERGED:
+        state, done, outcome, rejected = _rollback(setup, run_dir, writer, keys, log, bar)
+    if bar is not None:
+        bar.close()
+    if outcome is Outcome.INTERRUPTED:
+        return EXIT_INTERRUPTED
+    if outcome is Outcome.DIVERGED:
+        log(f"error: training diverged: {cfg.run.max_bad_steps} consecutive non-finite steps "
+            f"even after rolling back with half the learning rate; the last checkpoint holds "
+            f"finite parameters")
+        return EXIT_DIVERGED
+    result = run_evaluation(setup, state.params, state.mcmc, run_dir, steps=cfg.eval.steps,
+                            walkers=cfg.eval.walkers, seed=cfg.eval.seed,
+                            burn_in=cfg.eval.burn_in, checkpoint_step=done, log=log)
+    write_summary(setup, run_dir, state.params, result, wall_s=time.time() - wall_start,
+                  log=log)
+    return EXIT_OK
+
+
+def _rollback(setup: Setup, run_dir, writer, keys, log, bar):
+    """Roll back once to the last checkpoint with half the learning rate."""
+    cfg = setup.cfg
+    log(f"warning: {cfg.run.max_bad_steps} consecutive non-finite steps; rolling back to the "
+        f"last checkpoint with half the learning rate")
+    lower = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=cfg.optim.lr / 2))
+    setup2 = build(lower, hf=setup.hf)
+    if not ckpt.list_checkpoints(run_dir / "checkpoints"):
+        state = _burn_in(setup2, init_state(setup2, keys["init"]), keys["burn_in"], log)
+        start, rejected = 0, 0
+    else:
+        state, start, rejected = _restore(setup2, run_dir, log)
+    writer.truncate(start - 1)
+    return run_loop(make_train_step(setup2), state, start=start, steps=lower.optim.steps,
+                    train_key=keys["train"], cfg=lower, run_dir=run_dir, writer=writer,
+                    log=_bar_log(bar, log), progress=bar, rejected=rejected)
+
+
+def _bar_log(bar, log):
+    if bar is None:
+        return log
+    return lambda msg: bar.write(msg)
+
+
+def _count(params) -> int:
+    return int(sum(np.size(p) for p in jax.tree_util.tree_leaves(params)))
+
+
+def run_evaluation(setup: Setup, params, mcmc: MCMCState, run_dir: pathlib.Path, *, steps: int,
+                   walkers: int, seed: int, burn_in: int, checkpoint_step: int,
+                   log: Callable = print):
+    """Frozen-parameter evaluation into a new eval.h5 group; returns (group, EvalResult)."""
+    start_walkers = resize_walkers(np.asarray(mcmc.walkers), walkers)
+    bar = _progress(setup.cfg, steps + burn_in, "eval")
+    result = evaluate(setup, params, start_walkers, float(mcmc.width), steps=steps,
+                      burn_in=burn_in, key=jax.random.PRNGKey(seed),
+                      progress=(lambda i, n: bar.update(1)) if bar else None)
+    if bar is not None:
+        bar.close()
+    group = h5io.next_group_name(run_dir / "eval.h5")
+    h5io.write_group(run_dir / "eval.h5", group,
+                     {"energy": result.energy, "variance": result.variance,
+                      "pmove": result.pmove},
+                     {"seed": seed, "walkers": walkers, "steps": steps, "burn_in": burn_in,
+                      "checkpoint_step": checkpoint_step, "seconds": result.seconds})
+    log(f"evaluation {group}: {steps} steps x {walkers} walkers in {result.seconds:.1f} s")
+    return group, result
+
+
+def write_summary(setup: Setup, run_dir: pathlib.Path, params, evaluation, *, wall_s: float,
+                  log: Callable = print) -> dict:
+    """Write summary.json from the newest evaluation and the training tail; returns it."""
+    cfg = setup.cfg
+    group, result = evaluation
+    rb = analysis.reblock(result.energy) if len(result.energy) >= 16 else None
+    tail, _ = analysis.train_tail(h5io.read_stats(run_dir / "train.h5"))
+    ref = cfg.molecule.reference
+    old = {}
+    if (run_dir / "summary.json").exists():
+        old = json.loads((run_dir / "summary.json").read_text())
+    energy = rb.mean if rb else float(np.mean(result.energy)) if len(result.energy) else None
+    entry = {"group": group, "energy_ha": energy, "energy_stderr_ha": rb.stderr if rb else None,
+             "steps": len(result.energy), "walkers": int(result.walkers.shape[0]),
+             "block_size": rb.block_size if rb else None, "tau": rb.tau if rb else None,
+             "plateau": rb.plateau if rb else None}
+    deviation = (None if energy is None or ref.energy is None
+                 else 1000.0 * (energy - ref.energy))
+    summary = {
+        "system": cfg.name,
+        "energy_ha": energy,
+        "energy_stderr_ha": entry["energy_stderr_ha"],
+        "reference_ha": ref.energy,
+        "reference_kind": ref.kind if ref.energy is not None else None,
+        "reference_source": ref.source or None,
+        "error_mha": deviation if ref.kind in EXACT_KINDS else None,
+        "deviation_mha": deviation,
+        "block_size": entry["block_size"], "tau": entry["tau"], "plateau": entry["plateau"],
+        "variance_ha2": float(np.mean(result.variance)) if len(result.variance) else None,
+        "train_energy_ha": tail.mean if tail else None,
+        "train_energy_stderr_ha": tail.stderr if tail else None,
+        "train_steps": cfg.optim.steps, "eval_steps": len(result.energy),
+        "walkers": cfg.sampler.walkers, "n_params": _count(params),
+        "n_up": setup.molecule.n_up, "n_down": setup.molecule.n_down,
+        "ansatz": cfg.ansatz.name, "solver": cfg.optim.solver,
+        "dtype": "float64" if cfg.run.x64 else "float32", "seed": cfg.run.seed,
+        "wall_s": wall_s,
+        **provenance(),
+        "evaluations": old.get("evaluations", []) + [entry],
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    err = "" if deviation is None else f", {'error' if ref.kind in EXACT_KINDS else 'difference'} {deviation:+.3f} mHa"
+    if energy is not None:
+        log(f"energy {energy:.6f} ± {1000 * (entry['energy_stderr_ha'] or float('nan')):.3f} mHa"
+            f"{err} (reference {ref.energy}); wall {wall_s:.0f} s")
+    return summary
+
+
+def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
+             walkers: Optional[int] = None, seed: Optional[int] = None,
+             burn_in: Optional[int] = None, log: Callable = print) -> int:
+    """`vmc eval`: evaluate the newest valid checkpoint with a fresh seed; update summary.json.
+
+    Raises:
+      InputError: not a run directory, or no valid checkpoint.
+    """
+    from vmc.config import load_config
+    wall_start = time.time()
+    if not (run_dir / "config.yaml").is_file():
+        raise InputError(f"run_dir {str(run_dir)!r}: no config.yaml; not a run directory")
+    cfg = load_config(run_dir / "config.yaml")
+    cfg = dataclasses.replace(cfg, name=cfg.name)
+    for name, v in (("--steps", steps), ("--walkers", walkers), ("--burn-in", burn_in)):
+        if v is not None and v < (2 if name == "--walkers" else 0):
+            raise InputError(f"{name}: {v} is not valid; valid: a positive integer")
+    setup = build(cfg)
+    state, step, _ = _restore(setup, run_dir, log)
+    old = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    used = {e.get("seed") for e in old.get("evaluations", [])} | {cfg.eval.seed}
+    if seed is None:
+        seed = max(s for s in used if s is not None) + 1
+    result = run_evaluation(setup, state.params, state.mcmc, run_dir,
+                            steps=cfg.eval.steps if steps is None else steps,
+                            walkers=walkers or cfg.eval.walkers, seed=seed,
+                            burn_in=cfg.eval.burn_in if burn_in is None else burn_in,
+                            checkpoint_step=step, log=log)
+    summary = write_summary(setup, run_dir, state.params, result,
+                            wall_s=time.time() - wall_start, log=log)
+    summary["evaluations"][-1]["seed"] = seed
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return EXIT_OK

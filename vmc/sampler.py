@@ -1,0 +1,124 @@
+"""Metropolis walkers sampling |ψ|² (MATH.md §4).
+
+All-electron Gaussian proposals x' = x + σ ξ, accepted with min(1, |ψ(x')|²/|ψ(x)|²). The
+proposal width σ adapts after every step, log σ += rate·(pmove − target), so the acceptance
+stays near the target (0.5 by default).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vmc.system import Molecule
+
+
+@flax.struct.dataclass
+class MCMCState:
+    """Sampler state (a pytree).
+
+    walkers: (n_walkers, n_electrons, 3) bohr; logabs: (n_walkers,) log|ψ| at the walkers for
+    the parameters they were last moved with; width: () proposal width, bohr.
+    """
+    walkers: jax.Array
+    logabs: jax.Array
+    width: jax.Array
+
+
+def electron_assignment(molecule: Molecule) -> tuple[np.ndarray, np.ndarray]:
+    """Which atom each spin-up and spin-down electron starts at.
+
+    Neutral atoms get Z electrons; a cation's electrons are taken from the atoms holding the
+    most, an anion's added to the highest Z. Each atom's electrons alternate up/down, then
+    whole electrons are flipped at atoms with a surplus until the totals are n_up and n_down.
+    Every loop runs a bounded number of times.
+
+    Returns:
+      (atom index of each spin-up electron (n_up,), of each spin-down electron (n_down,)).
+    """
+    counts = np.asarray(molecule.charges, int).copy()
+    order_z = np.argsort(-molecule.charges, kind="stable")
+    for _ in range(max(molecule.charge, 0)):          # cation: remove from the fullest atom
+        counts[int(np.argmax(counts))] -= 1
+    for i in range(max(-molecule.charge, 0)):          # anion: add to the heaviest atoms
+        counts[order_z[i % len(order_z)]] += 1
+    up = (counts + 1) // 2
+    down = counts // 2
+    # Balance spins: move electrons between channels at atoms where that keeps counts valid.
+    for _ in range(int(counts.sum()) + 1):
+        diff = int(up.sum()) - molecule.n_up
+        if diff == 0:
+            break
+        if diff > 0:
+            i = int(np.argmax(up - down))
+            up[i] -= 1
+            down[i] += 1
+        else:
+            i = int(np.argmax(down - up))
+            down[i] -= 1
+            up[i] += 1
+    assert up.sum() == molecule.n_up and down.sum() == molecule.n_down
+    return (np.repeat(np.arange(len(counts)), up), np.repeat(np.arange(len(counts)), down))
+
+
+def init_walkers(key, molecule: Molecule, n_walkers: int, spread: float = 1.0,
+                 dtype=jnp.float32) -> jax.Array:
+    """Walkers placed around the nuclei with the right spins per atom.
+
+    Args:
+      key: PRNG key; molecule: the Molecule; n_walkers: number of walkers.
+      spread: Gaussian spread around each nucleus, bohr.
+    Returns:
+      (n_walkers, n_electrons, 3) bohr, spin-up electrons first.
+    """
+    up, down = electron_assignment(molecule)
+    centres = jnp.asarray(molecule.positions[np.concatenate([up, down])], dtype)
+    noise = jax.random.normal(key, (n_walkers, molecule.n_electrons, 3), dtype)
+    return centres[None] + spread * noise
+
+
+def make_sampler(log_psi: Callable, moves: int, target_pmove: float = 0.5,
+                 adapt_rate: float = 1.0):
+    """Build the batched sampler functions.
+
+    Args:
+      log_psi: (params, x (n_electrons, 3)) -> (sign, logabs) for one configuration.
+      moves: Metropolis moves per call of `step`.
+    Returns:
+      (init_state(params, walkers, width) -> MCMCState,
+       step(params, state, key) -> (state, pmove)) — `step` first refreshes log|ψ| for the
+       current parameters, makes `moves` all-electron moves, then adapts the width.
+    """
+    batched_logabs = jax.vmap(lambda p, x: log_psi(p, x)[1], in_axes=(None, 0))
+
+    def init_state(params, walkers, width):
+        return MCMCState(walkers, batched_logabs(params, walkers),
+                         jnp.asarray(width, walkers.dtype))
+
+    def one_move(params, carry, key):
+        x, logabs, width, accepted = carry
+        k_prop, k_acc = jax.random.split(key)
+        proposal = x + width * jax.random.normal(k_prop, x.shape, x.dtype)
+        logabs_new = batched_logabs(params, proposal)
+        log_ratio = 2.0 * (logabs_new - logabs)
+        u = jax.random.uniform(k_acc, logabs.shape, x.dtype)
+        accept = jnp.log(u) < log_ratio
+        x = jnp.where(accept[:, None, None], proposal, x)
+        logabs = jnp.where(accept, logabs_new, logabs)
+        return (x, logabs, width, accepted + jnp.mean(accept.astype(jnp.float32))), None
+
+    def step(params, state: MCMCState, key):
+        logabs = batched_logabs(params, state.walkers)
+        carry = (state.walkers, logabs, state.width, jnp.zeros((), jnp.float32))
+        keys = jax.random.split(key, moves)
+        (x, logabs, width, accepted), _ = jax.lax.scan(
+            lambda c, k: one_move(params, c, k), carry, keys)
+        pmove = accepted / moves
+        new_width = width * jnp.exp(adapt_rate * (pmove - target_pmove)).astype(width.dtype)
+        return MCMCState(x, logabs, new_width), pmove
+
+    return init_state, step

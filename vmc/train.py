@@ -1,0 +1,143 @@
+"""Building a run's pieces and the jit-compiled VMC step.
+
+`build(cfg)` makes the molecule, ansatz, local energy, sampler and optimizer once;
+`make_train_step(setup)` returns ONE pure function
+
+    step(state: TrainState, key, t) -> (TrainState, StepStats)
+
+with no device axis in its API: walkers may carry a sharding along their first axis and every
+mean is global. The host loop (vmc.loop) owns logging, files and the NaN policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from vmc.ansatz import Ansatz, count_params, make_ansatz
+from vmc.hamiltonian import make_local_energy
+from vmc.optim import Optimizer, make_optimizer
+from vmc.sampler import MCMCState, init_walkers, make_sampler
+from vmc.system import Molecule
+
+
+class TrainState(NamedTuple):
+    """Everything that changes during training (a pytree)."""
+    params: Any
+    opt_state: Any
+    mcmc: MCMCState
+
+
+class StepStats(NamedTuple):
+    """Per-step scalars: energies in hartree (float64), width in bohr."""
+    energy: jax.Array          # unclipped mean E_L
+    variance: jax.Array        # variance of E_L over walkers, Ha²
+    median: jax.Array
+    pmove: jax.Array
+    width: jax.Array
+    lr: jax.Array
+    update_norm: jax.Array
+    constraint_scale: jax.Array
+    clip_fraction: jax.Array
+    iterations: jax.Array
+    residual: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """The static pieces of a run, built once from the config."""
+    cfg: Any
+    molecule: Molecule
+    ansatz: Ansatz
+    local_energy: Callable       # (params, x) -> E_L, one configuration
+    optimizer: Optimizer
+    dtype: Any
+    hf: Any = None
+
+    @property
+    def batched_local_energy(self) -> Callable:
+        """(params, walkers (n_w, n, 3)) -> (n_w,) E_L."""
+        return jax.vmap(self.local_energy, in_axes=(None, 0))
+
+
+def build(cfg, hf=None) -> Setup:
+    """Build molecule, ansatz, local energy and optimizer from a resolved `Config`.
+
+    Raises:
+      InputError: invalid molecule or unavailable solver.
+    """
+    molecule = cfg.build_molecule()
+    dtype = jnp.float64 if cfg.run.x64 else jnp.float32
+    if cfg.ansatz.name == "hf" and hf is None:
+        from vmc.hf import run_hf
+        hf = run_hf(molecule, cfg.pretrain.basis, cfg.pretrain.method)
+    ansatz = make_ansatz(cfg.ansatz, molecule, dtype, hf=hf)
+    local_energy = make_local_energy(ansatz.log_psi, molecule, cfg.hamiltonian.laplacian, dtype)
+    optimizer = make_optimizer(cfg.optim, ansatz.log_psi, **_optimizer_extras(cfg, ansatz))
+    return Setup(cfg, molecule, ansatz, local_energy, optimizer, dtype, hf)
+
+
+def _optimizer_extras(cfg, ansatz) -> dict:
+    """Extra arguments some solvers need (the flax module for KFAC's layer capture)."""
+    if cfg.optim.solver in ("kfac", "kfac-cg"):
+        return {"module": ansatz.module}
+    return {}
+
+
+def init_state(setup: Setup, key) -> TrainState:
+    """Initial parameters, optimizer state and walkers from one key."""
+    k_params, k_walkers = jax.random.split(key)
+    cfg = setup.cfg
+    params = setup.ansatz.init(k_params)
+    walkers = init_walkers(k_walkers, setup.molecule, cfg.sampler.walkers,
+                           cfg.sampler.init_width, setup.dtype)
+    init_mcmc, _ = make_sampler(setup.ansatz.log_psi, cfg.sampler.moves)
+    mcmc = init_mcmc(params, walkers, cfg.sampler.width)
+    return TrainState(params, setup.optimizer.init(params), mcmc)
+
+
+def make_burn_in_step(setup: Setup) -> Callable:
+    """jit-compiled `(params, mcmc, key) -> (mcmc, pmove)`: Metropolis moves, fixed params."""
+    s = setup.cfg.sampler
+    _, step = make_sampler(setup.ansatz.log_psi, s.moves, s.target_pmove, s.adapt_rate)
+    return jax.jit(step)
+
+
+def make_train_step(setup: Setup) -> Callable:
+    """The jit-compiled VMC step `(state, key, t, poison=False) -> (state, StepStats)`.
+
+    Sampling (`sampler.moves` Metropolis moves with the current parameters), local energies,
+    then one optimizer update; the proposal width adapts towards `sampler.target_pmove`.
+    """
+    s = setup.cfg.sampler
+    _, sampler_step = make_sampler(setup.ansatz.log_psi, s.moves, s.target_pmove, s.adapt_rate)
+    batched_e_l = setup.batched_local_energy
+    optimizer = setup.optimizer
+
+    def step(state: TrainState, key, t, poison=False):
+        mcmc, pmove = sampler_step(state.params, state.mcmc, key)
+        e_l = batched_e_l(state.params, mcmc.walkers)
+        e_l = jnp.where(poison, jnp.nan, e_l)   # test-only fault injection (vmc.loop)
+        params, opt_state, ostats = optimizer.update(state.params, state.opt_state,
+                                                     mcmc.walkers, e_l, t)
+        e64 = e_l.astype(jnp.float64)
+        stats = StepStats(
+            energy=jnp.mean(e64), variance=jnp.var(e64), median=jnp.median(e64),
+            pmove=pmove.astype(jnp.float64), width=mcmc.width.astype(jnp.float64),
+            lr=jnp.asarray(ostats.lr, jnp.float64),
+            update_norm=jnp.asarray(ostats.update_norm, jnp.float64),
+            constraint_scale=jnp.asarray(ostats.constraint_scale, jnp.float64),
+            clip_fraction=jnp.asarray(ostats.clip_fraction, jnp.float64),
+            iterations=jnp.asarray(ostats.iterations, jnp.float64),
+            residual=jnp.asarray(ostats.residual, jnp.float64))
+        return TrainState(params, opt_state, mcmc), stats
+
+    return jax.jit(step)
+
+
+def n_params(setup: Setup, params) -> int:
+    """Number of trained parameters."""
+    return count_params(params)
