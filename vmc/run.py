@@ -133,10 +133,10 @@ def train_run(cfg: Config, run_dir: pathlib.Path, *, resume: bool = False,
     writer = h5io.StatsWriter(run_dir / "train.h5")
     if resume:
         writer.truncate(start - 1)
-    elif cfg.pretrain.steps > 0 and cfg.ansatz.name != "hf":
-        from vmc.pretrain import pretrain
-        state = pretrain(setup, state, keys["pretrain"], run_dir, log)
-    if not resume and init_from is None:
+    else:
+        if cfg.pretrain.steps > 0 and cfg.ansatz.name != "hf" and init_from is None:
+            from vmc.pretrain import pretrain
+            state = pretrain(setup, state, keys["pretrain"], run_dir, log)
         state = _burn_in(setup, state, keys["burn_in"], log)
     log(f"{cfg.name}: {setup.molecule.n_up} up + {setup.molecule.n_down} down electrons, "
         f"{_count(state.params)} parameters, solver {cfg.optim.solver}, "
@@ -161,7 +161,7 @@ def train_run(cfg: Config, run_dir: pathlib.Path, *, resume: bool = False,
                             walkers=cfg.eval.walkers, seed=cfg.eval.seed,
                             burn_in=cfg.eval.burn_in, checkpoint_step=done, log=log)
     write_summary(setup, run_dir, state.params, result, wall_s=time.time() - wall_start,
-                  log=log)
+                  seed=cfg.eval.seed, log=log)
     return EXIT_OK
 
 
@@ -215,7 +215,7 @@ def run_evaluation(setup: Setup, params, mcmc: MCMCState, run_dir: pathlib.Path,
 
 
 def write_summary(setup: Setup, run_dir: pathlib.Path, params, evaluation, *, wall_s: float,
-                  log: Callable = print) -> dict:
+                  seed: int, log: Callable = print) -> dict:
     """Write summary.json from the newest evaluation and the training tail; returns it."""
     cfg = setup.cfg
     group, result = evaluation
@@ -226,7 +226,7 @@ def write_summary(setup: Setup, run_dir: pathlib.Path, params, evaluation, *, wa
     if (run_dir / "summary.json").exists():
         old = json.loads((run_dir / "summary.json").read_text())
     energy = rb.mean if rb else float(np.mean(result.energy)) if len(result.energy) else None
-    entry = {"group": group, "energy_ha": energy, "energy_stderr_ha": rb.stderr if rb else None,
+    entry = {"group": group, "seed": seed, "energy_ha": energy, "energy_stderr_ha": rb.stderr if rb else None,
              "steps": len(result.energy), "walkers": int(result.walkers.shape[0]),
              "block_size": rb.block_size if rb else None, "tau": rb.tau if rb else None,
              "plateau": rb.plateau if rb else None}
@@ -275,7 +275,6 @@ def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
     if not (run_dir / "config.yaml").is_file():
         raise InputError(f"run_dir {str(run_dir)!r}: no config.yaml; not a run directory")
     cfg = load_config(run_dir / "config.yaml")
-    cfg = dataclasses.replace(cfg, name=cfg.name)
     for name, v in (("--steps", steps), ("--walkers", walkers), ("--burn-in", burn_in)):
         if v is not None and v < (2 if name == "--walkers" else 0):
             raise InputError(f"{name}: {v} is not valid; valid: a positive integer")
@@ -290,8 +289,6 @@ def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
                             walkers=walkers or cfg.eval.walkers, seed=seed,
                             burn_in=cfg.eval.burn_in if burn_in is None else burn_in,
                             checkpoint_step=step, log=log)
-    summary = write_summary(setup, run_dir, state.params, result,
-                            wall_s=time.time() - wall_start, log=log)
-    summary["evaluations"][-1]["seed"] = seed
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_summary(setup, run_dir, state.params, result, wall_s=time.time() - wall_start,
+                  seed=seed, log=log)
     return EXIT_OK

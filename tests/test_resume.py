@@ -1,0 +1,175 @@
+"""Checkpoints, exact restarts, signals and the NaN policy, end to end through `vmc run`."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from vmc import checkpoint as ckpt
+from vmc import h5io
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CACHE = str(ROOT / ".jax_cache")
+H2 = """atoms:
+  - {symbol: H, position: [0.0, 0.0, -0.7]}
+  - {symbol: H, position: [0.0, 0.0, 0.7]}
+reference: {energy: -1.1744757142, kind: exact, source: Pachucki 2010}
+"""
+
+
+def _vmc(args, env=None, check=True, **kw):
+    e = {**os.environ, "VMC_JAX_CACHE": CACHE, "JAX_PLATFORMS": "cpu", **(env or {})}
+    if not (env and "VMC_FAULT_INJECT" in env):
+        e.pop("VMC_FAULT_INJECT", None)
+    proc = subprocess.run([sys.executable, "-m", "vmc.cli", *args], env=e, capture_output=True,
+                          text=True, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"vmc {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def h2_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("cfg") / "h2.yaml"
+    p.write_text(H2)
+    return p
+
+
+def _common(solver, steps, every=4):
+    return ["--preset", "tiny", "--set", "run.x64=true", "--set", f"optim.solver={solver}",
+            "--set", f"optim.steps={steps}", "--set", f"run.checkpoint_every={every}",
+            "--set", "eval.steps=16", "--set", "sampler.burn_in=3"]
+
+
+def _final_state(run_dir, step):
+    path = ckpt.checkpoint_path(pathlib.Path(run_dir) / "checkpoints", step)
+    return {name: ckpt.read_tree_raw(path, name) for name in ("params", "opt_state", "mcmc")}
+
+
+SOLVERS = ["adam", "sample"] + [s for s in ("cg", "kfac", "kfac-cg", "spring")
+                                if s in __import__("vmc.optim", fromlist=["REGISTRY"]).REGISTRY]
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_resume_is_bit_identical(h2_file, tmp_path, solver):
+    """2N steps straight == N steps, then --resume in a fresh process for N more (float64).
+
+    The proposal width adapts at every step, so the restart crosses width adaptation."""
+    n = 4
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    _vmc(["run", str(h2_file), "--out", str(straight), *_common(solver, 2 * n)])
+    _vmc(["run", str(h2_file), "--out", str(split), *_common(solver, n)])
+    proc = _vmc(["run", str(h2_file), "--out", str(split), "--resume", *_common(solver, 2 * n)])
+    assert f"(step {n})" in proc.stdout
+    a, b = _final_state(straight, 2 * n), _final_state(split, 2 * n)
+    for tree in a:
+        assert a[tree].keys() == b[tree].keys()
+        for k in a[tree]:
+            np.testing.assert_array_equal(a[tree][k], b[tree][k], err_msg=f"{tree}/{k}")
+    sa, sb = h5io.read_stats(straight / "train.h5"), h5io.read_stats(split / "train.h5")
+    np.testing.assert_array_equal(sa["step"], np.arange(2 * n))
+    np.testing.assert_array_equal(sb["step"], np.arange(2 * n))
+    for col in ("energy", "variance", "pmove", "width", "update_norm"):
+        np.testing.assert_array_equal(sa[col], sb[col], err_msg=col)
+    assert np.ptp(sa["width"]) > 0   # the width really adapted across the restart
+
+
+def test_sigterm_checkpoints_and_resumes(h2_file, tmp_path):
+    run = tmp_path / "run"
+    e = {**os.environ, "VMC_JAX_CACHE": CACHE, "JAX_PLATFORMS": "cpu"}
+    e.pop("VMC_FAULT_INJECT", None)
+    proc = subprocess.Popen([sys.executable, "-m", "vmc.cli", "run", str(h2_file), "--out",
+                             str(run), *_common("sample", 100000, every=100000),
+                             "--set", "run.log_every=1"],
+                            env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    for line in proc.stdout:
+        if line.startswith("step") and int(line.split()[1]) >= 3:
+            break
+        assert time.time() < deadline, "no training steps within 120 s"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-2000:]
+    steps = [int(p.stem.split("_")[1]) for p in ckpt.list_checkpoints(run / "checkpoints")]
+    assert len(steps) == 1 and steps[0] >= 3
+    stopped = steps[0]
+    rows = h5io.read_stats(run / "train.h5")["step"]
+    assert rows[-1] == stopped - 1
+    res = _vmc(["run", str(h2_file), "--out", str(run), "--resume",
+                *_common("sample", stopped + 3, every=100000)])
+    assert f"(step {stopped})" in res.stdout
+    np.testing.assert_array_equal(h5io.read_stats(run / "train.h5")["step"],
+                                  np.arange(stopped + 3))
+
+
+def test_nan_step_rejected_and_run_continues(h2_file, tmp_path):
+    run = tmp_path / "run"
+    _vmc(["run", str(h2_file), "--out", str(run), *_common("sample", 8)],
+         env={"VMC_FAULT_INJECT": "nan_energy@2,5"})
+    stats = h5io.read_stats(run / "train.h5")
+    assert np.isnan(stats["energy"][2]) and np.isnan(stats["energy"][5])
+    assert stats["rejected"][-1] == 2 and stats["rejected"][1] == 0
+    assert np.isfinite(np.delete(stats["energy"], [2, 5])).all()
+    summary = json.loads((run / "summary.json").read_text())
+    assert np.isfinite(summary["energy_ha"])
+
+
+def test_nan_every_step_stops_without_nan_checkpoint(h2_file, tmp_path):
+    run = tmp_path / "run"
+    proc = _vmc(["run", str(h2_file), "--out", str(run), *_common("sample", 40),
+                 "--set", "run.max_bad_steps=3"],
+                env={"VMC_FAULT_INJECT": "nan_energy@all"}, check=False)
+    assert proc.returncode == 3
+    assert "diverged" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    arrays = []
+    for path in ckpt.list_checkpoints(run / "checkpoints"):
+        with h5py.File(path) as f:
+            f.visititems(lambda name, d: arrays.append((name, d[()]))
+                         if isinstance(d, h5py.Dataset) else None)
+    for name, a in arrays:
+        assert a.dtype.kind != "f" or np.isfinite(a).all(), name
+    assert not (run / "summary.json").exists()
+
+
+def test_checkpoint_write_aborted_halfway_then_resume(h2_file, tmp_path):
+    run = tmp_path / "run"
+    _vmc(["run", str(h2_file), "--out", str(run), *_common("sample", 4)])
+    proc = _vmc(["run", str(h2_file), "--out", str(run), "--resume", *_common("sample", 8)],
+                env={"VMC_FAULT_INJECT": "checkpoint_abort"}, check=False)
+    assert proc.returncode == 17
+    assert list((run / "checkpoints").glob(".*.tmp")), "the aborted write left its temp file"
+    res = _vmc(["run", str(h2_file), "--out", str(run), "--resume", *_common("sample", 8)])
+    assert "(step 4)" in res.stdout
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+    np.testing.assert_array_equal(h5io.read_stats(run / "train.h5")["step"], np.arange(8))
+    # a corrupted newest checkpoint is skipped with a warning naming it
+    newest = ckpt.checkpoint_path(run / "checkpoints", 8)
+    raw = bytearray(newest.read_bytes())
+    mid = len(raw) // 2
+    raw[mid:mid + 64] = bytes(64)
+    newest.write_bytes(bytes(raw))
+    ev = _vmc(["eval", str(run), "--steps", "16"])
+    assert "ckpt_000008" in ev.stderr and "(step 4)" in ev.stdout
+
+
+def test_vmc_eval_agrees_with_run_evaluation(h2_file, tmp_path):
+    run = tmp_path / "run"
+    args = ["--preset", "tiny", "--set", "optim.steps=30", "--set", "eval.steps=300",
+            "--set", "sampler.walkers=64"]
+    _vmc(["run", str(h2_file), "--out", str(run), *args])
+    _vmc(["eval", str(run), "--seed", "1234"])
+    s = json.loads((run / "summary.json").read_text())
+    e1, e2 = s["evaluations"]
+    assert e2["seed"] == 1234 and e1["group"] == "eval_000" and e2["group"] == "eval_001"
+    diff = abs(e1["energy_ha"] - e2["energy_ha"])
+    assert diff <= 3 * np.hypot(e1["energy_stderr_ha"], e2["energy_stderr_ha"])
+    with h5py.File(run / "eval.h5") as f:
+        assert set(f) == {"eval_000", "eval_001"}

@@ -1,0 +1,43 @@
+"""`--init-from RUN_DIR`: start from another run's parameters (a neighbouring geometry)."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vmc import checkpoint as ckpt
+from vmc.errors import InputError
+from vmc.evaluate import resize_walkers
+
+
+def warm_start(setup, state, run_dir: pathlib.Path, log: Callable = print):
+    """Replace `state`'s parameters (and walkers where shapes fit) by those of the newest
+    valid checkpoint in `run_dir`/checkpoints. The optimizer state starts fresh.
+
+    Raises:
+      InputError: no valid checkpoint, or parameters of another shape (another ansatz or
+        molecule with a different atom/electron count).
+    """
+    path = ckpt.latest_valid(pathlib.Path(run_dir) / "checkpoints")
+    if path is None:
+        raise InputError(f"--init-from {str(run_dir)!r}: no valid checkpoint")
+    try:
+        trees, _ = ckpt.restore(path, {"params": state.params})
+    except ckpt.CheckpointError as err:
+        raise InputError(f"--init-from {str(run_dir)!r}: parameters do not fit this ansatz "
+                         f"and molecule ({err})") from None
+    params = trees["params"]
+    mcmc = state.mcmc
+    walkers = ckpt.read_tree_raw(path, "mcmc")["walkers"]
+    if walkers.shape[1:] == mcmc.walkers.shape[1:] and walkers.dtype == mcmc.walkers.dtype:
+        walkers = jnp.asarray(resize_walkers(walkers, mcmc.walkers.shape[0]))
+        logabs = jax.vmap(lambda x: setup.ansatz.log_psi(params, x)[1])(walkers)
+        mcmc = mcmc.replace(walkers=walkers, logabs=logabs)
+        log(f"warm start: parameters and walkers from {path}")
+    else:
+        log(f"warm start: parameters from {path} (walkers do not fit; fresh walkers)")
+    return state._replace(params=params, opt_state=setup.optimizer.init(params), mcmc=mcmc)
