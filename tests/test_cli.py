@@ -1,0 +1,175 @@
+"""`vmc` command line: bad input gives exit 2, one `error:` line naming the field, and no files;
+`vmc check` output; Ångström input; one end-to-end `vmc run` on H2."""
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+import yaml
+
+from vmc.cli import main
+from vmc.config import load_config
+from vmc.system import ANGSTROM_TO_BOHR
+
+DATA = pathlib.Path(__file__).parent / "data"
+H2 = DATA / "h2_tiny.yaml"
+H2_REFERENCE = -1.1744757142   # Pachucki 2010, shared/reference/energies.yaml
+
+
+@pytest.fixture(autouse=True)
+def _restore_x64():
+    """`vmc run/check` switch float64 on process-wide; give other tests their default back."""
+    before = jax.config.jax_enable_x64
+    yield
+    jax.config.update("jax_enable_x64", before)
+
+
+def _call(argv):
+    """main(argv) in-process; argparse's SystemExit becomes the exit code."""
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as exit_:
+        return exit_.code
+
+
+def _write(tmp_path, data, name="mol.yaml"):
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def _atoms(*atoms):
+    return [{"symbol": s, "position": list(p)} for s, p in atoms]
+
+
+HE = _atoms(("He", (0.0, 0.0, 0.0)))
+
+# (id, config file content (None: no file), extra argv, words the one error line must contain)
+BAD_INPUTS = [
+    ("unknown element", {"atoms": _atoms(("Hee", (0, 0, 0)))}, [],
+     ["molecule.atoms[0].symbol", "'Hee'", "did you mean 'He'"]),
+    ("unknown config key", {"atoms": HE, "optim": {"stpes": 10}}, [],
+     ["optim.stpes", "did you mean 'steps'"]),
+    ("spin parity", {"atoms": HE, "spin": 1}, [], ["molecule.spin", "2 electrons"]),
+    ("spin too large", {"atoms": _atoms(("Li", (0, 0, 0))), "spin": 5}, [],
+     ["molecule.spin", "exceeds"]),
+    ("charge eats all electrons", {"atoms": HE, "charge": 2}, [], ["molecule.charge"]),
+    ("charge above nuclear charge", {"atoms": HE, "charge": 5}, [], ["molecule.charge"]),
+    ("two nuclei at one point",
+     {"atoms": _atoms(("H", (0.0, 0.0, 0.5)), ("H", (0.0, 0.0, 0.5)))}, [],
+     ["molecule.atoms", "same point"]),
+    ("missing file", None, [], ["config file", "not found"]),
+    ("wrong type", {"atoms": HE, "sampler": {"walkers": "many"}}, [],
+     ["sampler.walkers", "'many'"]),
+    ("out of range", {"atoms": HE, "sampler": {"walkers": 0}}, [],
+     ["sampler.walkers", "too small"]),
+    ("unknown unit", {"atoms": HE, "units": "nm"}, [], ["molecule.units", "'nm'"]),
+    ("invalid --set syntax", {"atoms": HE}, ["--set", "optim.steps"], ["--set", "optim.steps"]),
+    ("--set unknown key", {"atoms": HE}, ["--set", "sampler.walker=4"],
+     ["sampler.walker", "did you mean 'walkers'"]),
+    ("--set wrong type", {"atoms": HE}, ["--set", "optim.lr=fast"], ["optim.lr", "'fast'"]),
+    ("unknown preset", {"atoms": HE}, ["--preset", "tinny"], ["--preset", "did you mean 'tiny'"]),
+    ("invalid YAML", "atoms: [ {symbol: He\n", [], ["config file", "invalid YAML"]),
+]
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_exits_2_with_one_error_line_and_writes_nothing(tmp_path, capsys, monkeypatch,
+                                                                   case, command):
+    _, content, extra, words = case
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "missing.yaml" if content is None else _write(tmp_path, content)
+    out = tmp_path / "run"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    argv = [command, config, *extra] + (["--out", out] if command == "run" else [])
+    assert _call(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in captured.err + captured.out
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert captured.out == ""
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before   # nor runs/<stem> in cwd
+
+
+def test_argparse_errors_exit_2_with_one_line(capsys):
+    for argv in (["run"], ["frobnicate"], ["run", str(H2), "--no-such-flag"]):
+        assert _call(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:"), err
+
+
+def test_check_prints_parameters_and_spin_assignment(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = _write(tmp_path, {"atoms": _atoms(("O", (0, 0, 0)), ("H", (1.43, 1.11, 0)),
+                                               ("H", (-1.43, 1.11, 0)))})
+    assert _call(["check", config, "--preset", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "n_electrons: 10  n_up: 5  n_down: 5" in out
+    assert "atom 0 O  Z=8: 4 up, 4 down" in out
+    assert sorted(line.split(":", 1)[1].strip() for line in out.splitlines()
+                  if line.startswith("  atom") and " H " in line) == ["0 up, 1 down",
+                                                                     "1 up, 0 down"]
+    # FermiNet, tiny preset, 3 atoms, 5+5 electrons, full determinants, K = 2:
+    # layer 0: one (12 + 2·(12 + 4) → 8), two (4 → 4); layer 1: one (8 + 2·(8 + 4) → 8);
+    # orbitals 2 × (8 → 2·10); isotropic envelopes 2 × (π, σ: 3 × 20)
+    n_params = ((44 + 1) * 8 + (4 + 1) * 4) + ((32 + 1) * 8) + 2 * (9 * 20) + 2 * (2 * 3 * 20)
+    assert f"parameters: {n_params}\n" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mol.yaml"]
+
+
+def test_angstrom_input_is_converted_to_bohr(tmp_path):
+    config = _write(tmp_path, {"units": "angstrom",
+                               "atoms": _atoms(("H", (0, 0, 0)), ("H", (0, 0, 0.74)))})
+    mol = load_config(config).build_molecule()
+    np.testing.assert_allclose(mol.positions, [[0, 0, 0], [0, 0, 0.74 * 1.8897261246]],
+                               rtol=1e-15)
+    assert ANGSTROM_TO_BOHR == 1.8897261246
+    np.testing.assert_allclose(mol.nuclear_repulsion, 1 / (0.74 * ANGSTROM_TO_BOHR), rtol=1e-14)
+    bohr = load_config(_write(tmp_path, {"atoms": _atoms(("H", (0, 0, 0)), ("H", (0, 0, 0.74)))},
+                              "bohr.yaml")).build_molecule()
+    assert bohr.positions[1, 2] == 0.74
+
+
+@pytest.fixture(scope="module")
+def h2_run(tmp_path_factory):
+    """One `vmc run tests/data/h2_tiny.yaml --preset tiny --out <dir>`, shared by the tests."""
+    before = jax.config.jax_enable_x64
+    out = tmp_path_factory.mktemp("cli") / "h2"
+    code = _call(["run", H2, "--preset", "tiny", "--out", out])
+    jax.config.update("jax_enable_x64", before)
+    return code, out
+
+
+def test_run_end_to_end_on_h2(h2_run):
+    code, out = h2_run
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    energy = summary["energy_ha"]
+    assert np.isfinite(energy) and np.isfinite(summary["energy_stderr_ha"])
+    assert abs(energy - H2_REFERENCE) < 0.3, summary
+    assert summary["reference_ha"] == H2_REFERENCE
+    assert (summary["n_up"], summary["n_down"]) == (1, 1)
+    assert abs(summary["error_mha"] - 1000 * (energy - H2_REFERENCE)) < 1e-6
+    reloaded = load_config(out / "config.yaml")
+    assert reloaded == load_config(H2, preset="tiny")
+    assert reloaded.optim.steps == 300 and reloaded.sampler.walkers == 32
+
+
+def test_run_refuses_a_directory_that_holds_a_run(h2_run, capsys):
+    code, out = h2_run
+    assert code == 0
+    files = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+    assert out / "summary.json" in files and out / "config.yaml" in files
+    capsys.readouterr()
+    assert _call(["run", H2, "--preset", "tiny", "--out", out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --out") and "already holds a run" in err[0]
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+    assert after == files
