@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vmc.parallel import shard_walkers
 from vmc.system import Molecule
 
 
@@ -54,11 +55,11 @@ def electron_assignment(molecule: Molecule) -> tuple[np.ndarray, np.ndarray]:
         if diff == 0:
             break
         if diff > 0:
-            i = int(np.argmax(up - down))
+            i = int(np.argmax(np.where(up > 0, up - down, np.iinfo(int).min)))
             up[i] -= 1
             down[i] += 1
         else:
-            i = int(np.argmax(down - up))
+            i = int(np.argmax(np.where(down > 0, down - up, np.iinfo(int).min)))
             down[i] -= 1
             up[i] += 1
     assert up.sum() == molecule.n_up and down.sum() == molecule.n_down
@@ -96,6 +97,7 @@ def make_sampler(log_psi: Callable, moves: int, target_pmove: float = 0.5,
     batched_logabs = jax.vmap(lambda p, x: log_psi(p, x)[1], in_axes=(None, 0))
 
     def init_state(params, walkers, width):
+        walkers = shard_walkers(jnp.asarray(walkers))   # split over devices (vmc.parallel)
         return MCMCState(walkers, batched_logabs(params, walkers),
                          jnp.asarray(width, walkers.dtype))
 
