@@ -1,0 +1,42 @@
+"""`vmc analyze` on a short real run recomputes what `vmc run` wrote into summary.json."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_analyze_recomputes_summary_from_hdf5(tmp_path):
+    cfg = tmp_path / "h2.yaml"
+    cfg.write_text("atoms:\n  - {symbol: H, position: [0, 0, -0.7]}\n"
+                   "  - {symbol: H, position: [0, 0, 0.7]}\n"
+                   "reference: {energy: -1.1744757142, kind: exact, source: Pachucki 2010, "
+                   "hf_limit: -1.133629573}\n")
+    run = tmp_path / "run"
+    env = {**os.environ, "VMC_JAX_CACHE": str(ROOT / ".jax_cache"), "JAX_PLATFORMS": "cpu"}
+    env.pop("VMC_FAULT_INJECT", None)
+    proc = subprocess.run([sys.executable, "-m", "vmc.cli", "run", str(cfg), "--out", str(run),
+                           "--preset", "tiny", "--set", "optim.steps=200",
+                           "--set", "eval.steps=200"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").unlink()
+    out = subprocess.run([sys.executable, "-m", "vmc.cli", "analyze", str(run), "--json"],
+                         env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    (result,) = json.loads(out.stdout)
+    assert result["energy"] == pytest.approx(summary["energy_ha"], rel=0, abs=1e-12)
+    assert result["stderr"] == pytest.approx(summary["energy_stderr_ha"], rel=1e-9)
+    assert result["tau"] == pytest.approx(summary["tau"], rel=1e-9)
+    assert result["train_tail_energy"] == pytest.approx(summary["train_energy_ha"], abs=1e-12)
+    assert result["train_tail_stderr"] == pytest.approx(summary["train_energy_stderr_ha"],
+                                                        rel=1e-9)
+    assert result["deviation_mha"] == pytest.approx(summary["error_mha"], abs=1e-9)
+    assert result["deviation_label"] == "error"
+    for png in ("training.png", "variance.png", "sampler.png"):
+        assert (run / png).stat().st_size > 10_000
