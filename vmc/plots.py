@@ -218,6 +218,9 @@ def plot_curve(summaries: Sequence[RunSummary], parameter_values: Sequence[float
     ax.ticklabel_format(axis="y", useOffset=False)
     ax.set_xlabel(param_label)
     ax.set_ylabel(ENERGY_LABEL)
+    names = sorted({s.name.split("_")[0] for _, s in pts if s.name})
+    ax.set_title(f"{', '.join(names)}: energy curve (error bars 1σ, reblocked)" if names
+                 else "energy curve (error bars 1σ, reblocked)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return fig
