@@ -27,7 +27,29 @@ def _adam(cfg, log_psi):
     return make_adam(cfg, log_psi)
 
 
-REGISTRY: dict[str, Callable] = {"sample": _sample, "dense": _dense, "adam": _adam}
+def _cg(cfg, log_psi):
+    from vmc.optim.cg import make_cg
+    return make_cg(cfg, log_psi)
+
+
+def _kfac(cfg, log_psi, module=None):
+    from vmc.optim.kfac import make_kfac
+    return make_kfac(cfg, log_psi, module, "kfac")
+
+
+def _kfac_cg(cfg, log_psi, module=None):
+    from vmc.optim.kfac import make_kfac
+    return make_kfac(cfg, log_psi, module, "kfac-cg")
+
+
+def _spring(cfg, log_psi):
+    from vmc.optim.spring import make_spring
+    return make_spring(cfg, log_psi)
+
+
+REGISTRY: dict[str, Callable] = {"sample": _sample, "dense": _dense, "adam": _adam,
+                                 "cg": _cg, "kfac": _kfac, "kfac-cg": _kfac_cg,
+                                 "spring": _spring}
 
 
 def make_optimizer(cfg, log_psi: Callable, **kwargs) -> Optimizer:

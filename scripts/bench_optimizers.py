@@ -1,0 +1,178 @@
+"""Benchmark the SR solvers and Adam on the Li atom with `vmc run` (one subprocess per run).
+
+Li, FermiNet hidden_one (128,128,128), hidden_two (16,16,16), 8 determinants (~116k
+parameters), 256 walkers, 1000 steps, 3 seeds; every solver but `dense` (sample, cg, kfac,
+kfac-cg, spring) at the config's defaults, plus Adam at lr 3e-4, 1e-3, 3e-3. Run directories
+go to runs/bench/<solver>_steps<N>_seed<s>/ (a finished run is reused; one with
+checkpoints is resumed). Per run: the error of the frozen-parameter evaluation against the
+exact Li energy (summary.json), the mean of the last 100 training energies (train.h5), the
+median seconds per step (train.h5 step_time) as a ratio to Adam's, and the peak RSS of the
+`vmc run` process (wait4). The table shows medians over seeds.
+
+The full benchmark takes hours on a 2-core CPU. A short check:
+
+    python scripts/bench_optimizers.py --steps 20 --seeds 1 --eval-steps 20 --pretrain-steps 0
+    python scripts/bench_optimizers.py --solvers cg adam@1e-3 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import statistics
+import subprocess
+import sys
+
+import numpy as np
+
+EXACT_LI = -7.478060323   # Ha, exact non-relativistic Li energy
+DEFAULT_SOLVERS = ("sample", "cg", "kfac", "kfac-cg", "spring", "adam@3e-4", "adam@1e-3",
+                   "adam@3e-3")
+LI_YAML = f"""# Lithium atom (written by scripts/bench_optimizers.py).
+atoms:
+  - {{symbol: Li, position: [0.0, 0.0, 0.0]}}
+charge: 0
+spin: 1
+reference: {{energy: {EXACT_LI}, kind: exact, source: "exact non-relativistic Li energy"}}
+"""
+NETWORK = ("ansatz.name=ferminet", "ansatz.hidden_one=[128,128,128]",
+           "ansatz.hidden_two=[16,16,16]", "ansatz.determinants=8", "sampler.walkers=256")
+
+
+def _parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=1000, help="training steps per run")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per solver")
+    p.add_argument("--solvers", nargs="+", default=list(DEFAULT_SOLVERS),
+                   help="solver names; adam@LR for Adam at learning rate LR")
+    p.add_argument("--eval-steps", type=int, default=None,
+                   help="evaluation steps (default: the config's, 2000)")
+    p.add_argument("--pretrain-steps", type=int, default=None,
+                   help="Hartree-Fock pretraining steps (default: the config's, 1000 for Li)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra `vmc run --set` override for every run")
+    p.add_argument("--out", default="runs/bench", help="folder of the run directories")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per solver instead of the table")
+    return p
+
+
+def _solver_sets(name: str) -> tuple[str, ...]:
+    if name.startswith("adam@"):
+        return ("optim.solver=adam", f"optim.lr={float(name.split('@', 1)[1])}")
+    return (f"optim.solver={name}",)
+
+
+def _vmc_command() -> list[str]:
+    exe = pathlib.Path(sys.executable).with_name("vmc")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "vmc.cli"]
+
+
+def _run_one(args, config: pathlib.Path, name: str, seed: int) -> dict | None:
+    """Run (or reuse) one `vmc run`; returns its raw results or None if it failed."""
+    out = pathlib.Path(args.out) / f"{name.replace('@', '_lr')}_steps{args.steps}_seed{seed}"
+    meta = out / "bench.json"
+    if (out / "summary.json").exists() and meta.exists():
+        return _results(out, json.loads(meta.read_text())["peak_mb"])
+    sets = [*NETWORK, *_solver_sets(name), f"optim.steps={args.steps}", f"run.seed={seed}",
+            "run.progress=false"]
+    if args.eval_steps is not None:
+        sets.append(f"eval.steps={args.eval_steps}")
+    if args.pretrain_steps is not None:
+        sets.append(f"pretrain.steps={args.pretrain_steps}")
+    sets += args.overrides
+    cmd = _vmc_command() + ["run", str(config), "--out", str(out)]
+    if (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("ckpt_*.h5")):
+        cmd.append("--resume")
+    elif out.exists():
+        shutil.rmtree(out)          # a run that died before its first checkpoint
+    for s in sets:
+        cmd += ["--set", s]
+    log = pathlib.Path(args.out) / "logs" / f"{out.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[bench] {name} seed {seed}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0 or not (out / "summary.json").exists():
+        print(f"[bench] {name} seed {seed}: failed (exit {code}); see {log}", file=sys.stderr)
+        return None
+    peak_mb = usage.ru_maxrss / 1024.0             # Linux: KiB
+    meta.write_text(json.dumps({"peak_mb": peak_mb}) + "\n")
+    return _results(out, peak_mb)
+
+
+def _results(out: pathlib.Path, peak_mb: float) -> dict:
+    from vmc.h5io import read_stats
+    summary = json.loads((out / "summary.json").read_text())
+    stats = read_stats(out / "train.h5")
+    energy = np.asarray(stats["energy"], float)
+    tail = energy[-100:][np.isfinite(energy[-100:])]
+    step_time = np.asarray(stats["step_time"], float)
+    e, se = summary.get("energy_ha"), summary.get("energy_stderr_ha")
+    return {"error_mha": None if e is None else 1e3 * (e - EXACT_LI),
+            "error_bar_mha": None if se is None else 1e3 * se,
+            "train_last100_error_mha": float(1e3 * (tail.mean() - EXACT_LI)) if tail.size else None,
+            "step_s": float(np.median(step_time[1:] if step_time.size > 1 else step_time)),
+            "iterations": float(np.mean(stats["iterations"])) if "iterations" in stats else None,
+            "peak_mb": peak_mb}
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return float(statistics.median(values)) if values else None
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = out / "Li.yaml"
+    config.write_text(LI_YAML)
+    raw = {name: [r for seed in range(args.seeds)
+                  if (r := _run_one(args, config, name, seed)) is not None]
+           for name in args.solvers}
+    adam_steps = [r["step_s"] for name, rs in raw.items() if name.startswith("adam") for r in rs]
+    adam_step = _median(adam_steps)
+    rows = []
+    for name, rs in raw.items():
+        step = _median([r["step_s"] for r in rs])
+        rows.append({"solver": name,
+                     "error_mha": _median([r["error_mha"] for r in rs]),
+                     "error_bar_mha": _median([r["error_bar_mha"] for r in rs]),
+                     "train_last100_error_mha": _median([r["train_last100_error_mha"]
+                                                         for r in rs]),
+                     "step_time_vs_adam": (step / adam_step if step is not None and adam_step
+                                           else None),
+                     "peak_mb": _median([r["peak_mb"] for r in rs]),
+                     "_seeds": len(rs), "_step_s": step,
+                     "_iterations": _median([r["iterations"] for r in rs])})
+    if args.json:
+        for row in rows:
+            print(json.dumps({k: v for k, v in row.items() if not k.startswith("_")}))
+    else:
+        _table(rows, args)
+    return 0 if all(row["_seeds"] == args.seeds for row in rows) else 1
+
+
+def _table(rows, args) -> None:
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    print(f"Li, FermiNet (128,128,128)/(16,16,16) x 8 dets, 256 walkers, {args.steps} steps, "
+          f"medians over {args.seeds} seed(s); errors vs exact {EXACT_LI} Ha")
+    print(f"{'solver':11s} {'eval error mHa':>20s} {'train last100 mHa':>18s} "
+          f"{'s/step':>8s} {'vs adam':>8s} {'peak MB':>9s} {'CG its':>6s} {'seeds':>5s}")
+    for r in rows:
+        err = (f"{fmt(r['error_mha'], '.2f')} ± {fmt(r['error_bar_mha'], '.2f')}"
+               if r["error_mha"] is not None else "-")
+        print(f"{r['solver']:11s} {err:>20s} {fmt(r['train_last100_error_mha'], '.2f'):>18s} "
+              f"{fmt(r['_step_s'], '.3f'):>8s} {fmt(r['step_time_vs_adam'], '.2f'):>8s} "
+              f"{fmt(r['peak_mb'], '.0f'):>9s} {fmt(r['_iterations'], '.0f'):>6s} "
+              f"{r['_seeds']:>5d}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Matrix-free SR: (preconditioned) conjugate gradients on (F + λI) d = ĝ (MATH.md §3).
+
+F v = Ōᵀ(Ō v) costs one jvp and one vjp of the batch of per-walker log|ψ| (Schraudolph
+2002); Ō (n_w × p) is never formed. The forward pass is linearized once per step and every
+CG iteration reuses it. Vectors and CG scalars are float64 (the network may run in
+float32: each product then carries float32 rounding, ~1e-7 relative).
+
+Convention (FermiNet's, as in `vmc.optim.sr`): ĝ = Ōᵀε = Cov(E_L, O) = g/2, θ ← θ − η s d,
+with the norm constraint s = min(1, √(C / (η² dᵀ(F + λI)d))) on the exact curvature of the
+solver's direction (for an exact solve dᵀ(F + λI)d = ĝᵀd; for a truncated CG it is the
+trust-region quantity, costing one extra jvp).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from vmc.optim.sr import (Optimizer, OptStats, apply_direction, centred_energies,
+                          clip_local_energy, lr_schedule, make_logabs_batch,
+                          norm_constraint_scale)
+
+F64 = jnp.float64
+
+
+class FisherOperator(NamedTuple):
+    """The damped Fisher matrix of one batch, matrix-free, on flat float64 (p,) vectors.
+
+    matvec: v -> (F + λI) v.  gradient: ε (n_w,) -> ĝ = Ōᵀε.  curvature: d -> dᵀ(F + λI)d
+    (one jvp).  unravel: flat (p,) -> params-shaped float64 pytree.  ravel: pytree -> (p,)
+    float64.
+    """
+    matvec: Callable
+    gradient: Callable
+    curvature: Callable
+    unravel: Callable
+    ravel: Callable
+
+
+def flat_size(params) -> int:
+    """Number of scalar parameters p."""
+    return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
+
+
+def float64_ravel(params) -> tuple[Callable, Callable]:
+    """(ravel: pytree -> (p,) float64, unravel: (p,) -> float64 pytree) in params' order."""
+    tmpl = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, F64), params)
+    _, unravel = ravel_pytree(tmpl)
+
+    def ravel(tree):
+        return ravel_pytree(jax.tree_util.tree_map(lambda x: x.astype(F64), tree))[0]
+    return ravel, unravel
+
+
+def linearize_fisher(log_psi: Callable, params, walkers, damping: float) -> FisherOperator:
+    """Linearize the batch of log|ψ| once and return F + λI as products.
+
+    Args:
+      log_psi: (params, x (n_electrons, 3)) -> (sign, logabs).
+      walkers: (n_w, n_electrons, 3) bohr.
+      damping: λ >= 0.
+    """
+    logabs = make_logabs_batch(log_psi)
+    out, jvp = jax.linearize(lambda p: logabs(p, walkers), params)
+    vjp = jax.linear_transpose(jvp, params)
+    n_w = walkers.shape[0]
+    root_n = jnp.sqrt(jnp.asarray(n_w, F64))
+    ravel, unravel = float64_ravel(params)
+
+    def to_params(v):
+        tree = unravel(v)
+        return jax.tree_util.tree_map(lambda t, p: t.astype(p.dtype), tree, params)
+
+    def obar(v):
+        """Ō v, (n_w,) float64: centred per-walker directional derivatives / √n_w."""
+        u = jvp(to_params(v)).astype(F64)
+        return (u - jnp.mean(u)) / root_n
+
+    def obar_t(w):
+        """Ōᵀ w = Oᵀ (w − mean w)/√n_w for w (n_w,)."""
+        w = (w - jnp.mean(w)) / root_n
+        (t,) = vjp(w.astype(out.dtype))
+        return ravel(t)
+
+    def matvec(v):
+        return obar_t(obar(v)) + damping * v
+
+    def curvature(d):
+        u = obar(d)
+        return jnp.dot(u, u) + damping * jnp.dot(d, d)
+
+    return FisherOperator(matvec, lambda eps: obar_t(eps.astype(F64)), curvature, unravel,
+                          ravel)
+
+
+class CGResult(NamedTuple):
+    """x: (p,) float64 solution; iterations: () int32; residual: () float64, ‖b − Ax‖/‖b‖
+    (the recursively updated residual)."""
+    x: jax.Array
+    iterations: jax.Array
+    residual: jax.Array
+
+
+def pcg(matvec: Callable, b, x0, maxiter: int, tol: float,
+        precond: Optional[Callable] = None) -> CGResult:
+    """Preconditioned conjugate gradients for SPD A, jittable (lax.while_loop), float64.
+
+    Stops when ‖r‖ ≤ tol ‖b‖ or after `maxiter` iterations (0: return x0). `precond` applies
+    M⁻¹ (SPD); None is the identity (plain CG).
+    """
+    precond = precond if precond is not None else (lambda r: r)
+    b = b.astype(F64)
+    x0 = x0.astype(F64)
+    bnorm = jnp.maximum(jnp.linalg.norm(b), jnp.finfo(F64).tiny)
+    r0 = b - matvec(x0)
+    z0 = precond(r0)
+    rz0 = jnp.dot(r0, z0)
+
+    def cond(c):
+        k, _, r, _, rz = c
+        return (k < maxiter) & (jnp.linalg.norm(r) > tol * bnorm) & (rz > 0)
+
+    def body(c):
+        k, x, r, p, rz = c
+        ap = matvec(p)
+        pap = jnp.dot(p, ap)
+        alpha = jnp.where(pap > 0, rz / jnp.where(pap > 0, pap, 1.0), 0.0)
+        x = x + alpha * p
+        r = r - alpha * ap
+        z = precond(r)
+        rz_new = jnp.dot(r, z)
+        p = z + (rz_new / rz) * p
+        return k + 1, x, r, p, rz_new
+
+    k, x, r, _, _ = jax.lax.while_loop(
+        cond, body, (jnp.zeros((), jnp.int32), x0, r0, z0, rz0))
+    return CGResult(x, k, jnp.linalg.norm(r) / bnorm)
+
+
+class CGState(NamedTuple):
+    """direction: (p,) float64, the last solution d (the next solve's warm start)."""
+    direction: jax.Array
+
+
+def make_cg(cfg, log_psi: Callable) -> Optimizer:
+    """SR with CG on the exact damped F, warm-started from the previous direction.
+
+    Args:
+      cfg: `vmc.config.OptimConfig` (lr, lr_decay_steps, damping, norm_constraint, clip,
+        cg_maxiter, cg_tol).
+    Stats: iterations = CG iterations, residual = ‖ĝ − (F + λI)d‖/‖ĝ‖.
+    """
+    schedule = lr_schedule(cfg.lr, cfg.lr_decay_steps)
+
+    def init(params):
+        return CGState(jnp.zeros((flat_size(params),), F64))
+
+    def update(params, state, walkers, e_l, step):
+        e_clip, frac = clip_local_energy(e_l, cfg.clip)
+        eps = centred_energies(e_clip.astype(F64))
+        op = linearize_fisher(log_psi, params, walkers, cfg.damping)
+        g = op.gradient(eps)
+        res = pcg(op.matvec, g, state.direction, cfg.cg_maxiter, cfg.cg_tol)
+        lr = schedule(step)
+        scale = norm_constraint_scale(op.curvature(res.x), lr, cfg.norm_constraint)
+        new, norm = apply_direction(params, op.unravel(res.x), lr, scale)
+        return new, CGState(res.x), OptStats(lr, norm, scale, frac,
+                                             res.iterations.astype(F64), res.residual)
+
+    return Optimizer(init, update)

@@ -1,0 +1,189 @@
+"""KFAC and KFAC-preconditioned CG for SR (Martens & Grosse 2015; Pfau et al. 2020; MATH.md §3).
+
+The damped Fisher F + λI is approximated block-diagonally:
+
+- each Dense layer (bias folded in): (A + π√λ I) ⊗ (B + √λ/π I) with the "expand" factors of
+  `vmc.optim.kfac_capture` and π = √((tr A / dim A)/(tr B / dim B)) (factored Tikhonov
+  damping, Martens & Grosse 2015 §6.3); a kernel W̃ = [W; bias] is preconditioned as
+  (A + π√λ I)⁻¹ ∇W̃ (B + √λ/π I)⁻¹;
+- every other parameter (envelope π, σ; Jastrow α): diag(ŌᵀŌ) + λ (exact centred Fisher
+  diagonal).
+
+A, B and the diagonal are exponential moving averages with decay `optim.kfac_cov_ema`
+(the first step takes the batch values); the damped inverses are refreshed every
+`optim.kfac_inverse_every` updates (Cholesky, float64). All of it lives in `KfacState`, a
+pytree of arrays, so checkpoints carry it. KFAC's factors are uncentred; the exact F is the
+centred covariance.
+
+'kfac': d = M⁻¹ĝ with M the damped Kronecker/diagonal matrix; norm constraint on
+ĝᵀd = dᵀMd. 'kfac-cg': preconditioned CG on the exact damped F (as `vmc.optim.cg`) with
+M⁻¹ as preconditioner, started at the KFAC direction x₀ = M⁻¹ĝ (0 iterations = 'kfac');
+norm constraint on dᵀ(F + λI)d. Convention: ĝ = Cov(E_L, O) = g/2 (FermiNet's).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from vmc.errors import InputError
+from vmc.optim.cg import float64_ravel, linearize_fisher, pcg
+from vmc.optim.kfac_capture import (DenseLayer, discover_layers, make_statistics,
+                                    merge_params, split_params)
+from vmc.optim.sr import (Optimizer, OptStats, apply_direction, centred_energies,
+                          clip_local_energy, lr_schedule, norm_constraint_scale)
+
+F64 = jnp.float64
+
+
+class KfacState(NamedTuple):
+    """count: () int32 updates done; a, b: {layer: EMA factor} float64; a_inv, b_inv: their
+    damped inverses at the last refresh; diag: params-like nested dict of the other
+    parameters' EMA Fisher diagonal; diag_inv: 1/(diag + λ) at the last refresh."""
+    count: jax.Array
+    a: dict
+    b: dict
+    a_inv: dict
+    b_inv: dict
+    diag: dict
+    diag_inv: dict
+
+
+def damped_factors(a, b, damping: float):
+    """(A + π√λ I, B + √λ/π I), π = √((tr A/dim A)/(tr B/dim B)) (traces floored at 1e-30)."""
+    ta = jnp.maximum(jnp.trace(a) / a.shape[0], 1e-30)
+    tb = jnp.maximum(jnp.trace(b) / b.shape[0], 1e-30)
+    pi = jnp.sqrt(ta / tb)
+    root = jnp.sqrt(jnp.asarray(damping, F64))
+    return (a + pi * root * jnp.eye(a.shape[0], dtype=F64),
+            b + root / pi * jnp.eye(b.shape[0], dtype=F64))
+
+
+def _spd_inverse(m):
+    chol = jax.scipy.linalg.cho_factor(m, lower=True)
+    inv = jax.scipy.linalg.cho_solve(chol, jnp.eye(m.shape[0], dtype=m.dtype))
+    return 0.5 * (inv + inv.T)
+
+
+def _inverses(a, b, diag, damping: float):
+    a_inv, b_inv = {}, {}
+    for name in a:
+        da, db = damped_factors(a[name], b[name], damping)
+        a_inv[name], b_inv[name] = _spd_inverse(da), _spd_inverse(db)
+    return a_inv, b_inv, jax.tree_util.tree_map(lambda d: 1.0 / (d + damping), diag)
+
+
+def init_state(layers: tuple[DenseLayer, ...], params) -> KfacState:
+    """Zero factors (the first update replaces them) and identity inverses."""
+    _, other = split_params(layers, params)
+    dims = {ly.name: (ly.d_in + int(ly.bias), ly.d_out) for ly in layers}
+    eye = lambda n: jnp.eye(n, dtype=F64)  # noqa: E731
+    diag = traverse_util.unflatten_dict({k: jnp.zeros(v.shape, F64) for k, v in other.items()})
+    return KfacState(jnp.zeros((), jnp.int32),
+                     {k: jnp.zeros((i, i), F64) for k, (i, _) in dims.items()},
+                     {k: jnp.zeros((o, o), F64) for k, (_, o) in dims.items()},
+                     {k: eye(i) for k, (i, _) in dims.items()},
+                     {k: eye(o) for k, (_, o) in dims.items()},
+                     diag, jax.tree_util.tree_map(jnp.ones_like, diag))
+
+
+def accumulate(state: KfacState, stats, cfg) -> KfacState:
+    """Moving averages of the factors; inverses refreshed every `kfac_inverse_every`."""
+    decay = jnp.where(state.count == 0, 0.0, cfg.kfac_cov_ema).astype(F64)
+    ema = lambda old, new: decay * old + (1.0 - decay) * new  # noqa: E731
+    a = jax.tree_util.tree_map(ema, state.a, stats.a)
+    b = jax.tree_util.tree_map(ema, state.b, stats.b)
+    diag = jax.tree_util.tree_map(ema, state.diag, traverse_util.unflatten_dict(stats.diag))
+    a_inv, b_inv, diag_inv = jax.lax.cond(
+        state.count % cfg.kfac_inverse_every == 0,
+        lambda: _inverses(a, b, diag, cfg.damping),
+        lambda: (state.a_inv, state.b_inv, state.diag_inv))
+    return KfacState(state.count + 1, a, b, a_inv, b_inv, diag, diag_inv)
+
+
+def precondition(state: KfacState, grad):
+    """M⁻¹ĝ for ĝ in split form ({layer: (d̃_in, d_out)}, {other key: array}), float64."""
+    g_dense, g_other = grad
+    d_dense = {n: state.a_inv[n] @ g.astype(F64) @ state.b_inv[n] for n, g in g_dense.items()}
+    inv = traverse_util.flatten_dict(state.diag_inv)
+    return d_dense, {k: g.astype(F64) * inv[k] for k, g in g_other.items()}
+
+
+def _dot(x, y) -> jax.Array:
+    return sum(jnp.vdot(a.astype(F64), b.astype(F64)) for a, b in
+               zip(jax.tree_util.tree_leaves(x), jax.tree_util.tree_leaves(y)))
+
+
+def _n_electrons(module) -> int:
+    try:
+        return int(module.n_up) + int(module.n_down)
+    except AttributeError:
+        raise InputError("optim.solver kfac/kfac-cg: the ansatz module has no n_up/n_down; "
+                         "use a FermiNet or Psiformer ansatz or another solver") from None
+
+
+def _pcg_solve(cfg, log_psi, layers, params, walkers, state: KfacState, grad, d_kfac):
+    """CG on the exact (F + λI) d = ĝ, preconditioned by M⁻¹, from x₀ = M⁻¹ĝ.
+
+    Returns (direction pytree float64, dᵀ(F + λI)d, iterations, relative residual).
+    """
+    op = linearize_fisher(log_psi, params, walkers, cfg.damping)
+    ravel, unravel = float64_ravel(params)
+
+    def to_flat(split):
+        return ravel(merge_params(layers, *split))
+
+    def m_inv(r):
+        return to_flat(precondition(state, split_params(layers, unravel(r))))
+
+    res = pcg(op.matvec, to_flat(grad), to_flat(d_kfac), cfg.cg_maxiter, cfg.cg_tol, m_inv)
+    return (unravel(res.x), op.curvature(res.x), res.iterations.astype(F64), res.residual)
+
+
+def make_kfac(cfg, log_psi: Callable, module, kind: str = "kfac") -> Optimizer:
+    """'kfac' or 'kfac-cg' for a flax linen ansatz `module` (whose Dense layers are captured).
+
+    Args:
+      cfg: `vmc.config.OptimConfig` (lr, lr_decay_steps, damping > 0, norm_constraint, clip,
+        kfac_cov_ema, kfac_inverse_every; cg_maxiter, cg_tol for 'kfac-cg').
+      log_psi: (params, x) -> (sign, logabs), calling `module.apply`.
+      module: the flax module (`Ansatz.module`).
+    Raises:
+      InputError: no module (e.g. the 'hf' ansatz), or damping <= 0.
+    """
+    if module is None:
+        raise InputError(f"optim.solver {kind}: needs a flax ansatz (ferminet, psiformer); "
+                         f"use sample, cg or spring")
+    if not cfg.damping > 0:
+        raise InputError(f"optim.damping: {cfg.damping} is not valid for {kind}; valid: > 0")
+    n_electrons = _n_electrons(module)
+    schedule = lr_schedule(cfg.lr, cfg.lr_decay_steps)
+
+    def init(params):
+        return init_state(discover_layers(log_psi, params, n_electrons), params)
+
+    def update(params, state, walkers, e_l, step):
+        e_clip, frac = clip_local_energy(e_l, cfg.clip)
+        eps = centred_energies(e_clip.astype(F64))
+        layers = discover_layers(log_psi, params, n_electrons)
+        stats = make_statistics(log_psi, layers)(params, walkers, eps)
+        state = accumulate(state, stats, cfg)
+        d = precondition(state, stats.grad)
+        zero = jnp.zeros((), F64)
+        if kind == "kfac":
+            curvature, iters, resid = _dot(stats.grad, d), zero, zero
+            direction = merge_params(layers, *d)
+        else:
+            direction, curvature, iters, resid = _pcg_solve(cfg, log_psi, layers, params,
+                                                            walkers, state, stats.grad, d)
+        lr = schedule(step)
+        scale = norm_constraint_scale(curvature, lr, cfg.norm_constraint)
+        direction = jax.tree_util.tree_structure(params).unflatten(
+            jax.tree_util.tree_leaves(direction))
+        new, norm = apply_direction(params, direction, lr, scale)
+        return new, state, OptStats(lr, norm, scale, frac, iters, resid)
+
+    return Optimizer(init, update)

@@ -1,0 +1,195 @@
+"""KFAC statistics from a flax linen ansatz: Dense-layer inputs and output-derivatives.
+
+Every `nn.Dense` call inside `log_psi` is intercepted (`nn.intercept_methods`): its input a
+is recorded and a zero "perturbation" δ is added to its output y, so that
+b = ∂log|ψ|/∂y = ∂log|ψ|/∂δ comes out of one per-walker gradient (vmapped over walkers).
+FermiNet applies each Dense to many rows of one walker (electrons for `layer_i/one` and the
+orbital layers, electron pairs for `layer_i/two`): S shared uses per walker.
+
+Factors (the "expand" rule of the seed's slide / MATH.md §3, with the bias folded in as a
+1 appended to a; n_w walkers, uncentred):
+
+    A = 1/(n_w S) Σ_{walkers, uses} ã ãᵀ      (d_in + 1, d_in + 1)
+    B = 1/n_w     Σ_{walkers, uses} b bᵀ      (d_out, d_out)
+
+so that A ⊗ B matches (1/n_w) Σ_i Σ_s ã ãᵀ ⊗ b bᵀ, the same-use part of the exact block.
+A kernel W (d_in, d_out) and bias (d_out,) are handled as one matrix W̃ = [W; bias]
+(d_in + 1, d_out), vec'd row-major, so (A ⊗ B)⁻¹ vec W̃ = vec(A⁻¹ W̃ B⁻¹).
+
+All other parameters (envelope π, σ; Jastrow α; anything not in an nn.Dense) get the
+diagonal of the exact centred Fisher, diag(ŌᵀŌ), from per-walker gradients.
+
+The gradient ĝ = Ōᵀε = Σ_i O_i ε_i/√n_w comes from the same pass: for a Dense layer
+∂log|ψ|/∂W̃ = Σ_s ã_s b_sᵀ exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+F64 = jnp.float64
+
+
+class DenseLayer(NamedTuple):
+    """A captured Dense layer (static). name: 'layer_0.one'; path: ('layer_0', 'one');
+    out_shapes: the output shape of each call in one walker; uses: S, rows per walker."""
+    name: str
+    path: tuple
+    d_in: int
+    d_out: int
+    bias: bool
+    out_shapes: tuple
+    uses: int
+
+
+class Statistics(NamedTuple):
+    """One batch's KFAC statistics (float64).
+
+    a, b: {layer name: A (d̃_in, d̃_in), B (d_out, d_out)}; grad: ĝ in split form
+    ({name: (d̃_in, d_out)}, other); diag: diag(ŌᵀŌ) of the other parameters.
+    """
+    a: dict
+    b: dict
+    grad: tuple
+    diag: dict
+
+
+def _is_dense_call(context) -> bool:
+    return isinstance(context.module, nn.Dense) and context.method_name == "__call__"
+
+
+def _name(path) -> str:
+    return ".".join(path)
+
+
+def discover_layers(log_psi: Callable, params, n_electrons: int) -> tuple[DenseLayer, ...]:
+    """The Dense layers `log_psi` calls for one configuration (by abstract evaluation).
+
+    A layer called several times per walker has all its calls' rows as its S uses.
+    """
+    calls: dict[tuple, list] = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if _is_dense_call(context):
+            calls.setdefault(tuple(context.module.path), []).append(
+                (args[0].shape, out.shape))
+        return out
+
+    def run(p, x):
+        with nn.intercept_methods(interceptor):
+            return log_psi(p, x)
+
+    dtype = jax.tree_util.tree_leaves(params)[0].dtype
+    jax.eval_shape(run, params, jax.ShapeDtypeStruct((n_electrons, 3), dtype))
+    flat = traverse_util.flatten_dict(_unfreeze(params))
+    layers = []
+    for path, uses in calls.items():
+        key = ("params", *path)
+        if key + ("kernel",) not in flat:
+            continue
+        d_in, d_out = flat[key + ("kernel",)].shape
+        rows = sum(math.prod(s[:-1]) for s, _ in uses)
+        layers.append(DenseLayer(_name(path), path, d_in, d_out, key + ("bias",) in flat,
+                                 tuple(o for _, o in uses), rows))
+    return tuple(layers)
+
+
+def _unfreeze(params):
+    return params.unfreeze() if hasattr(params, "unfreeze") else params
+
+
+def split_params(layers, tree):
+    """A params-shaped pytree -> (dense {name: W̃ (d̃_in, d_out)}, other flat dict)."""
+    flat = traverse_util.flatten_dict(_unfreeze(tree))
+    dense = {}
+    for layer in layers:
+        key = ("params", *layer.path)
+        w = flat.pop(key + ("kernel",))
+        if layer.bias:
+            w = jnp.concatenate([w, flat.pop(key + ("bias",))[None, :]], axis=0)
+        dense[layer.name] = w
+    return dense, flat
+
+
+def merge_params(layers, dense, other):
+    """Inverse of `split_params`: a params-shaped nested dict."""
+    flat = dict(other)
+    for layer in layers:
+        key = ("params", *layer.path)
+        w = dense[layer.name]
+        flat[key + ("kernel",)] = w[:layer.d_in]
+        if layer.bias:
+            flat[key + ("bias",)] = w[layer.d_in]
+    return traverse_util.unflatten_dict(flat)
+
+
+def _gram(x, y):
+    """xᵀy over the rows, full float32 precision (no TF32), returned as float64."""
+    return jnp.matmul(x.T, y, precision=jax.lax.Precision.HIGHEST).astype(F64)
+
+
+def make_statistics(log_psi: Callable, layers: tuple[DenseLayer, ...]) -> Callable:
+    """`stats(params, walkers (n_w, n, 3), eps (n_w,)) -> Statistics` (jittable).
+
+    eps: centred energies ε = (E_L − mean)/√n_w, so ĝ = Σ_i O_i ε_i/√n_w.
+    """
+    names = {layer.path: layer.name for layer in layers}
+
+    def walker_logabs(other, dense_raw, perturb, x):
+        acts: dict[str, list] = {}
+
+        def interceptor(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            name = names.get(tuple(context.module.path)) if _is_dense_call(context) else None
+            if name is None:
+                return out
+            uses = acts.setdefault(name, [])
+            uses.append(args[0])
+            return out + perturb[name][len(uses) - 1]
+
+        p = traverse_util.unflatten_dict({**dense_raw, **other})
+        with nn.intercept_methods(interceptor):
+            _, logabs = log_psi(p, x)
+        return logabs, acts
+
+    grad_fn = jax.vmap(jax.grad(walker_logabs, argnums=(0, 2), has_aux=True),
+                       in_axes=(None, None, None, 0))
+
+    def stats(params, walkers, eps):
+        flat = traverse_util.flatten_dict(_unfreeze(params))
+        dense_keys = {("params", *ly.path, k) for ly in layers for k in ("kernel", "bias")}
+        dense_raw = {k: v for k, v in flat.items() if k in dense_keys}
+        other = {k: v for k, v in flat.items() if k not in dense_keys}
+        dtype = jax.tree_util.tree_leaves(params)[0].dtype
+        perturb = {ly.name: [jnp.zeros(s, dtype) for s in ly.out_shapes] for ly in layers}
+        (o_other, b_raw), acts = grad_fn(other, dense_raw, perturb, walkers)
+        n_w = walkers.shape[0]
+        w = (eps.astype(F64) / jnp.sqrt(jnp.asarray(n_w, F64)))
+        fa, fb, g_dense = {}, {}, {}
+        for layer in layers:
+            a = jnp.concatenate([x.reshape(n_w, -1, layer.d_in) for x in acts[layer.name]], 1)
+            b = jnp.concatenate([x.reshape(n_w, -1, layer.d_out) for x in b_raw[layer.name]],
+                                1)
+            if layer.bias:
+                a = jnp.concatenate([a, jnp.ones(a.shape[:-1] + (1,), a.dtype)], -1)
+            a2 = a.reshape(-1, a.shape[-1])
+            b2 = b.reshape(-1, b.shape[-1])
+            fa[layer.name] = _gram(a2, a2) / (n_w * layer.uses)
+            fb[layer.name] = _gram(b2, b2) / n_w
+            bw = (b * w.astype(b.dtype)[:, None, None]).reshape(b2.shape)
+            g_dense[layer.name] = _gram(a2, bw)
+        g_other, diag = {}, {}
+        for k, o in o_other.items():
+            o = o.astype(F64)
+            g_other[k] = jnp.tensordot(w, o, axes=1)
+            diag[k] = jnp.var(o, axis=0)
+        return Statistics(fa, fb, (g_dense, g_other), diag)
+
+    return stats
