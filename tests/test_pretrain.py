@@ -1,0 +1,116 @@
+"""Hartree–Fock pretraining: the fit improves, both spin blocks are fitted, rows are logged."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vmc import h5io
+from vmc.config import config_from_dict
+from vmc.hf import eval_orbitals, run_hf
+from vmc.pretrain import hf_targets, pretrain, pretrain_loss
+from vmc.train import build, init_state
+
+LIH = [{"symbol": "Li", "position": [0.0, 0.0, 0.0]},
+       {"symbol": "H", "position": [0.0, 0.0, 3.015]}]
+LI = [{"symbol": "Li", "position": [0.0, 0.0, 0.0]}]
+
+
+@functools.lru_cache(maxsize=None)
+def _setup(atoms_key, spin, full_det, steps, ansatz="ferminet"):
+    atoms = {"LiH": LIH, "Li": LI}[atoms_key]
+    cfg = config_from_dict({"atoms": atoms, "spin": spin}, name=atoms_key, preset="tiny",
+                           overrides=(f"ansatz.name={ansatz}", "ansatz.heads=2",
+                                      "ansatz.head_dim=8", "ansatz.jastrow=true",
+                                      f"ansatz.full_det={str(full_det).lower()}",
+                                      "ansatz.hidden_one=[16, 16]", "sampler.walkers=64",
+                                      f"pretrain.steps={steps}", "pretrain.lr=0.01",
+                                      "sampler.moves=4"))
+    setup = build(cfg)
+    hf = run_hf(setup.molecule, cfg.pretrain.basis, cfg.pretrain.method)
+    return setup, hf
+
+
+def _block_errors(setup, hf, params, walkers):
+    """Mean squared error per orbital block, averaged over walkers."""
+    n_up = setup.molecule.n_up
+
+    @jax.jit
+    def errs(params):
+        def one(x):
+            mats = setup.ansatz.orbitals(params, x)
+            tg = hf_targets(hf, x, n_up, [m.shape for m in mats])
+            return jnp.stack([jnp.sum((m - t[None]) ** 2) for m, t in zip(mats, tg)])
+        return jnp.mean(jax.vmap(one)(walkers), axis=0)
+    return np.asarray(errs(params))
+
+
+def _run(tmp_path, atoms_key, spin, full_det, steps, pass_hf=True, ansatz="ferminet"):
+    """Pretrain from a fresh state; without `pass_hf` pretrain runs PySCF itself."""
+    setup, hf = _setup(atoms_key, spin, full_det, steps, ansatz)
+    setup = dataclasses.replace(setup, hf=hf if pass_hf else None)
+    state0 = init_state(setup, jax.random.PRNGKey(0))
+    lines = []
+    state = pretrain(setup, state0, jax.random.PRNGKey(1), tmp_path, lines.append)
+    return setup, hf, state0, state, lines
+
+
+def test_pretrain_lih_full_det_fits_hf(tmp_path):
+    steps = 100
+    setup, hf, state0, state, lines = _run(tmp_path, "LiH", 0, True, steps, pass_hf=False)
+    stats = h5io.read_stats(tmp_path / "train.h5", "pretrain")
+    assert len(stats["step"]) == steps
+    np.testing.assert_array_equal(stats["step"], np.arange(steps))
+    loss = stats["loss"]
+    assert np.all(np.isfinite(loss))
+    assert np.mean(loss[-10:]) < 0.3 * loss[0], (loss[0], loss[-10:])
+    # On the final walkers, the pretrained orbitals are much closer to HF's than the initial.
+    walkers = state.mcmc.walkers
+    before = float(pretrain_loss(setup.ansatz.orbitals, hf, 2, state0.params, walkers))
+    after = float(pretrain_loss(setup.ansatz.orbitals, hf, 2, state.params, walkers))
+    assert after < 0.3 * before
+    # The returned state: walkers carry the network's log|ψ|, the optimizer state is fresh.
+    logabs = jax.vmap(lambda x: setup.ansatz.log_psi(state.params, x)[1])(walkers)
+    np.testing.assert_allclose(np.asarray(state.mcmc.logabs), np.asarray(logabs), rtol=1e-5,
+                               atol=1e-5)
+    fresh = setup.optimizer.init(state.params)
+    assert (jax.tree_util.tree_structure(state.opt_state)
+            == jax.tree_util.tree_structure(fresh))
+    assert any("RHF/cc-pvdz" in line for line in lines), lines
+
+
+def test_pretrain_li_block_dets_fits_both_spins(tmp_path):
+    steps = 100
+    setup, hf, state0, state, _ = _run(tmp_path, "Li", 1, False, steps)
+    assert (setup.molecule.n_up, setup.molecule.n_down) == (2, 1)
+    shapes = [m.shape for m in setup.ansatz.orbitals(state.params, state.mcmc.walkers[0])]
+    assert shapes == [(2, 2, 2), (2, 1, 1)]
+    before = _block_errors(setup, hf, state0.params, state.mcmc.walkers)
+    after = _block_errors(setup, hf, state.params, state.mcmc.walkers)
+    assert after.shape == (2,)
+    assert np.all(after < 0.3 * before), (before, after)
+    assert len(h5io.read_stats(tmp_path / "train.h5", "pretrain")["step"]) == steps
+
+
+def test_pretrain_psiformer_lih(tmp_path):
+    steps = 60
+    setup, hf, state0, state, _ = _run(tmp_path, "LiH", 0, True, steps, ansatz="psiformer")
+    assert setup.cfg.ansatz.name == "psiformer"
+    loss = h5io.read_stats(tmp_path / "train.h5", "pretrain")["loss"]
+    assert len(loss) == steps and np.all(np.isfinite(loss))
+    assert np.mean(loss[-5:]) < 0.3 * loss[0], (loss[0], loss[-5:])
+
+
+def test_full_det_target_is_block_diagonal(x64):
+    setup, hf = _setup("Li", 1, True, 1)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 3)))
+    (target,) = hf_targets(hf, x, 2, [(2, 3, 3)])
+    up, down = eval_orbitals(hf, x)
+    np.testing.assert_allclose(target[:2, :2], up[:2])
+    np.testing.assert_allclose(target[2:, 2:], down[2:])
+    assert np.all(np.asarray(target[:2, 2:]) == 0) and np.all(np.asarray(target[2:, :2]) == 0)
+    with pytest.raises(ValueError, match="fit neither"):
+        hf_targets(hf, x, 2, [(2, 1, 1), (2, 2, 2)])

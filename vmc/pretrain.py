@@ -1,0 +1,185 @@
+"""Hartree–Fock pretraining: fit the network's orbitals to the occupied HF orbitals (MATH.md §5).
+
+Loss (FermiNet's pretraining loss, Pfau et al. 2020), for walkers x_w:
+
+    L = mean_w Σ_k Σ_b ‖M^net_{bk}(x_w) − M^HF_b(x_w)‖²_F
+
+over the K determinants k and the orbital blocks b the ansatz returns:
+
+* block determinants: the spin-up block (n_up × n_up) targets φ^HF_up,j(r_i) for the up
+  electrons, the spin-down block (n_down × n_down) φ^HF_down,j(r_i) for the down electrons;
+  both blocks are fitted, also when n_up ≠ n_down (an empty block is skipped).
+* full determinants: the n × n matrix targets the block-diagonal matrix
+  [[Φ_up(x_up), 0], [0, Φ_down(x_down)]]: up electrons × the first n_up columns hold the up
+  HF orbitals, down electrons × the last n_down columns the down HF orbitals, and the
+  off-diagonal spin blocks are fitted to ZERO (as in FermiNet).
+
+Every determinant k is fitted to the same target. The walkers alternate Metropolis moves
+under |ψ_HF|² and under |ψ_net|² (the first ⌈moves/2⌉ moves of each step under HF, the rest
+under the network, one shared adaptive width), so the fit covers the regions both densities
+visit; the walkers are kept and VMC burn-in starts from them.
+
+`pretrain` is the host loop (progress bar, train.h5 group "pretrain" with rows {step, loss});
+`make_pretrain_step` builds the pure jit-compiled step.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from vmc import h5io
+from vmc.sampler import MCMCState, make_sampler
+
+GROUP = "pretrain"
+
+
+class PretrainState(NamedTuple):
+    """Pretraining state (a pytree): network params, Adam state, walkers."""
+    params: object
+    opt_state: object
+    mcmc: MCMCState
+
+
+def hf_targets(hf, x, n_up: int, mats_shapes) -> list:
+    """HF target matrices matching the network's orbital blocks.
+
+    Args:
+      hf: `vmc.hf.HartreeFock`.
+      x: (n, 3) electrons, bohr, spin up first.
+      n_up: number of spin-up electrons.
+      mats_shapes: shapes of the network's orbital blocks, [(K, m_b, m_b)].
+    Returns:
+      list of (m_b, m_b) targets: one block-diagonal n × n matrix (full determinant; the
+      off-diagonal spin blocks are zero) or the up and down blocks (empty ones omitted).
+    Raises:
+      ValueError: blocks that fit neither layout.
+    """
+    from vmc.hf import eval_orbitals
+
+    n = x.shape[0]
+    up, down = eval_orbitals(hf, x)
+    up, down = up[:n_up], down[n_up:]                      # (n_up, n_up), (n_down, n_down)
+    sizes = [s[-1] for s in mats_shapes]
+    if len(sizes) == 1 and sizes[0] == n:
+        n_down = n - n_up
+        top = jnp.concatenate([up, jnp.zeros((n_up, n_down), up.dtype)], axis=1)
+        bottom = jnp.concatenate([jnp.zeros((n_down, n_up), up.dtype), down], axis=1)
+        return [jnp.concatenate([top, bottom], axis=0)]
+    blocks = [m for m in (up, down) if m.shape[0] > 0]
+    if sizes != [m.shape[0] for m in blocks]:
+        raise ValueError(f"pretraining: orbital blocks of sizes {sizes} fit neither a full "
+                         f"{n}x{n} determinant nor spin blocks {[m.shape[0] for m in blocks]}")
+    return blocks
+
+
+def pretrain_loss(orbitals: Callable, hf, n_up: int, params, walkers) -> jax.Array:
+    """mean over walkers of Σ_k Σ_b ‖M^net_bk − M^HF_b‖²_F (see the module docstring).
+
+    Args:
+      orbitals: (params, x (n, 3)) -> list of (K, m_b, m_b) (`Ansatz.orbitals`).
+      walkers: (n_walkers, n, 3) bohr.
+    """
+    def one(x):
+        mats = orbitals(params, x)
+        targets = hf_targets(hf, x.astype(mats[0].dtype), n_up, [m.shape for m in mats])
+        return sum(jnp.sum((m - t[None]) ** 2) for m, t in zip(mats, targets))
+
+    return jnp.mean(jax.vmap(one)(walkers))
+
+
+def make_pretrain_step(setup, hf, lr: float):
+    """The jit-compiled pretraining step and the Adam transformation.
+
+    Returns:
+      (tx, step) with `step(state: PretrainState, key) -> (state, loss, pmove)`: ⌈m/2⌉
+      Metropolis moves under |ψ_HF|², ⌊m/2⌋ under |ψ_net|² (m = sampler.moves, at least one
+      of each), then one Adam step on the loss at the moved walkers.
+    """
+    from vmc.hf import hf_log_psi
+
+    s = setup.cfg.sampler
+    moves_hf = max(1, (s.moves + 1) // 2)
+    moves_net = max(1, s.moves // 2)
+    _, hf_step = make_sampler(lambda p, x: hf_log_psi(hf, x), moves_hf, s.target_pmove,
+                              s.adapt_rate)
+    _, net_step = make_sampler(setup.ansatz.log_psi, moves_net, s.target_pmove, s.adapt_rate)
+    tx = optax.adam(lr)
+    n_up = setup.molecule.n_up
+    loss_fn = lambda p, w: pretrain_loss(setup.ansatz.orbitals, hf, n_up, p, w)
+
+    def step(state: PretrainState, key):
+        k_hf, k_net = jax.random.split(key)
+        mcmc, pm_hf = hf_step(None, state.mcmc, k_hf)
+        mcmc, pm_net = net_step(state.params, mcmc, k_net)
+        loss, grad = jax.value_and_grad(loss_fn)(state.params, mcmc.walkers)
+        updates, opt_state = tx.update(grad, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        pmove = (moves_hf * pm_hf + moves_net * pm_net) / (moves_hf + moves_net)
+        return PretrainState(params, opt_state, mcmc), loss, pmove
+
+    return tx, jax.jit(step)
+
+
+def _progress(cfg, total: int):
+    if not getattr(cfg.run, "progress", True) or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc="pretrain", leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+def pretrain(setup, state, key, run_dir, log: Callable = print):
+    """Fit the ansatz's orbitals to Hartree–Fock for `cfg.pretrain.steps` Adam steps.
+
+    Args:
+      setup: `vmc.train.Setup`; the HF result is `setup.hf`, or run here with
+        `cfg.pretrain.basis` and `cfg.pretrain.method`.
+      state: `vmc.train.TrainState` (initial params and walkers).
+      key: PRNG key; step t uses fold_in(key, t).
+      run_dir: run folder; the loss per step goes to train.h5, group "pretrain".
+      log: one-line logger.
+    Returns:
+      TrainState with the pretrained params, the pretraining walkers (log|ψ| refreshed for
+      the network) and a fresh optimizer state `setup.optimizer.init(params)`.
+    """
+    cfg = setup.cfg
+    steps = int(cfg.pretrain.steps)
+    hf = setup.hf
+    if hf is None:
+        from vmc.hf import run_hf
+        t0 = time.time()
+        hf = run_hf(setup.molecule, cfg.pretrain.basis, cfg.pretrain.method)
+        log(f"pretrain: {hf.method.upper()}/{hf.basis} energy {hf.energy:.6f} Ha "
+            f"({time.time() - t0:.1f} s)")
+    tx, step = make_pretrain_step(setup, hf, cfg.pretrain.lr)
+    pstate = PretrainState(state.params, tx.init(state.params), state.mcmc)
+    writer = h5io.StatsWriter(pathlib.Path(run_dir) / "train.h5", group=GROUP, flush_every=100)
+    bar = _progress(cfg, steps)
+    t0 = time.time()
+    first = loss = pmove = float("nan")
+    try:
+        for t in range(steps):
+            pstate, loss_t, pmove_t = step(pstate, jax.random.fold_in(key, t))
+            loss = float(loss_t)
+            first = loss if t == 0 else first
+            writer.append({"step": t, "loss": loss})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
+        pmove = float(pmove_t) if steps else pmove
+    finally:
+        writer.close()
+        if bar is not None:
+            bar.close()
+    log(f"pretrain: {steps} steps in {time.time() - t0:.1f} s, loss {first:.4g} -> {loss:.4g}, "
+        f"pmove {pmove:.3f}")
+    init_mcmc, _ = make_sampler(setup.ansatz.log_psi, cfg.sampler.moves)
+    mcmc = init_mcmc(pstate.params, pstate.mcmc.walkers, pstate.mcmc.width)
+    return state._replace(params=pstate.params, opt_state=setup.optimizer.init(pstate.params),
+                          mcmc=mcmc)
