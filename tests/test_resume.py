@@ -42,10 +42,22 @@ def h2_file(tmp_path_factory):
     return p
 
 
-def _common(solver, steps, every=4):
+def _common(solver, steps, every=4, eval_steps=0):
     return ["--preset", "tiny", "--set", "run.x64=true", "--set", f"optim.solver={solver}",
             "--set", f"optim.steps={steps}", "--set", f"run.checkpoint_every={every}",
-            "--set", "eval.steps=16", "--set", "sampler.burn_in=3"]
+            "--set", f"eval.steps={eval_steps}", "--set", "sampler.burn_in=3"]
+
+
+def _run_in_process(h2_file, out, args):
+    """`vmc run` in this process (float64 switched on only for the call)."""
+    import jax
+    from vmc.cli import main
+    before = jax.config.jax_enable_x64
+    try:
+        with jax.enable_x64(True):
+            assert main(["run", str(h2_file), "--out", str(out), *args]) == 0
+    finally:
+        jax.config.update("jax_enable_x64", before)
 
 
 def _final_state(run_dir, step):
@@ -64,8 +76,8 @@ def test_resume_is_bit_identical(h2_file, tmp_path, solver):
     The proposal width adapts at every step, so the restart crosses width adaptation."""
     n = 4
     straight, split = tmp_path / "straight", tmp_path / "split"
-    _vmc(["run", str(h2_file), "--out", str(straight), *_common(solver, 2 * n)])
-    _vmc(["run", str(h2_file), "--out", str(split), *_common(solver, n)])
+    _run_in_process(h2_file, straight, _common(solver, 2 * n))
+    _run_in_process(h2_file, split, _common(solver, n))
     proc = _vmc(["run", str(h2_file), "--out", str(split), "--resume", *_common(solver, 2 * n)])
     assert f"(step {n})" in proc.stdout
     a, b = _final_state(straight, 2 * n), _final_state(split, 2 * n)
@@ -111,7 +123,7 @@ def test_sigterm_checkpoints_and_resumes(h2_file, tmp_path):
 
 def test_nan_step_rejected_and_run_continues(h2_file, tmp_path):
     run = tmp_path / "run"
-    _vmc(["run", str(h2_file), "--out", str(run), *_common("sample", 8)],
+    _vmc(["run", str(h2_file), "--out", str(run), *_common("sample", 8, eval_steps=16)],
          env={"VMC_FAULT_INJECT": "nan_energy@2,5"})
     stats = h5io.read_stats(run / "train.h5")
     assert np.isnan(stats["energy"][2]) and np.isnan(stats["energy"][5])
@@ -141,7 +153,7 @@ def test_nan_every_step_stops_without_nan_checkpoint(h2_file, tmp_path):
 
 def test_checkpoint_write_aborted_halfway_then_resume(h2_file, tmp_path):
     run = tmp_path / "run"
-    _vmc(["run", str(h2_file), "--out", str(run), *_common("sample", 4)])
+    _run_in_process(h2_file, run, _common("sample", 4))
     proc = _vmc(["run", str(h2_file), "--out", str(run), "--resume", *_common("sample", 8)],
                 env={"VMC_FAULT_INJECT": "checkpoint_abort"}, check=False)
     assert proc.returncode == 17
