@@ -161,8 +161,9 @@ def main(argv=None) -> int:
 
 def _table(rows, args) -> None:
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    print(f"Li, FermiNet (128,128,128)/(16,16,16) x 8 dets, 256 walkers, {args.steps} steps, "
-          f"medians over {args.seeds} seed(s); errors vs exact {EXACT_LI} Ha")
+    extra = f"; overrides {' '.join(args.overrides)}" if args.overrides else ""
+    print(f"Li, FermiNet (128,128,128)/(16,16,16) x 8 dets, 256 walkers{extra}, {args.steps} "
+          f"steps, medians over {args.seeds} seed(s); errors vs exact {EXACT_LI} Ha")
     print(f"{'solver':11s} {'eval error mHa':>20s} {'train last100 mHa':>18s} "
           f"{'s/step':>8s} {'vs adam':>8s} {'peak MB':>9s} {'CG its':>6s} {'seeds':>5s}")
     for r in rows:
