@@ -45,7 +45,7 @@ def h2_file(tmp_path_factory):
 def _common(solver, steps, every=4, eval_steps=0):
     return ["--preset", "tiny", "--set", "run.x64=true", "--set", f"optim.solver={solver}",
             "--set", f"optim.steps={steps}", "--set", f"run.checkpoint_every={every}",
-            "--set", f"eval.steps={eval_steps}", "--set", "sampler.burn_in=3"]
+            "--set", f"eval.steps={eval_steps}", "--set", "sampler.burn_in=0"]
 
 
 def _run_in_process(h2_file, out, args):

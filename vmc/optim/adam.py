@@ -28,7 +28,7 @@ def make_adam(cfg, log_psi: Callable) -> Optimizer:
         grad = jax.tree_util.tree_map(lambda g: 2.0 * g, g_half)
         updates, state = tx.update(grad, state, params)
         new = optax.apply_updates(params, updates)
-        norm = optax.global_norm(updates).astype(jnp.float64)
+        norm = optax.tree.norm(updates).astype(jnp.float64)
         one, zero = jnp.ones((), jnp.float64), jnp.zeros((), jnp.float64)
         return new, state, OptStats(jnp.asarray(schedule(step), jnp.float64), norm, one, frac,
                                     zero, zero)
