@@ -100,6 +100,31 @@ class Jastrow(nn.Module):
         return jnp.sum(jnp.where(upper, terms, 0.0))
 
 
+def orbital_matrices(h, ae, r_ae, n_up: int, orbital_dense, envelopes, determinants: int,
+                     n_out, full_det: bool):
+    """Spin-dependent orbitals times envelopes, as K orbital matrices (FermiNet and Psiformer).
+
+    Args:
+      h: (n, d) final electron stream; ae: (n, n_atoms, 3); r_ae: (n, n_atoms, 1) bohr.
+      orbital_dense, envelopes: [up, down] bound modules, each giving (n_s, K·n_out[s]).
+      n_out: [up, down] columns per determinant (n for full determinants, else n_s).
+    Returns:
+      full_det: [(K, n, n)]; else [(K, n_up, n_up), (K, n_down, n_down)] (empty blocks
+      omitted). Row i is electron i (within its spin block).
+    """
+    mats = []
+    for s, sl in enumerate(spin_blocks(n_up, h.shape[0])):
+        ns = sl.stop - sl.start
+        if ns == 0:
+            continue
+        orb = orbital_dense[s](h[sl]) * envelopes[s](ae[sl], r_ae[sl])      # (ns, K*n_out)
+        orb = orb.reshape(ns, determinants, n_out[s])
+        mats.append(jnp.transpose(orb, (1, 0, 2)))                           # (K, ns, n_out)
+    if full_det:
+        return [jnp.concatenate(mats, axis=1)]
+    return mats
+
+
 def log_sum_det(mats):
     """log|Σ_k Π_b det(M_bk)| and its sign, combined stably in the log domain.
 

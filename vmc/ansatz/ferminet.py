@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from vmc.ansatz.common import (Envelope, Jastrow, electron_features, log_sum_det,
-                               spin_blocks)
+                               orbital_matrices, spin_blocks)
 
 
 class FermiNetLayer(nn.Module):
@@ -104,19 +104,8 @@ class FermiNet(nn.Module):
         h1, h2, ae, r_ae = electron_features(x, atoms)
         for layer in self.layers:
             h1, h2 = layer(h1, h2)
-        n = x.shape[0]
-        mats = []
-        for s, sl in enumerate(spin_blocks(self.n_up, n)):
-            ns = sl.stop - sl.start
-            if ns == 0:
-                continue
-            orb = self.orbital_dense[s](h1[sl])                       # (ns, K*n_out)
-            orb = orb * self.envelopes[s](ae[sl], r_ae[sl])           # (ns, K*n_out)
-            orb = orb.reshape(ns, self.determinants, self.n_out[s])
-            mats.append(jnp.transpose(orb, (1, 0, 2)))                 # (K, ns, n_out)
-        if self.full_det:
-            return [jnp.concatenate(mats, axis=1)]
-        return mats
+        return orbital_matrices(h1, ae, r_ae, self.n_up, self.orbital_dense, self.envelopes,
+                                self.determinants, self.n_out, self.full_det)
 
     def __call__(self, x):
         """(sign, log|ψ|) of one configuration x: (n_electrons, 3) bohr."""

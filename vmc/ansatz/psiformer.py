@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vmc.ansatz.common import Envelope, Jastrow, log_sum_det, spin_blocks
+from vmc.ansatz.common import Envelope, Jastrow, log_sum_det, orbital_matrices
 
 
 def rescaled_features(x, atoms):
@@ -154,17 +154,8 @@ class Psiformer(nn.Module):
         """
         x = x.astype(self.dtype)
         h, ae, r_ae = self.stream(x)
-        mats = []
-        for s, sl in enumerate(spin_blocks(self.n_up, x.shape[0])):
-            ns = sl.stop - sl.start
-            if ns == 0:
-                continue
-            orb = self.orbital_dense[s](h[sl]) * self.envelopes[s](ae[sl], r_ae[sl])
-            orb = orb.reshape(ns, self.determinants, self.n_out[s])
-            mats.append(jnp.transpose(orb, (1, 0, 2)))                 # (K, ns, n_out)
-        if self.full_det:
-            return [jnp.concatenate(mats, axis=1)]
-        return mats
+        return orbital_matrices(h, ae, r_ae, self.n_up, self.orbital_dense, self.envelopes,
+                                self.determinants, self.n_out, self.full_det)
 
     def __call__(self, x):
         """(sign, log|ψ|) of one configuration x: (n_electrons, 3) bohr."""
