@@ -3,7 +3,12 @@
 import os
 import pathlib
 
-import jax
+# jaxlib 0.10.x can deadlock in LAPACK on a 2-thread CPU pool (see vmc.cli._avoid_cpu_deadlock)
+_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+if _FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+
+import jax  # noqa: E402
 import pytest
 
 _CACHE = pathlib.Path(os.environ.get("VMC_TEST_JAX_CACHE",

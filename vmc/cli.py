@@ -46,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _avoid_cpu_deadlock():
+    """jaxlib 0.10.x can deadlock in LAPACK calls (slogdet's LU) on a 2-thread CPU pool;
+    XLA's concurrency-optimized scheduler off avoids it. Must run before JAX starts."""
+    flag = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+    if flag not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+
+
 def _setup_jax():
     """Process-wide JAX settings: float64 available (the network dtype is set per run)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")   # keep PySCF's threads off JAX's cores
@@ -61,6 +69,7 @@ def _setup_jax():
 def main(argv=None) -> int:
     """Entry point of the `vmc` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _avoid_cpu_deadlock()
     if argv and argv[0] == "analyze":
         from vmc.analyze import main as analyze_main
         return analyze_main(argv[1:])
