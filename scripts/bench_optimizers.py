@@ -9,6 +9,10 @@ exact Li energy (summary.json), the mean of the last 100 training energies (trai
 median seconds per step (train.h5 step_time) as a ratio to Adam's, and the peak RSS of the
 `vmc run` process (wait4). The table shows medians over seeds.
 
+Equal wall time: T is the shortest total training time (sum of step_time, compilation excluded) of any solver's
+run; each run's "error at equal wall time" is the mean training energy over the (up to) 100
+steps that end where its cumulative step time first reaches T, minus the exact energy.
+
 The full benchmark takes hours on a 2-core CPU. A short check:
 
     python scripts/bench_optimizers.py --steps 20 --seeds 1 --eval-steps 20 --pretrain-steps 0
@@ -119,7 +123,30 @@ def _results(out: pathlib.Path, peak_mb: float) -> dict:
             "train_last100_error_mha": float(1e3 * (tail.mean() - EXACT_LI)) if tail.size else None,
             "step_s": float(np.median(step_time[1:] if step_time.size > 1 else step_time)),
             "iterations": float(np.mean(stats["iterations"])) if "iterations" in stats else None,
-            "peak_mb": peak_mb}
+            "peak_mb": peak_mb,
+            "_energy": energy, "_elapsed": _elapsed(step_time)}
+
+
+def _elapsed(step_time: np.ndarray) -> np.ndarray:
+    """Cumulative training seconds per step, the first (compiling) step counted at the median."""
+    t = np.where(np.isfinite(step_time), step_time, 0.0)
+    if t.size > 1:
+        t = t.copy()
+        t[0] = np.median(t[1:])
+    return np.cumsum(t)
+
+
+def error_at_wall_time(energy: np.ndarray, elapsed: np.ndarray, budget_s: float,
+                       window: int = 100) -> float | None:
+    """Mean training energy error (mHa) over the `window` steps ending at `budget_s` seconds.
+
+    energy: (steps,) local-energy means in Ha; elapsed: (steps,) cumulative step time in s.
+    """
+    end = int(np.searchsorted(elapsed, budget_s, side="right"))
+    end = max(1, min(end, energy.size))
+    tail = energy[max(0, end - window):end]
+    tail = tail[np.isfinite(tail)]
+    return float(1e3 * (tail.mean() - EXACT_LI)) if tail.size else None
 
 
 def _median(values):
@@ -138,6 +165,7 @@ def main(argv=None) -> int:
            for name in args.solvers}
     adam_steps = [r["step_s"] for name, rs in raw.items() if name.startswith("adam") for r in rs]
     adam_step = _median(adam_steps)
+    budget = min((float(r["_elapsed"][-1]) for rs in raw.values() for r in rs), default=0.0)
     rows = []
     for name, rs in raw.items():
         step = _median([r["step_s"] for r in rs])
@@ -149,6 +177,9 @@ def main(argv=None) -> int:
                      "step_time_vs_adam": (step / adam_step if step is not None and adam_step
                                            else None),
                      "peak_mb": _median([r["peak_mb"] for r in rs]),
+                     "equal_wall_error_mha": _median([
+                         error_at_wall_time(r["_energy"], r["_elapsed"], budget) for r in rs]),
+                     "_budget_s": budget,
                      "_seeds": len(rs), "_step_s": step,
                      "_iterations": _median([r["iterations"] for r in rs])})
     if args.json:
@@ -164,12 +195,15 @@ def _table(rows, args) -> None:
     extra = f"; overrides {' '.join(args.overrides)}" if args.overrides else ""
     print(f"Li, FermiNet (128,128,128)/(16,16,16) x 8 dets, 256 walkers{extra}, {args.steps} "
           f"steps, medians over {args.seeds} seed(s); errors vs exact {EXACT_LI} Ha")
+    budget = rows[0]["_budget_s"] if rows else 0.0
     print(f"{'solver':11s} {'eval error mHa':>20s} {'train last100 mHa':>18s} "
+          f"{f'at {budget:.0f} s mHa':>14s} "
           f"{'s/step':>8s} {'vs adam':>8s} {'peak MB':>9s} {'CG its':>6s} {'seeds':>5s}")
     for r in rows:
         err = (f"{fmt(r['error_mha'], '.2f')} ± {fmt(r['error_bar_mha'], '.2f')}"
                if r["error_mha"] is not None else "-")
         print(f"{r['solver']:11s} {err:>20s} {fmt(r['train_last100_error_mha'], '.2f'):>18s} "
+              f"{fmt(r['equal_wall_error_mha'], '.2f'):>14s} "
               f"{fmt(r['_step_s'], '.3f'):>8s} {fmt(r['step_time_vs_adam'], '.2f'):>8s} "
               f"{fmt(r['peak_mb'], '.0f'):>9s} {fmt(r['_iterations'], '.0f'):>6s} "
               f"{r['_seeds']:>5d}")

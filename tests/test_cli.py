@@ -137,6 +137,21 @@ def test_angstrom_input_is_converted_to_bohr(tmp_path):
     assert bohr.positions[1, 2] == 0.74
 
 
+def test_defaults_that_depend_on_the_system_are_resolved(tmp_path):
+    """Steps, pretraining and the Psiformer's Jastrow factor follow the electron count and ansatz."""
+    h2 = load_config(_write(tmp_path, {"atoms": _atoms(("H", (0, 0, 0)), ("H", (0, 0, 1.4)))},
+                            "h2.yaml"))
+    lih = load_config(_write(tmp_path, {"atoms": _atoms(("Li", (0, 0, 0)), ("H", (0, 0, 3.015)))},
+                             "lih.yaml"))
+    assert (h2.optim.steps, h2.pretrain.steps, h2.ansatz.jastrow) == (1000, 0, False)
+    assert (lih.optim.steps, lih.pretrain.steps) == (4000, 1000)
+    psi = load_config(lih_path := tmp_path / "lih.yaml", overrides=("ansatz.name=psiformer",))
+    assert psi.ansatz.jastrow is True
+    off = load_config(lih_path, overrides=("ansatz.name=psiformer", "ansatz.jastrow=false",
+                                           "optim.steps=7"))
+    assert (off.ansatz.jastrow, off.optim.steps) == (False, 7)
+
+
 @pytest.fixture(scope="module")
 def h2_run(tmp_path_factory):
     """One `vmc run tests/data/h2_tiny.yaml --preset tiny --out <dir>`, shared by the tests."""

@@ -49,12 +49,13 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
             n_up = molecule.n_up
             return [m[None] for m in (up[:n_up], down[n_up:]) if m.shape[0] > 0]
         return Ansatz(lambda key: {}, lambda params, x: hf_log_psi(hf, x), orbitals_hf, None)
+    jastrow = cfg.name == "psiformer" if cfg.jastrow is None else cfg.jastrow
     if cfg.name == "ferminet":
         from vmc.ansatz.ferminet import FermiNet
         module = FermiNet(atoms=atoms, charges=charges, n_up=molecule.n_up,
                           n_down=molecule.n_down, hidden_one=tuple(cfg.hidden_one),
                           hidden_two=tuple(cfg.hidden_two), determinants=cfg.determinants,
-                          full_det=cfg.full_det, envelope=cfg.envelope, jastrow=cfg.jastrow,
+                          full_det=cfg.full_det, envelope=cfg.envelope, jastrow=jastrow,
                           dtype=dtype)
     elif cfg.name == "psiformer":
         from vmc.ansatz.psiformer import Psiformer
@@ -62,7 +63,7 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
                            n_down=molecule.n_down, heads=cfg.heads, head_dim=cfg.head_dim,
                            layers=cfg.layers, layer_norm=cfg.layer_norm,
                            determinants=cfg.determinants, full_det=cfg.full_det,
-                           envelope=cfg.envelope, jastrow=cfg.jastrow, dtype=dtype)
+                           envelope=cfg.envelope, jastrow=jastrow, dtype=dtype)
     else:
         raise ValueError(f"ansatz.name: unknown ansatz {cfg.name!r}; valid: ferminet, psiformer, hf")
 
