@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import random_params
 from vmc.ansatz import make_ansatz
 from vmc.ansatz.common import log_sum_det
 from vmc.config import AnsatzConfig
@@ -29,28 +30,6 @@ def _cfg(full_det):
     return AnsatzConfig(hidden_one=(8, 8), hidden_two=(4, 4), determinants=2, full_det=full_det)
 
 
-def _random_params(ansatz, seed):
-    """Float64 parameters drawn with numpy (no eager JAX init: it compiles op by op).
-
-    Kernels ~ N(0, 1/fan_in) like flax's default; biases small; envelope π, σ and the Jastrow
-    α near their initial 1 (σ of the full envelope near the identity), but all distinct.
-    """
-    shapes = jax.eval_shape(ansatz.init, jax.random.PRNGKey(0))
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, s):
-        name = jax.tree_util.keystr(path)
-        if "kernel" in name:
-            v = rng.normal(size=s.shape) / np.sqrt(s.shape[0])
-        elif "bias" in name:
-            v = 0.1 * rng.normal(size=s.shape)
-        elif "sigma" in name and len(s.shape) == 4:
-            v = np.eye(3)[None, :, :, None] + 0.2 * rng.normal(size=s.shape)
-        else:
-            v = 1.0 + 0.2 * rng.normal(size=s.shape)
-        return jnp.asarray(v, jnp.float64)
-
-    return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
 @functools.lru_cache(maxsize=None)
@@ -59,7 +38,7 @@ def _network(name, full_det):
     mol = MOLECULES[name]()
     with jax.enable_x64(True):
         ansatz = make_ansatz(_cfg(full_det), mol, jnp.float64)
-        params = _random_params(ansatz, seed=1)
+        params = random_params(ansatz, seed=1)
     return jax.jit(jax.vmap(ansatz.log_psi, in_axes=(None, 0))), params, mol
 
 

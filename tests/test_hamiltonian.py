@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import random_params
 from vmc.ansatz import make_ansatz
 from vmc.config import AnsatzConfig
 from vmc.hamiltonian import kinetic_from_logabs, make_local_energy, potential_energy
@@ -126,28 +127,6 @@ CASES = [  # (molecule, full_det, envelope, jastrow): every option both ways, bo
 FD_STEP = 2e-3
 
 
-def _random_params(ansatz, seed):
-    """Float64 parameters drawn with numpy (no eager JAX init: it compiles op by op).
-
-    Kernels ~ N(0, 1/fan_in) like flax's default; biases small; envelope π, σ and the Jastrow
-    α near their initial 1 (σ of the full envelope near the identity), but all distinct.
-    """
-    shapes = jax.eval_shape(ansatz.init, jax.random.PRNGKey(0))
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, s):
-        name = jax.tree_util.keystr(path)
-        if "kernel" in name:
-            v = rng.normal(size=s.shape) / np.sqrt(s.shape[0])
-        elif "bias" in name:
-            v = 0.1 * rng.normal(size=s.shape)
-        elif "sigma" in name and len(s.shape) == 4:
-            v = np.eye(3)[None, :, :, None] + 0.2 * rng.normal(size=s.shape)
-        else:
-            v = 1.0 + 0.2 * rng.normal(size=s.shape)
-        return jnp.asarray(v, jnp.float64)
-
-    return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
 @functools.lru_cache(maxsize=None)
@@ -162,7 +141,7 @@ def _case(name, full_det, envelope, jastrow):
                        full_det=full_det, envelope=envelope, jastrow=jastrow)
     with jax.enable_x64(True):
         ansatz = make_ansatz(cfg, mol, jnp.float64)
-        params = _random_params(ansatz, seed=1)
+        params = random_params(ansatz, seed=1)
         rng = np.random.default_rng(3)
         x = mol.positions[rng.integers(mol.n_atoms, size=(3, mol.n_electrons))] + rng.normal(
             size=(3, mol.n_electrons, 3))

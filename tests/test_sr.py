@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
+from helpers import random_params
 from vmc.ansatz import make_ansatz
 from vmc.config import AnsatzConfig, OptimConfig
 from vmc.optim.sr import (centred_energies, centred_jacobian, clip_local_energy, dense_direction,
@@ -19,22 +20,6 @@ N_WALKERS = 32
 DAMPING = 1e-3
 
 
-def _random_params(ansatz, seed):
-    """Float64 parameters drawn with numpy (no eager JAX init: it compiles op by op)."""
-    shapes = jax.eval_shape(ansatz.init, jax.random.PRNGKey(0))
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, s):
-        name = jax.tree_util.keystr(path)
-        if "kernel" in name:
-            v = rng.normal(size=s.shape) / np.sqrt(s.shape[0])
-        elif "bias" in name:
-            v = 0.1 * rng.normal(size=s.shape)
-        else:
-            v = 1.0 + 0.2 * rng.normal(size=s.shape)
-        return jnp.asarray(v, jnp.float64)
-
-    return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
 @functools.lru_cache(maxsize=None)
@@ -46,7 +31,7 @@ def _setup():
     rng = np.random.default_rng(0)
     with jax.enable_x64(True):
         ansatz = make_ansatz(cfg, mol, jnp.float64)
-        params = _random_params(ansatz, seed=2)
+        params = random_params(ansatz, seed=2)
         walkers = jnp.asarray(mol.positions[rng.integers(2, size=(N_WALKERS, 4))]
                               + rng.normal(size=(N_WALKERS, 4, 3)))
         e_l = -8.0 + 0.3 * rng.normal(size=N_WALKERS)

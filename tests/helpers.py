@@ -1,0 +1,29 @@
+"""Helpers shared by the test modules (imported as `helpers`; tests/ is on sys.path)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def random_params(ansatz, seed):
+    """Float64 parameters drawn with numpy (no eager JAX init: it compiles op by op).
+
+    Kernels ~ N(0, 1/fan_in) like flax's default; biases small; envelope π, σ and the Jastrow
+    α near their initial 1 (σ of the full envelope near the identity), but all distinct.
+    """
+    shapes = jax.eval_shape(ansatz.init, jax.random.PRNGKey(0))
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, s):
+        name = jax.tree_util.keystr(path)
+        if "kernel" in name:
+            v = rng.normal(size=s.shape) / np.sqrt(s.shape[0])
+        elif "bias" in name:
+            v = 0.1 * rng.normal(size=s.shape)
+        elif "sigma" in name and len(s.shape) == 4:
+            v = np.eye(3)[None, :, :, None] + 0.2 * rng.normal(size=s.shape)
+        else:
+            v = 1.0 + 0.2 * rng.normal(size=s.shape)
+        return jnp.asarray(v, jnp.float64)
+
+    return jax.tree_util.tree_map_with_path(leaf, shapes)
