@@ -257,7 +257,7 @@ def write_summary(setup: Setup, run_dir: pathlib.Path, params, evaluation, *, wa
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     err = "" if deviation is None else f", {'error' if ref.kind in EXACT_KINDS else 'difference'} {deviation:+.3f} mHa"
     if energy is not None:
-        log(f"energy {energy:.6f} ± {1000 * (entry['energy_stderr_ha'] or float('nan')):.3f} mHa"
+        log(f"energy {energy:.6f} Ha ± {1000 * (entry['energy_stderr_ha'] or float('nan')):.3f} mHa"
             f"{err} (reference {ref.energy}); wall {wall_s:.0f} s")
     return summary
 
