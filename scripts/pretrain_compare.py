@@ -8,8 +8,9 @@ Runs `vmc run` once per (system, ansatz, pretraining on/off) as a subprocess, al
 same number of VMC steps (`optim.steps`) and the same seed, pretraining on meaning
 `pretrain.steps=--pretrain-steps` and off `pretrain.steps=0`. The Psiformer gets its Jastrow
 factor (`ansatz.jastrow=true`, as in von Glehn et al. 2023) unless `--no-psiformer-jastrow`.
-Then prints a table from each run's summary.json: energy ± reblocked error, error against the
-exact energy, wall time. A finished run directory is reused (delete it to rerun), so the
+Then prints a table from each run's summary.json and train.h5: energy ± reblocked error, error
+against the exact energy, the mean training-energy error over the windows of WINDOWS (what
+pretraining buys early on), parameter count and wall time (pretraining included). A finished run directory is reused (delete it to rerun), so the
 script can be restarted after an interruption.
 
 The full comparison takes hours on a CPU; `--steps 5 --pretrain-steps 5 --preset tiny`
@@ -27,12 +28,15 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 # jaxlib 0.10.2's CPU LAPACK kernels (slogdet's LU, Cholesky) split batches over XLA's
 # intra-op pool and block on it; when as many independent LAPACK calls as there are cores run
 # at once (2 on a 2-core CPU), every pool thread waits and the step hangs forever. Observed here
 # with a Psiformer on N2; XLA's non-concurrency-optimized scheduler avoided it in every trial.
 XLA_WORKAROUND = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 EXACT = {"Li": -7.478060323, "LiH": -8.070548}
+WINDOWS = ((0, 100), (400, 500), (900, 1000))   # VMC steps [start, stop) of training means
 SYSTEMS = {
     "Li": ("atoms:\n  - {symbol: Li, position: [0.0, 0.0, 0.0]}\nunits: bohr\ncharge: 0\n"
            "spin: 1\nreference: {energy: -7.478060323, kind: exact, source: 'Puchalski & "
@@ -82,6 +86,10 @@ def run_one(out: pathlib.Path, system: str, ansatz: str, pretrain: bool, args) -
     s = json.loads(summary.read_text())
     row.update(energy=s["energy_ha"], stderr=s["energy_stderr_ha"],
                wall_s=s.get("wall_s", row.get("wall_s")), n_params=s.get("n_params"))
+    from vmc.h5io import read_stats
+    energy = np.asarray(read_stats(run_dir / "train.h5")["energy"], float)
+    row["windows"] = [1e3 * (np.nanmean(energy[a:b]) - EXACT[system]) if energy.size >= b
+                      else float("nan") for a, b in WINDOWS]
     return row
 
 
@@ -92,7 +100,8 @@ def _fmt(row: dict) -> str:
     e, se = row["energy"], row["stderr"]
     err = 1e3 * (e - EXACT[row["system"]]) if e is not None else float("nan")
     se_txt = f"{1e3 * se:7.2f}" if se is not None else "    n/a"
-    return (f"{head} {e:12.6f} {se_txt} {err:10.2f} {row['n_params'] or 0:8d} "
+    windows = " ".join(f"{w:9.1f}" for w in row["windows"])
+    return (f"{head} {e:12.6f} {se_txt} {err:10.2f} {windows} {row['n_params'] or 0:8d} "
             f"{row['wall_s'] or float('nan'):9.0f}")
 
 
@@ -118,7 +127,10 @@ def main(argv=None) -> int:
             itertools.product(args.systems, args.ansatz, (True, False))]
     print(f"\nVMC steps {args.steps}, pretraining steps {args.pretrain_steps} (when on)")
     print(f"{'sys':4} {'ansatz':9} {'pretrain':8} {'E (Ha)':>12} {'σ (mHa)':>7} "
-          f"{'err (mHa)':>10} {'params':>8} {'wall (s)':>9}")
+          f"{'err (mHa)':>10} "
+          + " ".join(f"{f'{a}-{b}':>9}" for a, b in WINDOWS)
+          + f" {'params':>8} {'wall (s)':>9}")
+    print("(columns a-b: mean training-energy error in mHa over VMC steps a..b-1)")
     for row in rows:
         print(_fmt(row))
     return 0 if all("error" not in r for r in rows) else 1
