@@ -196,6 +196,19 @@ def test_bad_run_dir_returns_2(tmp_path, capsys, setup):
     assert err.startswith("error: ") and "\n" not in err
 
 
+def test_one_bad_run_does_not_hide_the_others(tmp_path, capsys):
+    good, bad = make_run(tmp_path / "good"), make_run(tmp_path / "bad")
+    with h5py.File(bad / "eval.h5", "a") as f:
+        f.create_group("eval_002").create_dataset("energy", data=np.full(8, -1.0))
+    assert main([str(good), str(bad), "--no-plots", "--json"]) == 2
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)
+    assert [r["run_dir"] for r in rows] == [str(good)]
+    assert rows[0]["energy"] == summarize(good).energy
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {bad}: ") and "16 samples" in err[0]
+
+
 def test_no_curve_for_different_molecules(tmp_path, monkeypatch):
     a = make_run(tmp_path / "a", bond=1.4)
     b = make_run(tmp_path / "b", bond=1.6)

@@ -72,6 +72,23 @@ BAD_INPUTS = [
     ("--set wrong type", {"atoms": HE}, ["--set", "optim.lr=fast"], ["optim.lr", "'fast'"]),
     ("unknown preset", {"atoms": HE}, ["--preset", "tinny"], ["--preset", "did you mean 'tiny'"]),
     ("invalid YAML", "atoms: [ {symbol: He\n", [], ["config file", "invalid YAML"]),
+    ("negative clip", {"atoms": HE}, ["--set", "optim.clip=-1"], ["optim.clip", "> 0.0 or null"]),
+    ("zero norm constraint", {"atoms": HE}, ["--set", "optim.norm_constraint=0"],
+     ["optim.norm_constraint", "> 0.0"]),
+    ("negative max_minutes", {"atoms": HE}, ["--set", "run.max_minutes=-1"],
+     ["run.max_minutes", "> 0.0"]),
+    ("negative pretrain steps", {"atoms": HE}, ["--set", "pretrain.steps=-1"],
+     ["pretrain.steps", ">= 0"]),
+    ("adam b1 of 1", {"atoms": HE}, ["--set", "optim.adam_b1=1.0"], ["optim.adam_b1", "< 1.0"]),
+    ("zero steps", {"atoms": HE}, ["--set", "optim.steps=0"], ["optim.steps", ">= 1"]),
+    ("eval too short to reblock", {"atoms": HE}, ["--set", "eval.steps=5"],
+     ["eval.steps", ">= 16"]),
+    ("layer lists of unequal length", {"atoms": HE}, ["--set", "ansatz.hidden_one=[8,8]"],
+     ["ansatz.hidden_two", "3 layers", "has 2"]),
+    ("kfac without damping", {"atoms": HE}, ["--set", "optim.solver=kfac", "--set",
+                                             "optim.damping=0"], ["optim.damping", "kfac"]),
+    ("molecule keys in two places", {"molecule": {"atoms": HE}, "charge": 1}, [],
+     ["charge", "put them all under `molecule`"]),
 ]
 
 

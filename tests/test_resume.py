@@ -121,6 +121,62 @@ def test_sigterm_checkpoints_and_resumes(h2_file, tmp_path):
                                   np.arange(stopped + 3))
 
 
+@pytest.mark.parametrize("phase", ["pretraining", "evaluation"])
+def test_signal_outside_training_exits_75_and_resume_finishes(h2_file, tmp_path, phase):
+    """SIGTERM during pretraining (no checkpoint yet) or evaluation (final checkpoint written):
+    exit 75 with a message naming the phase; `--resume` then finishes the run."""
+    run = tmp_path / "run"
+    e = {**os.environ, "VMC_JAX_CACHE": CACHE, "JAX_PLATFORMS": "cpu"}
+    e.pop("VMC_FAULT_INJECT", None)
+    long = (["--set", "pretrain.steps=1000000"] if phase == "pretraining"
+            else ["--set", "eval.steps=1000000"])
+    proc = subprocess.Popen([sys.executable, "-m", "vmc.cli", "run", str(h2_file), "--out",
+                             str(run), *_common("sample", 4), "--set", "run.log_every=1", *long],
+                            env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    marker = "pretrain:" if phase == "pretraining" else "step      4"
+    deadline = time.time() + 120
+    for line in proc.stdout:
+        if line.startswith(marker):
+            break
+        assert time.time() < deadline, f"no {marker!r} line within 120 s"
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-2000:]
+    assert f"stopped by SIGTERM during {phase}" in out
+    assert not (run / "summary.json").exists()
+    has_ckpt = bool(ckpt.list_checkpoints(run / "checkpoints"))
+    assert has_ckpt == (phase == "evaluation")
+    res = _vmc(["run", str(h2_file), "--out", str(run), "--resume", *_common("sample", 4),
+                "--set", "eval.steps=16"])
+    assert ("starting from the beginning" in res.stdout) == (phase == "pretraining")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["eval_steps"] == 16 and np.isfinite(summary["energy_ha"])
+
+
+def test_resume_refuses_changed_settings(h2_file, tmp_path):
+    """A resumed run must be the same run: changing the solver, seed or molecule is refused
+    with exit 2 and nothing is written; optim.steps may grow but not fall below the checkpoint."""
+    run = tmp_path / "run"
+    _vmc(["run", str(h2_file), "--out", str(run), *_common("sample", 4)])
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    lih = tmp_path / "lih.yaml"
+    lih.write_text(H2.replace("symbol: H, position: [0.0, 0.0, -0.7]",
+                              "symbol: Li, position: [0.0, 0.0, -0.7]"))
+    cases = [(h2_file, ["--set", "optim.solver=cg"], "optim.solver: 'sample' there, 'cg' now"),
+             (h2_file, ["--set", "run.seed=7"], "run.seed: 0 there, 7 now"),
+             (lih, [], "molecule.atoms"),
+             (h2_file, ["--set", "optim.steps=3"], "below the checkpoint's step 4")]
+    for config, extra, words in cases:
+        steps = [] if "optim.steps=3" in extra else ["--set", "optim.steps=8"]
+        res = _vmc(["run", str(config), "--out", str(run), "--resume", *_common("sample", 4),
+                    *steps, *extra], check=False)
+        assert res.returncode == 2, res.stderr[-2000:]
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
 def test_nan_step_rejected_and_run_continues(h2_file, tmp_path):
     run = tmp_path / "run"
     _vmc(["run", str(h2_file), "--out", str(run), *_common("sample", 8, eval_steps=16)],

@@ -217,8 +217,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
-    runs = [load_run(d) for d in args.run_dirs]
-    summaries = [summarize(r) for r in runs]
+    runs, summaries, failed = [], [], 0
+    for d in args.run_dirs:
+        try:
+            run = load_run(d)
+            summaries.append(summarize(run))
+            runs.append(run)
+        except (ValueError, OSError, KeyError) as e:
+            if len(args.run_dirs) == 1:
+                raise
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"error: {d}: {msg}", file=sys.stderr)
+            failed += 1
+    if not runs:
+        return 2
     curve = pick_curve(runs, args.curve_param)
     if args.json:
         objs = [s.to_dict() | {"geometry_bohr": geometry_parameters(r.config)}
@@ -242,7 +254,7 @@ def _run(args) -> int:
             out = pathlib.Path(args.curve_out or f"curve_{safe}.png")
             plots.plot_curve(summaries, curve.values, curve.label).savefig(out, dpi=120)
             print(f"wrote {out}", file=sys.stderr)
-    return 0
+    return 2 if failed else 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -253,7 +265,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     Returns:
       0 on success, 2 on a bad run directory, bad arguments or unreadable files (after one
-      line ``error: ...`` on stderr).
+      line ``error: ...`` on stderr per bad run; the good runs of the call are still shown).
     """
     try:
         args = _parser().parse_args(sys.argv[1:] if argv is None else argv)

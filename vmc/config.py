@@ -32,12 +32,14 @@ from vmc.system import Molecule, make_molecule
 REFERENCE_KINDS = ("exact", "estimated exact", "CCSD(T)/CBS", "other")
 
 
-def _field(default, *, choices=None, lo=None, hi=None, doc=""):
-    """A dataclass field with validation metadata (choices, inclusive bounds)."""
+def _field(default, *, choices=None, lo=None, hi=None, gt=None, lt=None, doc=""):
+    """A dataclass field with validation metadata (choices, inclusive bounds lo/hi,
+    exclusive bounds gt/lt)."""
     if isinstance(default, (list, dict)):
         raise TypeError("use tuples for sequence defaults")
     return dataclasses.field(default=default,
-                             metadata={"choices": choices, "lo": lo, "hi": hi, "doc": doc})
+                             metadata={"choices": choices, "lo": lo, "hi": hi, "gt": gt,
+                                       "lt": lt, "doc": doc})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,25 +102,25 @@ SOLVERS = ("sample", "dense", "adam", "cg", "kfac", "kfac-cg", "spring")
 class OptimConfig:
     """Optimizer. SR settings use FermiNet's convention: the direction solves (F + λI) d = g/2."""
     solver: str = _field("sample", choices=SOLVERS)
-    steps: Optional[int] = _field(None, lo=0)  # None: 1000 for <= 3 electrons, else 4000
+    steps: Optional[int] = _field(None, lo=1)  # None: 1000 for <= 3 electrons, else 4000
     lr: Optional[float] = None        # None: 0.2 for SR solvers, 1e-3 for adam
     lr_decay_steps: float = _field(1000.0, lo=1e-9)  # t0 in η_t = η0 / (1 + t/t0)
     damping: float = _field(1e-3, lo=0.0)
-    norm_constraint: Optional[float] = 1e-3   # C; None switches the trust region off
-    clip: Optional[float] = 5.0       # E_L clipping width in mean absolute deviations
-    adam_b1: float = _field(0.9, lo=0.0, hi=1.0)
-    adam_b2: float = _field(0.999, lo=0.0, hi=1.0)
+    norm_constraint: Optional[float] = _field(1e-3, gt=0.0)  # C; None: no trust region
+    clip: Optional[float] = _field(5.0, gt=0.0)  # E_L clipping width in mean abs. deviations
+    adam_b1: float = _field(0.9, lo=0.0, lt=1.0)
+    adam_b2: float = _field(0.999, lo=0.0, lt=1.0)
     cg_maxiter: int = _field(100, lo=0)
     cg_tol: float = _field(1e-4, lo=0.0)
     spring_mu: float = _field(0.9, lo=0.0, hi=0.999)
-    kfac_cov_ema: float = _field(0.95, lo=0.0, hi=1.0)
+    kfac_cov_ema: float = _field(0.95, lo=0.0, lt=1.0)
     kfac_inverse_every: int = _field(1, lo=1)
 
 
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
     """Hartree–Fock pretraining of the orbitals."""
-    steps: Optional[int] = None       # None: 0 for <= 2 electrons, else 1000
+    steps: Optional[int] = _field(None, lo=0)  # None: 0 for <= 2 electrons, else 1000
     basis: str = "cc-pvdz"
     method: str = _field("auto", choices=("auto", "rhf", "rohf", "uhf"))
     lr: float = _field(3e-3, lo=0.0)
@@ -143,7 +145,7 @@ class RunConfig:
     checkpoint_every: int = _field(500, lo=1)
     checkpoint_minutes: float = _field(15.0, lo=0.0)
     keep_checkpoints: int = _field(3, lo=1)
-    max_minutes: Optional[float] = None
+    max_minutes: Optional[float] = _field(None, gt=0.0)
     max_bad_steps: int = _field(10, lo=1)
 
 
@@ -203,7 +205,7 @@ def _coerce(path: str, value, tp, meta):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(path, value, args[0], meta)
+        return _coerce(path, value, args[0], {**meta, "optional": True})
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise InputError(f"{path}: expected a mapping of {sorted(f.name for f in dataclasses.fields(tp))}, got {value!r}")
@@ -235,6 +237,7 @@ def _coerce(path: str, value, tp, meta):
                 raise InputError(f"{path}: expected a non-empty list of positive integers, got {value!r}")
         return tuple(value)
     choices, lo, hi = meta.get("choices"), meta.get("lo"), meta.get("hi")
+    gt, lt = meta.get("gt"), meta.get("lt")
     if choices is not None and value not in choices:
         raise InputError(f"{path}: {value!r} is not valid; valid: {', '.join(map(str, choices))}"
                          + did_you_mean(value, map(str, choices)))
@@ -242,6 +245,11 @@ def _coerce(path: str, value, tp, meta):
         raise InputError(f"{path}: {value!r} is too small; valid: >= {lo}")
     if hi is not None and value > hi:
         raise InputError(f"{path}: {value!r} is too large; valid: <= {hi}")
+    if gt is not None and value <= gt:
+        raise InputError(f"{path}: {value!r} is too small; valid: > {gt}"
+                         + (" or null" if meta.get("optional") else ""))
+    if lt is not None and value >= lt:
+        raise InputError(f"{path}: {value!r} is too large; valid: < {lt}")
     return value
 
 
@@ -312,6 +320,16 @@ def _resolve_defaults(cfg: Config, n_electrons: int) -> Config:
         ev = dataclasses.replace(ev, seed=cfg.run.seed + 1)
     if optim.lr <= 0:
         raise InputError(f"optim.lr: {optim.lr} is not valid; valid: > 0")
+    if optim.solver in ("kfac", "kfac-cg") and optim.damping <= 0:
+        raise InputError(f"optim.damping: {optim.damping} is not valid for {optim.solver}; "
+                         f"valid: > 0")
+    if ansatz.name == "ferminet" and len(ansatz.hidden_one) != len(ansatz.hidden_two):
+        raise InputError(f"ansatz.hidden_two: {len(ansatz.hidden_two)} layers but "
+                         f"ansatz.hidden_one has {len(ansatz.hidden_one)}; valid: lists of "
+                         f"the same length, e.g. [32, 32, 32] and [8, 8, 8]")
+    if 0 < ev.steps < 16:
+        raise InputError(f"eval.steps: {ev.steps} is not valid; valid: 0 (no evaluation) or "
+                         f">= 16 (reblocking needs 16 samples)")
     return dataclasses.replace(cfg, ansatz=ansatz, optim=optim, pretrain=pre, eval=ev)
 
 
@@ -332,8 +350,8 @@ def config_from_dict(data: dict, *, name: str = "molecule", preset: Optional[str
     top_mol = {k: data.pop(k) for k in list(data) if k in _MOLECULE_KEYS}
     if top_mol:
         if "molecule" in data:
-            raise InputError(f"config: molecule keys {sorted(top_mol)} given both at the top "
-                             "level and under `molecule`; use one place")
+            raise InputError(f"config: molecule keys {sorted(top_mol)} at the top level beside "
+                             "a `molecule` section; put them all under `molecule`")
         data["molecule"] = top_mol
     if "molecule" not in data or "atoms" not in (data.get("molecule") or {}):
         raise InputError("molecule.atoms: missing; give a list of "

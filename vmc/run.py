@@ -53,19 +53,107 @@ def holds_run(run_dir: pathlib.Path) -> bool:
                                                   "summary.json"))
 
 
+# Settings that may change when a run is resumed; every other resolved setting must match
+# the run's config.yaml (a different molecule, network, solver or seed is a different run).
+RESUMABLE = ("name", "molecule.reference.", "optim.steps", "sampler.walkers", "eval.",
+             "run.log_every", "run.progress", "run.checkpoint_every", "run.checkpoint_minutes",
+             "run.keep_checkpoints", "run.max_minutes", "run.max_bad_steps")
+
+
+def _flatten(tree, prefix=""):
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def check_resume_config(cfg: Config, run_dir: pathlib.Path) -> None:
+    """Refuse to resume `run_dir` with settings other than those in RESUMABLE changed.
+
+    Raises:
+      InputError: naming the first differing settings, their stored and new values.
+    """
+    import yaml
+    stored_path = run_dir / "config.yaml"
+    if not stored_path.is_file():
+        return
+    try:
+        stored = _flatten(yaml.safe_load(stored_path.read_text()) or {})
+    except yaml.YAMLError:
+        raise InputError(f"--resume: {str(stored_path)!r} is not valid YAML") from None
+    new = _flatten(yaml.safe_load(dump_yaml(cfg)))
+    diffs = [k for k in new if k in stored and new[k] != stored[k]
+             and not any(k == a or (a.endswith(".") and k.startswith(a)) for a in RESUMABLE)]
+    if diffs:
+        shown = "; ".join(f"{k}: {stored[k]!r} there, {new[k]!r} now" for k in diffs[:3])
+        more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+        raise InputError(f"--resume: settings differ from {str(stored_path)!r}: {shown}{more}; "
+                         f"only optim.steps, sampler.walkers, eval.* and run.* (not seed, x64) "
+                         f"may change on resume")
+
+
+class Interrupted(Exception):
+    """A signal arrived outside the training loop (pretraining, burn-in or evaluation)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _RaiseOnSignal:
+    """Turn SIGTERM/SIGINT/SIGUSR1 into `Interrupted` (the training loop installs its own
+    handlers, which finish the step and checkpoint, and restores these afterwards)."""
+
+    def __enter__(self):
+        import signal
+        self._old = {}
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            try:
+                self._old[s] = signal.signal(s, self._raise)
+            except ValueError:   # not the main thread
+                pass
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise Interrupted(signum)
+
+    def __exit__(self, *exc):
+        import signal
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+def _interrupted_message(err: Interrupted, phase: str) -> str:
+    import signal
+    name = signal.Signals(err.signum).name
+    if phase == "evaluation":
+        return (f"stopped by {name} during evaluation; the final checkpoint is written: "
+                f"`--resume` evaluates again")
+    return (f"stopped by {name} during {phase}, before the first checkpoint; `--resume` "
+            f"starts the run again")
+
+
 def _keys(seed: int):
     root = jax.random.PRNGKey(seed)
     return {name: jax.random.fold_in(root, i)
             for i, name in enumerate(("init", "burn_in", "train", "pretrain"))}
 
 
-def _restore(setup: Setup, run_dir: pathlib.Path, log) -> tuple[TrainState, int, int]:
-    """State from the newest valid checkpoint; walkers resized if the count changed."""
+def _restore(setup: Setup, run_dir: pathlib.Path, log,
+             what: str = "--resume") -> tuple[TrainState, int, int]:
+    """State from the newest valid checkpoint; walkers resized if the count changed.
+
+    Raises:
+      InputError: no checkpoint matches this configuration's parameter shapes.
+    """
     template = init_state(setup, jax.random.PRNGKey(0))
     d = run_dir / "checkpoints"
     path = ckpt.latest_valid(d, {"params": template.params, "opt_state": template.opt_state})
     if path is None:
-        raise InputError(f"--resume: no valid checkpoint in {d}")
+        raise InputError(f"{what}: no valid checkpoint in {d}")
     trees, attrs = ckpt.restore(path, {"params": template.params,
                                        "opt_state": template.opt_state})
     raw = ckpt.read_tree_raw(path, "mcmc")
@@ -81,7 +169,8 @@ def _restore(setup: Setup, run_dir: pathlib.Path, log) -> tuple[TrainState, int,
         logabs = raw["logabs"]
     mcmc = MCMCState(jax.numpy.asarray(walkers), jax.numpy.asarray(logabs),
                      jax.numpy.asarray(raw["width"]))
-    log(f"resume: from {path.name} (step {attrs['step']})")
+    log(f"{'resume' if what == '--resume' else 'evaluate'}: from {path.name} "
+        f"(step {attrs['step']})")
     return (TrainState(trees["params"], trees["opt_state"], mcmc), int(attrs["step"]),
             int(attrs.get("rejected", 0)))
 
@@ -114,21 +203,46 @@ def train_run(cfg: Config, run_dir: pathlib.Path, *, resume: bool = False,
     """
     wall_start = time.time()
     run_dir = pathlib.Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"--out {str(run_dir)!r}: exists and is not a directory")
     if holds_run(run_dir) and not resume:
         raise InputError(f"--out {str(run_dir)!r}: already holds a run; use --resume to "
                          f"continue it or choose another --out")
-    if resume and not (run_dir / "checkpoints").is_dir():
-        raise InputError(f"--resume: {str(run_dir)!r} holds no checkpoints to resume from")
+    if resume:
+        if not holds_run(run_dir):
+            raise InputError(f"--resume: {str(run_dir)!r} holds no run to resume")
+        if ckpt.list_checkpoints(run_dir / "checkpoints"):
+            check_resume_config(cfg, run_dir)
+        else:
+            log(f"resume: no checkpoint yet in {run_dir} (stopped before the first one); "
+                f"starting from the beginning")
+            resume = False
+    with _RaiseOnSignal():
+        phase = ["setup"]
+        try:
+            return _train_run(cfg, run_dir, resume, init_from, log, wall_start, phase)
+        except Interrupted as err:
+            log(_interrupted_message(err, phase[0]))
+            return EXIT_INTERRUPTED
+
+
+def _train_run(cfg, run_dir, resume, init_from, log, wall_start, phase) -> int:
     setup = build(cfg)
     keys = _keys(cfg.run.seed)
     if resume:
         state, start, rejected = _restore(setup, run_dir, log)
+        if start > cfg.optim.steps:
+            raise InputError(f"optim.steps: {cfg.optim.steps} is below the checkpoint's step "
+                             f"{start}; valid: >= {start}")
     else:
         state, start, rejected = init_state(setup, keys["init"]), 0, 0
         if init_from is not None:
             from vmc.warmstart import warm_start
             state = warm_start(setup, state, pathlib.Path(init_from), log)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"--out {str(run_dir)!r}: cannot create it ({err.strerror})") from None
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     writer = h5io.StatsWriter(run_dir / "train.h5")
     if resume:
@@ -136,7 +250,9 @@ def train_run(cfg: Config, run_dir: pathlib.Path, *, resume: bool = False,
     else:
         if cfg.pretrain.steps > 0 and cfg.ansatz.name != "hf" and init_from is None:
             from vmc.pretrain import pretrain
+            phase[0] = "pretraining"
             state = pretrain(setup, state, keys["pretrain"], run_dir, log)
+        phase[0] = "burn-in"
         state = _burn_in(setup, state, keys["burn_in"], log)
     log(f"{cfg.name}: {setup.molecule.n_up} up + {setup.molecule.n_down} down electrons, "
         f"{_count(state.params)} parameters, solver {cfg.optim.solver}, "
@@ -153,13 +269,19 @@ def train_run(cfg: Config, run_dir: pathlib.Path, *, resume: bool = False,
     if outcome is Outcome.INTERRUPTED:
         return EXIT_INTERRUPTED
     if outcome is Outcome.DIVERGED:
+        kept = ("the last checkpoint holds finite parameters"
+                if ckpt.list_checkpoints(run_dir / "checkpoints") else "no checkpoint was written")
         log(f"error: training diverged: {cfg.run.max_bad_steps} consecutive non-finite steps "
-            f"even after rolling back with half the learning rate; the last checkpoint holds "
-            f"finite parameters")
+            f"even after rolling back with half the learning rate; {kept}")
         return EXIT_DIVERGED
-    result = run_evaluation(setup, state.params, state.mcmc, run_dir, steps=cfg.eval.steps,
-                            walkers=cfg.eval.walkers, seed=cfg.eval.seed,
-                            burn_in=cfg.eval.burn_in, checkpoint_step=done, log=log)
+    phase[0] = "evaluation"
+    result = None
+    if cfg.eval.steps > 0:
+        result = run_evaluation(setup, state.params, state.mcmc, run_dir, steps=cfg.eval.steps,
+                                walkers=cfg.eval.walkers, seed=cfg.eval.seed,
+                                burn_in=cfg.eval.burn_in, checkpoint_step=done, log=log)
+    else:
+        log("evaluation skipped (eval.steps=0); `vmc eval` evaluates the final checkpoint")
     write_summary(setup, run_dir, state.params, result, wall_s=time.time() - wall_start,
                   seed=cfg.eval.seed, log=log)
     return EXIT_OK
@@ -216,15 +338,19 @@ def run_evaluation(setup: Setup, params, mcmc: MCMCState, run_dir: pathlib.Path,
 
 def write_summary(setup: Setup, run_dir: pathlib.Path, params, evaluation, *, wall_s: float,
                   seed: int, log: Callable = print) -> dict:
-    """Write summary.json from the newest evaluation and the training tail; returns it."""
+    """Write summary.json from the newest evaluation (None: none this time) and the training
+    tail; returns it."""
     cfg = setup.cfg
+    old = {}
+    if (run_dir / "summary.json").exists():
+        old = json.loads((run_dir / "summary.json").read_text())
+    if evaluation is None:
+        _write_train_only_summary(setup, run_dir, params, old, wall_s)
+        return old
     group, result = evaluation
     rb = analysis.reblock(result.energy) if len(result.energy) >= 16 else None
     tail, _ = analysis.train_tail(h5io.read_stats(run_dir / "train.h5"))
     ref = cfg.molecule.reference
-    old = {}
-    if (run_dir / "summary.json").exists():
-        old = json.loads((run_dir / "summary.json").read_text())
     energy = rb.mean if rb else float(np.mean(result.energy)) if len(result.energy) else None
     entry = {"group": group, "seed": seed, "energy_ha": energy, "energy_stderr_ha": rb.stderr if rb else None,
              "steps": len(result.energy), "walkers": int(result.walkers.shape[0]),
@@ -257,9 +383,27 @@ def write_summary(setup: Setup, run_dir: pathlib.Path, params, evaluation, *, wa
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     err = "" if deviation is None else f", {'error' if ref.kind in EXACT_KINDS else 'difference'} {deviation:+.3f} mHa"
     if energy is not None:
+        refs = "" if ref.energy is None else f" (reference {ref.energy})"
         log(f"energy {energy:.6f} Ha ± {1000 * (entry['energy_stderr_ha'] or float('nan')):.3f} mHa"
-            f"{err} (reference {ref.energy}); wall {wall_s:.0f} s")
+            f"{err}{refs}; wall {wall_s:.0f} s")
     return summary
+
+
+def _write_train_only_summary(setup: Setup, run_dir: pathlib.Path, params, old: dict,
+                              wall_s: float) -> None:
+    """summary.json of a run without evaluation: the training tail, energy null."""
+    cfg = setup.cfg
+    tail, _ = analysis.train_tail(h5io.read_stats(run_dir / "train.h5"))
+    summary = {**old, "system": cfg.name, "energy_ha": old.get("energy_ha"),
+               "energy_stderr_ha": old.get("energy_stderr_ha"),
+               "reference_ha": cfg.molecule.reference.energy,
+               "train_energy_ha": tail.mean if tail else None,
+               "train_energy_stderr_ha": tail.stderr if tail else None,
+               "train_steps": cfg.optim.steps, "walkers": cfg.sampler.walkers,
+               "n_params": _count(params), "ansatz": cfg.ansatz.name,
+               "solver": cfg.optim.solver, "seed": cfg.run.seed, "wall_s": wall_s,
+               **provenance(), "evaluations": old.get("evaluations", [])}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
@@ -275,11 +419,25 @@ def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
     if not (run_dir / "config.yaml").is_file():
         raise InputError(f"run_dir {str(run_dir)!r}: no config.yaml; not a run directory")
     cfg = load_config(run_dir / "config.yaml")
-    for name, v in (("--steps", steps), ("--walkers", walkers), ("--burn-in", burn_in)):
-        if v is not None and v < (2 if name == "--walkers" else 0):
-            raise InputError(f"{name}: {v} is not valid; valid: a positive integer")
+    for name, v, lo in (("--steps", steps, 16), ("--walkers", walkers, 2),
+                        ("--burn-in", burn_in, 0)):
+        if v is not None and v < lo:
+            raise InputError(f"{name}: {v} is not valid; valid: >= {lo}"
+                             + (" (reblocking needs 16 samples)" if lo == 16 else ""))
+    if cfg.eval.steps == 0 and steps is None:
+        steps = 2000
+    with _RaiseOnSignal():
+        try:
+            return _eval_run(cfg, run_dir, steps, walkers, seed, burn_in, log, wall_start)
+        except Interrupted as err:
+            log(_interrupted_message(err, "evaluation").replace(
+                "`--resume` evaluates again", "run `vmc eval` again"))
+            return EXIT_INTERRUPTED
+
+
+def _eval_run(cfg, run_dir, steps, walkers, seed, burn_in, log, wall_start) -> int:
     setup = build(cfg)
-    state, step, _ = _restore(setup, run_dir, log)
+    state, step, _ = _restore(setup, run_dir, log, what="vmc eval")
     old = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
     used = {e.get("seed") for e in old.get("evaluations", [])} | {cfg.eval.seed}
     if seed is None:
