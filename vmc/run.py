@@ -23,7 +23,7 @@ from vmc import analysis, checkpoint as ckpt, h5io
 from vmc.config import Config, dump_yaml
 from vmc.errors import InputError
 from vmc.evaluate import evaluate, resize_walkers
-from vmc.loop import Outcome, run_loop
+from vmc.loop import Outcome, SignalFlag, run_loop
 from vmc.sampler import MCMCState
 from vmc.train import Setup, TrainState, build, init_state, make_burn_in_step, make_train_step
 
@@ -102,28 +102,12 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-class _RaiseOnSignal:
+class _RaiseOnSignal(SignalFlag):
     """Turn SIGTERM/SIGINT/SIGUSR1 into `Interrupted` (the training loop installs its own
     handlers, which finish the step and checkpoint, and restores these afterwards)."""
 
-    def __enter__(self):
-        import signal
-        self._old = {}
-        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-            try:
-                self._old[s] = signal.signal(s, self._raise)
-            except ValueError:   # not the main thread
-                pass
-        return self
-
-    @staticmethod
-    def _raise(signum, frame):
+    def _handle(self, signum, frame):
         raise Interrupted(signum)
-
-    def __exit__(self, *exc):
-        import signal
-        for s, old in self._old.items():
-            signal.signal(s, old)
 
 
 def _interrupted_message(err: Interrupted, phase: str) -> str:
