@@ -110,13 +110,13 @@ class _RaiseOnSignal(SignalFlag):
         raise Interrupted(signum)
 
 
-def _interrupted_message(err: Interrupted, phase: str) -> str:
+def _interrupted_message(err: Interrupted, phase: str, again: str = "`--resume`") -> str:
     import signal
     name = signal.Signals(err.signum).name
     if phase == "evaluation":
         return (f"stopped by {name} during evaluation; the final checkpoint is written: "
-                f"`--resume` evaluates again")
-    return (f"stopped by {name} during {phase}, before the first checkpoint; `--resume` "
+                f"{again} evaluates again")
+    return (f"stopped by {name} during {phase}, before the first checkpoint; {again} "
             f"starts the run again")
 
 
@@ -322,72 +322,62 @@ def run_evaluation(setup: Setup, params, mcmc: MCMCState, run_dir: pathlib.Path,
 
 def write_summary(setup: Setup, run_dir: pathlib.Path, params, evaluation, *, wall_s: float,
                   seed: int, log: Callable = print) -> dict:
-    """Write summary.json from the newest evaluation (None: none this time) and the training
-    tail; returns it."""
+    """Write summary.json from the newest evaluation and the training tail; returns it.
+
+    evaluation: (group, EvalResult) from `run_evaluation`, or None when this call evaluated
+    nothing (eval.steps = 0): the energy fields are then null and the list of earlier
+    evaluations is kept.
+    """
     cfg = setup.cfg
     old = {}
     if (run_dir / "summary.json").exists():
         old = json.loads((run_dir / "summary.json").read_text())
-    if evaluation is None:
-        _write_train_only_summary(setup, run_dir, params, old, wall_s)
-        return old
-    group, result = evaluation
-    rb = analysis.reblock(result.energy) if len(result.energy) >= 16 else None
     tail, _ = analysis.train_tail(h5io.read_stats(run_dir / "train.h5"))
     ref = cfg.molecule.reference
-    energy = rb.mean if rb else float(np.mean(result.energy)) if len(result.energy) else None
-    entry = {"group": group, "seed": seed, "energy_ha": energy, "energy_stderr_ha": rb.stderr if rb else None,
-             "steps": len(result.energy), "walkers": int(result.walkers.shape[0]),
-             "block_size": rb.block_size if rb else None, "tau": rb.tau if rb else None,
-             "plateau": rb.plateau if rb else None}
+    entry, energy, variance, steps = None, None, None, 0
+    if evaluation is not None:
+        group, result = evaluation
+        rb = analysis.reblock(result.energy) if len(result.energy) >= 16 else None
+        energy = rb.mean if rb else float(np.mean(result.energy)) if len(result.energy) else None
+        entry = {"group": group, "seed": seed, "energy_ha": energy,
+                 "energy_stderr_ha": rb.stderr if rb else None,
+                 "steps": len(result.energy), "walkers": int(result.walkers.shape[0]),
+                 "block_size": rb.block_size if rb else None, "tau": rb.tau if rb else None,
+                 "plateau": rb.plateau if rb else None}
+        variance = float(np.mean(result.variance)) if len(result.variance) else None
+        steps = len(result.energy)
+    get = (lambda k: entry[k]) if entry else (lambda k: None)
     deviation = (None if energy is None or ref.energy is None
                  else 1000.0 * (energy - ref.energy))
     summary = {
         "system": cfg.name,
         "energy_ha": energy,
-        "energy_stderr_ha": entry["energy_stderr_ha"],
+        "energy_stderr_ha": get("energy_stderr_ha"),
         "reference_ha": ref.energy,
         "reference_kind": ref.kind if ref.energy is not None else None,
         "reference_source": ref.source or None,
         "error_mha": deviation if ref.kind in EXACT_KINDS else None,
         "deviation_mha": deviation,
-        "block_size": entry["block_size"], "tau": entry["tau"], "plateau": entry["plateau"],
-        "variance_ha2": float(np.mean(result.variance)) if len(result.variance) else None,
+        "block_size": get("block_size"), "tau": get("tau"), "plateau": get("plateau"),
+        "variance_ha2": variance,
         "train_energy_ha": tail.mean if tail else None,
         "train_energy_stderr_ha": tail.stderr if tail else None,
-        "train_steps": cfg.optim.steps, "eval_steps": len(result.energy),
+        "train_steps": cfg.optim.steps, "eval_steps": steps,
         "walkers": cfg.sampler.walkers, "n_params": _count(params),
         "n_up": setup.molecule.n_up, "n_down": setup.molecule.n_down,
         "ansatz": cfg.ansatz.name, "solver": cfg.optim.solver,
         "dtype": "float64" if cfg.run.x64 else "float32", "seed": cfg.run.seed,
         "wall_s": wall_s,
         **provenance(),
-        "evaluations": old.get("evaluations", []) + [entry],
+        "evaluations": old.get("evaluations", []) + ([entry] if entry else []),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     err = "" if deviation is None else f", {'error' if ref.kind in EXACT_KINDS else 'difference'} {deviation:+.3f} mHa"
     if energy is not None:
         refs = "" if ref.energy is None else f" (reference {ref.energy})"
-        log(f"energy {energy:.6f} Ha ± {1000 * (entry['energy_stderr_ha'] or float('nan')):.3f} mHa"
+        log(f"energy {energy:.6f} Ha ± {1000 * (get('energy_stderr_ha') or float('nan')):.3f} mHa"
             f"{err}{refs}; wall {wall_s:.0f} s")
     return summary
-
-
-def _write_train_only_summary(setup: Setup, run_dir: pathlib.Path, params, old: dict,
-                              wall_s: float) -> None:
-    """summary.json of a run without evaluation: the training tail, energy null."""
-    cfg = setup.cfg
-    tail, _ = analysis.train_tail(h5io.read_stats(run_dir / "train.h5"))
-    summary = {**old, "system": cfg.name, "energy_ha": old.get("energy_ha"),
-               "energy_stderr_ha": old.get("energy_stderr_ha"),
-               "reference_ha": cfg.molecule.reference.energy,
-               "train_energy_ha": tail.mean if tail else None,
-               "train_energy_stderr_ha": tail.stderr if tail else None,
-               "train_steps": cfg.optim.steps, "walkers": cfg.sampler.walkers,
-               "n_params": _count(params), "ansatz": cfg.ansatz.name,
-               "solver": cfg.optim.solver, "seed": cfg.run.seed, "wall_s": wall_s,
-               **provenance(), "evaluations": old.get("evaluations", [])}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
@@ -414,8 +404,7 @@ def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
         try:
             return _eval_run(cfg, run_dir, steps, walkers, seed, burn_in, log, wall_start)
         except Interrupted as err:
-            log(_interrupted_message(err, "evaluation").replace(
-                "`--resume` evaluates again", "run `vmc eval` again"))
+            log(_interrupted_message(err, "evaluation", again="`vmc eval`"))
             return EXIT_INTERRUPTED
 
 
