@@ -96,11 +96,6 @@ def _load(args):
 def _run(args) -> int:
     cfg = _load(args)
     out = pathlib.Path(args.out) if args.out else pathlib.Path("runs") / pathlib.Path(args.config).stem
-    from vmc.run import holds_run
-    if holds_run(out) and not args.resume:
-        from vmc.errors import InputError
-        raise InputError(f"--out {str(out)!r}: already holds a run; use --resume to continue "
-                         f"it or choose another --out")
     if args.init_from and not (pathlib.Path(args.init_from) / "checkpoints").is_dir():
         from vmc.errors import InputError
         raise InputError(f"--init-from {args.init_from!r}: not a run directory with checkpoints")
