@@ -161,3 +161,40 @@ def test_clip_local_energy_follows_ferminet_rule(x64):
     clipped, frac = clip_local_energy(jnp.asarray(e), None)
     np.testing.assert_array_equal(np.asarray(clipped), e)
     assert float(frac) == 0.0
+
+
+def test_sample_sr_of_a_float32_network_is_the_same_in_column_chunks(x64, monkeypatch):
+    """A float32 network's O is multiplied in float64 column chunks at scale: with chunks of
+    3 columns (the last overlapping its predecessor) the update equals the one-chunk update,
+    and both equal a numpy float64 solve with the same float32 Ō."""
+    import vmc.optim.sr as sr
+    mol = make_molecule([{"symbol": "Li", "position": [0.0, 0.0, 0.0]}], "bohr", 0, 1)
+    ansatz = make_ansatz(AnsatzConfig(hidden_one=(5, 5), hidden_two=(2, 2), determinants=1),
+                         mol, jnp.float32)
+    params = ansatz.init(jax.random.PRNGKey(3))
+    walkers = jax.random.normal(jax.random.PRNGKey(4), (N_WALKERS, 3, 3), jnp.float32)
+    e_l = -7.4 + 0.3 * jax.random.normal(jax.random.PRNGKey(5), (N_WALKERS,), jnp.float64)
+    cfg = OptimConfig(lr=0.1, lr_decay_steps=100.0, damping=DAMPING, norm_constraint=None,
+                      clip=None)
+
+    def step():
+        new, _, _ = make_direct_sr(cfg, ansatz.log_psi, "sample").update(
+            params, (), walkers, e_l, 0)
+        return _flat(params).astype(np.float64) - _flat(new).astype(np.float64)
+
+    whole = step()
+    monkeypatch.setattr(sr, "_CHUNK_ELEMENTS", 3 * N_WALKERS)
+    p = _flat(params).size
+    assert p % 3 != 0 and p > 100          # several chunks, the last one overlapping
+    chunked = step()
+    o = np.asarray(jax.vmap(jax.grad(lambda th, x: ansatz.log_psi(
+        ravel_pytree(params)[1](th), x)[1]), in_axes=(None, 0))(ravel_pytree(params)[0], walkers),
+        np.float64)
+    o = (o - o.mean(0)) / np.sqrt(N_WALKERS)
+    eps = np.asarray(centred_energies(e_l))
+    d = o.T @ np.linalg.solve(o @ o.T + DAMPING * np.eye(N_WALKERS), eps)
+    scale = np.abs(0.1 * d).max()
+    assert scale > 1e-4
+    # the applied step is rounded to float32 parameters: compare at float32 resolution
+    np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-6 * scale + 1e-6)
+    np.testing.assert_allclose(whole, 0.1 * d, rtol=0, atol=1e-4 * scale + 1e-6)

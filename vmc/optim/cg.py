@@ -17,10 +17,9 @@ from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 
 from vmc.optim.sr import (Optimizer, OptStats, apply_direction, centred_energies,
-                          clip_local_energy, lr_schedule, make_logabs_batch,
+                          clip_local_energy, float64_ravel, lr_schedule, make_logabs_batch,
                           norm_constraint_scale)
 
 F64 = jnp.float64
@@ -43,16 +42,6 @@ class FisherOperator(NamedTuple):
 def flat_size(params) -> int:
     """Number of scalar parameters p."""
     return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
-
-
-def float64_ravel(params) -> tuple[Callable, Callable]:
-    """(ravel: pytree -> (p,) float64, unravel: (p,) -> float64 pytree) in params' order."""
-    tmpl = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, F64), params)
-    _, unravel = ravel_pytree(tmpl)
-
-    def ravel(tree):
-        return ravel_pytree(jax.tree_util.tree_map(lambda x: x.astype(F64), tree))[0]
-    return ravel, unravel
 
 
 def linearize_fisher(log_psi: Callable, params, walkers, damping: float) -> FisherOperator:

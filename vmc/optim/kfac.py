@@ -30,11 +30,12 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from vmc.errors import InputError
-from vmc.optim.cg import float64_ravel, linearize_fisher, pcg
+from vmc.optim.cg import linearize_fisher, pcg
 from vmc.optim.kfac_capture import (DenseLayer, discover_layers, make_statistics,
                                     merge_params, split_params)
 from vmc.optim.sr import (Optimizer, OptStats, apply_direction, centred_energies,
-                          clip_local_energy, lr_schedule, norm_constraint_scale)
+                          clip_local_energy, float64_ravel, lr_schedule,
+                          norm_constraint_scale)
 
 F64 = jnp.float64
 

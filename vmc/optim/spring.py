@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 
 from vmc.errors import InputError
-from vmc.optim.cg import float64_ravel
-from vmc.optim.sr import (Optimizer, OptStats, apply_direction, centred_energies,
-                          clip_local_energy, lr_schedule, norm_constraint_scale)
+from vmc.optim.sr import (JacobianBlocks, Optimizer, OptStats, apply_direction,
+                          centred_energies, clip_local_energy, float64_ravel,
+                          jacobian_blocks, lr_schedule, norm_constraint_scale)
 
 F64 = jnp.float64
 
@@ -30,77 +30,6 @@ F64 = jnp.float64
 class SpringState(NamedTuple):
     """phi: (p,) float64, the last direction φ_{k−1} (ravel_pytree order of the params)."""
     phi: jax.Array
-
-
-_CHUNK_ELEMENTS = 1 << 24   # float64 temporaries of the chunked products: <= 128 MiB
-
-
-def jacobian_blocks(log_psi: Callable, params, walkers) -> list:
-    """O_i = ∂log|ψ(x_i)|/∂θ (uncentred) as one (n_w, size) block per parameter leaf (ravel
-    order), in the network's dtype; never concatenated or copied, so memory stays n_w p
-    floats. `_Blocks` applies the centring and 1/√n_w in float64."""
-    grads = jax.vmap(jax.grad(lambda p, x: log_psi(p, x)[1]), in_axes=(None, 0))(params, walkers)
-    return [leaf.reshape(walkers.shape[0], -1) for leaf in jax.tree_util.tree_leaves(grads)]
-
-
-def _chunked(o, fn, init):
-    """Fold fn(carry, chunk float64 (n_w, w), start, fresh (w,) bool) over column chunks of
-    o (n_w, p); the last chunk overlaps its predecessor and `fresh` masks the repeats."""
-    n_w, p = o.shape
-    if o.dtype == F64 or n_w * p <= _CHUNK_ELEMENTS:
-        return fn(init, o.astype(F64), 0, jnp.ones((p,), bool))
-    width = max(1, _CHUNK_ELEMENTS // n_w)
-    cols = jnp.arange(width)
-
-    def body(carry, k):
-        start = jnp.minimum(k * width, p - width)
-        oc = jax.lax.dynamic_slice_in_dim(o, start, width, axis=1).astype(F64)
-        return fn(carry, oc, start, (start + cols) >= k * width), None
-
-    return jax.lax.scan(body, init, jnp.arange(-(-p // width)))[0]
-
-
-class _Blocks(NamedTuple):
-    """Products with Ō = (O − mean O)/√n_w for O given as column blocks (any float dtype),
-    accumulated in float64 chunk by chunk (no float64 or centred copy of O is made). With
-    C = I − 11ᵀ/n_w: ŌŌᵀ = C OOᵀ C / n_w, Ō v = C O v/√n_w, Ōᵀ y = Oᵀ C y/√n_w."""
-    blocks: list
-
-    @property
-    def n_w(self) -> int:
-        return self.blocks[0].shape[0]
-
-    def _centre(self, u):
-        return (u - jnp.mean(u, axis=0)) / jnp.sqrt(jnp.asarray(self.n_w, F64))
-
-    def gram(self):
-        """ŌŌᵀ (n_w, n_w) float64."""
-        t = jnp.zeros((self.n_w, self.n_w), F64)
-        for o in self.blocks:
-            t = _chunked(o, lambda acc, oc, s, m: acc + (oc * m) @ oc.T, t)
-        t = self._centre(self._centre(t).T)
-        return 0.5 * (t + t.T)
-
-    def matvec(self, v):
-        """Ō v (n_w,) float64 for v (p,) float64."""
-        out, offset = jnp.zeros((self.n_w,), F64), 0
-        for o in self.blocks:
-            vb = v[offset:offset + o.shape[1]]
-
-            def fn(acc, oc, s, m, vb=vb):
-                vc = jax.lax.dynamic_slice_in_dim(vb, s, oc.shape[1])
-                return acc + oc @ jnp.where(m, vc, 0.0)
-            out, offset = _chunked(o, fn, out), offset + o.shape[1]
-        return self._centre(out)
-
-    def rmatvec(self, y):
-        """Ōᵀ y (p,) float64 for y (n_w,)."""
-        w = self._centre(y.astype(F64))
-
-        def fn(out, oc, s, m):
-            return jax.lax.dynamic_update_slice_in_dim(out, oc.T @ w, s, axis=0)
-        return jnp.concatenate([_chunked(o, fn, jnp.zeros((o.shape[1],), F64))
-                                for o in self.blocks])
 
 
 def spring_direction(o, eps, phi_prev, damping: float, mu: float):
@@ -114,7 +43,7 @@ def spring_direction(o, eps, phi_prev, damping: float, mu: float):
     Returns:
       (φ (p,) float64, Ōφ (n_w,) float64).
     """
-    o = _Blocks(list(o) if isinstance(o, (list, tuple)) else [o])
+    o = JacobianBlocks(list(o) if isinstance(o, (list, tuple)) else [o])
     t = o.gram() + damping * jnp.eye(o.n_w, dtype=F64)
     rhs = eps.astype(F64) - mu * o.matvec(phi_prev)
     y = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(t, lower=True), rhs)
