@@ -13,6 +13,13 @@ Equal wall time: T is the shortest total training time (sum of step_time, compil
 run; each run's "error at equal wall time" is the mean training energy over the (up to) 100
 steps that end where its cumulative step time first reaches T, minus the exact energy.
 
+Clean timing (`--timing-steps N`): the long runs may share the machine (e.g. two queues, one
+core each), which distorts their step times. With N > 0 each solver also gets one short run
+(N steps, seed 0, no pretraining or evaluation) under runs/bench/timing/, all of them one
+after another in this process's queue; seconds per step and its ratio to Adam then come from
+these, and each long run's cumulative step times are rescaled by (clean median step time /
+its own median) before the equal-wall-time cut.
+
 The full benchmark takes hours on a 2-core CPU. A short check:
 
     python scripts/bench_optimizers.py --steps 20 --seeds 1 --eval-steps 20 --pretrain-steps 0
@@ -59,6 +66,11 @@ def _parser():
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra `vmc run --set` override for every run")
     p.add_argument("--out", default="runs/bench", help="folder of the run directories")
+    p.add_argument("--timing-steps", type=int, default=0,
+                   help="N > 0: step times from a separate, serial N-step run per solver")
+    p.add_argument("--no-new-runs", action="store_true",
+                   help="report the finished benchmark runs only; start or resume none "
+                        "(clean-timing runs still run)")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per solver instead of the table")
     return p
@@ -75,18 +87,30 @@ def _vmc_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "vmc.cli"]
 
 
-def _run_one(args, config: pathlib.Path, name: str, seed: int) -> dict | None:
-    """Run (or reuse) one `vmc run`; returns its raw results or None if it failed."""
-    out = pathlib.Path(args.out) / f"{name.replace('@', '_lr')}_steps{args.steps}_seed{seed}"
+def _run_one(args, config: pathlib.Path, name: str, seed: int,
+             timing: bool = False) -> dict | None:
+    """Run (or reuse) one `vmc run`; returns its raw results or None if it failed.
+
+    timing: the short clean-timing run (`--timing-steps` steps, no pretraining or evaluation)
+    under <out>/timing/ instead of the benchmark run.
+    """
+    steps = args.timing_steps if timing else args.steps
+    root = pathlib.Path(args.out) / ("timing" if timing else "")
+    out = root / f"{name.replace('@', '_lr')}_steps{steps}_seed{seed}"
     meta = out / "bench.json"
     if (out / "summary.json").exists() and meta.exists():
         return _results(out, json.loads(meta.read_text())["peak_mb"])
-    sets = [*NETWORK, *_solver_sets(name), f"optim.steps={args.steps}", f"run.seed={seed}",
+    if args.no_new_runs and not timing:
+        return None
+    sets = [*NETWORK, *_solver_sets(name), f"optim.steps={steps}", f"run.seed={seed}",
             "run.progress=false"]
-    if args.eval_steps is not None:
-        sets.append(f"eval.steps={args.eval_steps}")
-    if args.pretrain_steps is not None:
-        sets.append(f"pretrain.steps={args.pretrain_steps}")
+    if timing:
+        sets += ["eval.steps=0", "pretrain.steps=0"]
+    else:
+        if args.eval_steps is not None:
+            sets.append(f"eval.steps={args.eval_steps}")
+        if args.pretrain_steps is not None:
+            sets.append(f"pretrain.steps={args.pretrain_steps}")
     sets += args.overrides
     cmd = _vmc_command() + ["run", str(config), "--out", str(out)]
     if (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("ckpt_*.h5")):
@@ -95,7 +119,7 @@ def _run_one(args, config: pathlib.Path, name: str, seed: int) -> dict | None:
         shutil.rmtree(out)          # a run that died before its first checkpoint
     for s in sets:
         cmd += ["--set", s]
-    log = pathlib.Path(args.out) / "logs" / f"{out.name}.log"
+    log = root / "logs" / f"{out.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"[bench] {name} seed {seed}: {' '.join(cmd)}", file=sys.stderr, flush=True)
     with open(log, "w") as fh:
@@ -125,6 +149,15 @@ def _results(out: pathlib.Path, peak_mb: float) -> dict:
             "iterations": float(np.mean(stats["iterations"])) if "iterations" in stats else None,
             "peak_mb": peak_mb,
             "_energy": energy, "_elapsed": _elapsed(step_time)}
+
+
+def _retime(result: dict, clean_step_s: float | None) -> None:
+    """Replace a run's step time by the clean one and rescale its cumulative step times by
+    clean / own median (None: no clean timing, step time unknown)."""
+    own = result["step_s"]
+    result["step_s"] = clean_step_s
+    if clean_step_s is not None and own:
+        result["_elapsed"] = result["_elapsed"] * (clean_step_s / own)
 
 
 def _elapsed(step_time: np.ndarray) -> np.ndarray:
@@ -163,6 +196,11 @@ def main(argv=None) -> int:
     raw = {name: [r for seed in range(args.seeds)
                   if (r := _run_one(args, config, name, seed)) is not None]
            for name in args.solvers}
+    if args.timing_steps > 0:
+        for name, rs in raw.items():
+            clean = _run_one(args, config, name, 0, timing=True)
+            for r in rs:
+                _retime(r, None if clean is None else clean["step_s"])
     adam_steps = [r["step_s"] for name, rs in raw.items() if name.startswith("adam") for r in rs]
     adam_step = _median(adam_steps)
     budget = min((float(r["_elapsed"][-1]) for rs in raw.values() for r in rs), default=0.0)
@@ -193,8 +231,10 @@ def main(argv=None) -> int:
 def _table(rows, args) -> None:
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     extra = f"; overrides {' '.join(args.overrides)}" if args.overrides else ""
+    timing = (f"; s/step from separate {args.timing_steps}-step runs" if args.timing_steps > 0
+              else "")
     print(f"Li, FermiNet (128,128,128)/(16,16,16) x 8 dets, 256 walkers{extra}, {args.steps} "
-          f"steps, medians over {args.seeds} seed(s); errors vs exact {EXACT_LI} Ha")
+          f"steps, medians over {args.seeds} seed(s); errors vs exact {EXACT_LI} Ha{timing}")
     budget = rows[0]["_budget_s"] if rows else 0.0
     print(f"{'solver':11s} {'eval error mHa':>20s} {'train last100 mHa':>18s} "
           f"{f'at {budget:.0f} s mHa':>14s} "

@@ -1,0 +1,38 @@
+"""scripts/bench_optimizers.py: the equal-wall-time cut and the clean-timing rescale."""
+
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+_PATH = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "bench_optimizers.py"
+_spec = importlib.util.spec_from_file_location("bench_optimizers", _PATH)
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def test_error_at_wall_time_averages_the_window_ending_at_the_budget():
+    exact = bench.EXACT_LI
+    energy = exact + 1e-3 * np.arange(1.0, 301.0)          # error k mHa at step k
+    elapsed = bench._elapsed(np.full(300, 0.5))              # 0.5 s a step
+    # 100 s = 200 steps: the mean error of steps 101..200 is 150.5 mHa
+    assert bench.error_at_wall_time(energy, elapsed, 100.0) == pytest.approx(150.5)
+    # a budget beyond the run takes its last 100 steps
+    assert bench.error_at_wall_time(energy, elapsed, 1e6) == pytest.approx(250.5)
+    # the first (compiling) step counts at the median, not at its own time
+    slow_first = np.full(300, 0.5)
+    slow_first[0] = 60.0
+    np.testing.assert_allclose(bench._elapsed(slow_first), elapsed)
+
+
+def test_retime_replaces_the_step_time_and_rescales_elapsed():
+    elapsed = bench._elapsed(np.full(10, 2.0))
+    r = {"step_s": 2.0, "_elapsed": elapsed}
+    bench._retime(r, 0.5)
+    assert r["step_s"] == 0.5
+    np.testing.assert_allclose(r["_elapsed"], 0.5 * np.arange(1, 11))
+    r = {"step_s": 2.0, "_elapsed": elapsed}
+    bench._retime(r, None)            # the clean run failed: no step time to report
+    assert r["step_s"] is None
+    np.testing.assert_allclose(r["_elapsed"], elapsed)
