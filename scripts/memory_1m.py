@@ -6,7 +6,7 @@ reports its peak resident set size (getrusage ru_maxrss, also checked by the par
 wait4). `adam` is the baseline: sampler + local energy + one gradient. Only `dense` would
 form a p × p matrix (p² × 8 bytes: listed, not run).
 
-    python scripts/memory_1m.py                       # cg kfac kfac-cg spring (+ adam)
+    python scripts/memory_1m.py                       # sample cg kfac kfac-cg spring (+ adam)
     python scripts/memory_1m.py --solvers cg --walkers 64 --json
 """
 
@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-SOLVERS = ("adam", "cg", "kfac", "kfac-cg", "spring")
+SOLVERS = ("adam", "sample", "cg", "kfac", "kfac-cg", "spring")
 
 
 def _parser():
