@@ -16,9 +16,11 @@ steps that end where its cumulative step time first reaches T, minus the exact e
 Clean timing (`--timing-steps N`): the long runs may share the machine (e.g. two queues, one
 core each), which distorts their step times. With N > 0 each solver also gets one short run
 (N steps, seed 0, no pretraining or evaluation) under runs/bench/timing/, all of them one
-after another in this process's queue; seconds per step and its ratio to Adam then come from
-these, and each long run's cumulative step times are rescaled by (clean median step time /
-its own median) before the equal-wall-time cut.
+after another in this process's queue. Each long run's step times are then multiplied by
+f = (median clean step time over steps 2..N) / (its own median over the same steps), which
+keeps the profile over the run (CG's iteration count falls as training settles); seconds per
+step (the median of the rescaled times), its ratio to Adam and the equal-wall-time cut use the
+rescaled times.
 
 The full benchmark takes hours on a 2-core CPU. A short check:
 
@@ -148,16 +150,22 @@ def _results(out: pathlib.Path, peak_mb: float) -> dict:
             "step_s": float(np.median(step_time[1:] if step_time.size > 1 else step_time)),
             "iterations": float(np.mean(stats["iterations"])) if "iterations" in stats else None,
             "peak_mb": peak_mb,
-            "_energy": energy, "_elapsed": _elapsed(step_time)}
+            "_energy": energy, "_elapsed": _elapsed(step_time), "_step_time": step_time}
 
 
-def _retime(result: dict, clean_step_s: float | None) -> None:
-    """Replace a run's step time by the clean one and rescale its cumulative step times by
-    clean / own median (None: no clean timing, step time unknown)."""
-    own = result["step_s"]
-    result["step_s"] = clean_step_s
-    if clean_step_s is not None and own:
-        result["_elapsed"] = result["_elapsed"] * (clean_step_s / own)
+def _retime(result: dict, clean: dict | None) -> None:
+    """Rescale a run's step times to the clean timing run of its solver (see the docstring):
+    f = median(clean steps 2..N) / median(own steps 2..N). clean None (that run failed): the
+    step time is unknown."""
+    if clean is None:
+        result["step_s"] = None
+        return
+    n = clean["_step_time"].size
+    own = result["_step_time"]
+    factor = (float(np.median(clean["_step_time"][1:n])) / float(np.median(own[1:n]))
+              if n > 1 else 1.0)
+    result["step_s"] = float(np.median(own[1:] if own.size > 1 else own)) * factor
+    result["_elapsed"] = result["_elapsed"] * factor
 
 
 def _elapsed(step_time: np.ndarray) -> np.ndarray:
@@ -200,7 +208,7 @@ def main(argv=None) -> int:
         for name, rs in raw.items():
             clean = _run_one(args, config, name, 0, timing=True)
             for r in rs:
-                _retime(r, None if clean is None else clean["step_s"])
+                _retime(r, clean)
     adam_steps = [r["step_s"] for name, rs in raw.items() if name.startswith("adam") for r in rs]
     adam_step = _median(adam_steps)
     budget = min((float(r["_elapsed"][-1]) for rs in raw.values() for r in rs), default=0.0)

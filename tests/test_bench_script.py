@@ -26,13 +26,14 @@ def test_error_at_wall_time_averages_the_window_ending_at_the_budget():
     np.testing.assert_allclose(bench._elapsed(slow_first), elapsed)
 
 
-def test_retime_replaces_the_step_time_and_rescales_elapsed():
-    elapsed = bench._elapsed(np.full(10, 2.0))
-    r = {"step_s": 2.0, "_elapsed": elapsed}
-    bench._retime(r, 0.5)
-    assert r["step_s"] == 0.5
-    np.testing.assert_allclose(r["_elapsed"], 0.5 * np.arange(1, 11))
-    r = {"step_s": 2.0, "_elapsed": elapsed}
+def test_retime_scales_by_the_clean_runs_matching_steps():
+    own = np.r_[30.0, np.full(9, 2.0), np.full(90, 1.0)]   # slow early steps (CG at its cap)
+    r = {"step_s": 1.0, "_step_time": own, "_elapsed": bench._elapsed(own)}
+    clean = {"_step_time": np.r_[20.0, np.full(9, 0.5)]}    # the same 10 steps, 4x faster
+    bench._retime(r, clean)
+    assert r["step_s"] == pytest.approx(0.25)               # median of the whole run / 4
+    np.testing.assert_allclose(r["_elapsed"], bench._elapsed(own) / 4)
+    r = {"step_s": 1.0, "_step_time": own, "_elapsed": bench._elapsed(own)}
     bench._retime(r, None)            # the clean run failed: no step time to report
     assert r["step_s"] is None
-    np.testing.assert_allclose(r["_elapsed"], elapsed)
+    np.testing.assert_allclose(r["_elapsed"], bench._elapsed(own))
