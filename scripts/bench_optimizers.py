@@ -239,8 +239,8 @@ def main(argv=None) -> int:
 def _table(rows, args) -> None:
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     extra = f"; overrides {' '.join(args.overrides)}" if args.overrides else ""
-    timing = (f"; s/step from separate {args.timing_steps}-step runs" if args.timing_steps > 0
-              else "")
+    timing = (f"; step times rescaled to clean {args.timing_steps}-step runs"
+              if args.timing_steps > 0 else "")
     print(f"Li, FermiNet (128,128,128)/(16,16,16) x 8 dets, 256 walkers{extra}, {args.steps} "
           f"steps, medians over {args.seeds} seed(s); errors vs exact {EXACT_LI} Ha{timing}")
     budget = rows[0]["_budget_s"] if rows else 0.0
