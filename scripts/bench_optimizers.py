@@ -58,7 +58,9 @@ NETWORK = ("ansatz.name=ferminet", "ansatz.hidden_one=[128,128,128]",
 def _parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=1000, help="training steps per run")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per solver")
+    p.add_argument("--seeds", type=int, default=3, help="seeds F .. F+N-1 per solver")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="F, the first seed (to split one solver's seeds over queues)")
     p.add_argument("--solvers", nargs="+", default=list(DEFAULT_SOLVERS),
                    help="solver names; adam@LR for Adam at learning rate LR")
     p.add_argument("--eval-steps", type=int, default=None,
@@ -201,7 +203,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     config = out / "Li.yaml"
     config.write_text(LI_YAML)
-    raw = {name: [r for seed in range(args.seeds)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    raw = {name: [r for seed in seeds
                   if (r := _run_one(args, config, name, seed)) is not None]
            for name in args.solvers}
     if args.timing_steps > 0:
