@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     config = out / "Li.yaml"
     config.write_text(LI_YAML)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    raw = {name: [r for seed in seeds
+    raw = {name: [{**r, "_seed": seed} for seed in seeds
                   if (r := _run_one(args, config, name, seed)) is not None]
            for name in args.solvers}
     if args.timing_steps > 0:
@@ -229,7 +229,7 @@ def main(argv=None) -> int:
                      "equal_wall_error_mha": _median([
                          error_at_wall_time(r["_energy"], r["_elapsed"], budget) for r in rs]),
                      "_budget_s": budget,
-                     "_seeds": len(rs), "_step_s": step,
+                     "_seeds": len(rs), "_step_s": step, "_runs": rs,
                      "_iterations": _median([r["iterations"] for r in rs])})
     if args.json:
         for row in rows:
@@ -258,6 +258,12 @@ def _table(rows, args) -> None:
               f"{fmt(r['_step_s'], '.3f'):>8s} {fmt(r['step_time_vs_adam'], '.2f'):>8s} "
               f"{fmt(r['peak_mb'], '.0f'):>9s} {fmt(r['_iterations'], '.0f'):>6s} "
               f"{r['_seeds']:>5d}")
+    print("per seed: eval error ± error bar (last-100 mean), mHa")
+    for r in rows:
+        runs = [f"seed {x['_seed']}: {fmt(x['error_mha'], '+.2f')} ± "
+                f"{fmt(x['error_bar_mha'], '.2f')} ({fmt(x['train_last100_error_mha'], '+.2f')})"
+                for x in r["_runs"]]
+        print(f"  {r['solver']:11s} " + "; ".join(runs))
 
 
 if __name__ == "__main__":
