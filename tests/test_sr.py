@@ -187,10 +187,7 @@ def test_sample_sr_of_a_float32_network_is_the_same_in_column_chunks(x64, monkey
     p = _flat(params).size
     assert p % 3 != 0 and p > 100          # several chunks, the last one overlapping
     chunked = step()
-    o = np.asarray(jax.vmap(jax.grad(lambda th, x: ansatz.log_psi(
-        ravel_pytree(params)[1](th), x)[1]), in_axes=(None, 0))(ravel_pytree(params)[0], walkers),
-        np.float64)
-    o = (o - o.mean(0)) / np.sqrt(N_WALKERS)
+    o = np.asarray(centred_jacobian(ansatz.log_psi, params, walkers)[0], np.float64)
     eps = np.asarray(centred_energies(e_l))
     d = o.T @ np.linalg.solve(o @ o.T + DAMPING * np.eye(N_WALKERS), eps)
     scale = np.abs(0.1 * d).max()

@@ -334,7 +334,7 @@ def write_summary(setup: Setup, run_dir: pathlib.Path, params, evaluation, *, wa
         old = json.loads((run_dir / "summary.json").read_text())
     tail, _ = analysis.train_tail(h5io.read_stats(run_dir / "train.h5"))
     ref = cfg.molecule.reference
-    entry, energy, variance, steps = None, None, None, 0
+    entry, variance = {}, None
     if evaluation is not None:
         group, result = evaluation
         rb = analysis.reblock(result.energy) if len(result.energy) >= 16 else None
@@ -345,24 +345,24 @@ def write_summary(setup: Setup, run_dir: pathlib.Path, params, evaluation, *, wa
                  "block_size": rb.block_size if rb else None, "tau": rb.tau if rb else None,
                  "plateau": rb.plateau if rb else None}
         variance = float(np.mean(result.variance)) if len(result.variance) else None
-        steps = len(result.energy)
-    get = (lambda k: entry[k]) if entry else (lambda k: None)
+    energy = entry.get("energy_ha")
     deviation = (None if energy is None or ref.energy is None
                  else 1000.0 * (energy - ref.energy))
     summary = {
         "system": cfg.name,
         "energy_ha": energy,
-        "energy_stderr_ha": get("energy_stderr_ha"),
+        "energy_stderr_ha": entry.get("energy_stderr_ha"),
         "reference_ha": ref.energy,
         "reference_kind": ref.kind if ref.energy is not None else None,
         "reference_source": ref.source or None,
         "error_mha": deviation if ref.kind in EXACT_KINDS else None,
         "deviation_mha": deviation,
-        "block_size": get("block_size"), "tau": get("tau"), "plateau": get("plateau"),
+        "block_size": entry.get("block_size"), "tau": entry.get("tau"),
+        "plateau": entry.get("plateau"),
         "variance_ha2": variance,
         "train_energy_ha": tail.mean if tail else None,
         "train_energy_stderr_ha": tail.stderr if tail else None,
-        "train_steps": cfg.optim.steps, "eval_steps": steps,
+        "train_steps": cfg.optim.steps, "eval_steps": entry.get("steps", 0),
         "walkers": cfg.sampler.walkers, "n_params": _count(params),
         "n_up": setup.molecule.n_up, "n_down": setup.molecule.n_down,
         "ansatz": cfg.ansatz.name, "solver": cfg.optim.solver,
@@ -375,7 +375,7 @@ def write_summary(setup: Setup, run_dir: pathlib.Path, params, evaluation, *, wa
     err = "" if deviation is None else f", {'error' if ref.kind in EXACT_KINDS else 'difference'} {deviation:+.3f} mHa"
     if energy is not None:
         refs = "" if ref.energy is None else f" (reference {ref.energy})"
-        log(f"energy {energy:.6f} Ha ± {1000 * (get('energy_stderr_ha') or float('nan')):.3f} mHa"
+        log(f"energy {energy:.6f} Ha ± {1000 * (entry.get('energy_stderr_ha') or float('nan')):.3f} mHa"
             f"{err}{refs}; wall {wall_s:.0f} s")
     return summary
 
