@@ -159,7 +159,9 @@ def _notes(s: RunSummary) -> list[str]:
         out.append("no eval.h5: energy is the mean of the last 10 % of training steps "
                    "(parameters still moving)")
     if s.estimator is None:
-        out.append("no evaluation and fewer than 16 finite training energies: no energy")
+        out.append("no evaluation and fewer than 16 finite training energies: no energy"
+                   if s.train_steps else "no evaluation and no training steps: no energy "
+                   "(`vmc eval` evaluates the checkpoint)")
     if s.plateau is False:
         out.append("reblocking found no plateau: the series is too short for its correlation; "
                    "the error bar is a lower bound")
@@ -190,6 +192,10 @@ def print_table(summaries: Sequence[RunSummary], file=None) -> None:
 def _write_plots(run: RunData, summary: RunSummary) -> None:
     from vmc import plots
 
+    if not run.stats:   # e.g. the hf ansatz: nothing trained, train.h5 absent or empty
+        print(f"note: {run.run_dir}: no training steps; training.png, variance.png and "
+              f"sampler.png not written", file=sys.stderr)
+        return
     for fname, make in (("training.png", lambda: plots.plot_training(run, summary)),
                         ("variance.png", lambda: plots.plot_variance(run)),
                         ("sampler.png", lambda: plots.plot_sampler(run))):

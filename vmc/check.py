@@ -28,11 +28,17 @@ def memory_estimate_mb(cfg: Config, n_params: int, n_electrons: int) -> float:
     return total / 2 ** 20
 
 
-def describe(cfg: Config) -> str:
-    """Text printed by `vmc check` (the config is already validated)."""
+def describe(cfg: Config, hf=None, notes=()) -> str:
+    """Text printed by `vmc check` (the config is already validated, vmc.precheck).
+
+    Args:
+      hf: the Hartree–Fock result when the run needs one (reused, not recomputed).
+      notes: lines printed after the device line (e.g. the Hartree–Fock energy).
+    """
+    from vmc.precheck import trains
     from vmc.sampler import electron_assignment
     from vmc.train import build
-    setup = build(cfg)
+    setup = build(cfg, hf=hf)
     mol = setup.molecule
     params = jax.eval_shape(setup.ansatz.init, jax.random.PRNGKey(0))
     n_params = int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
@@ -45,4 +51,7 @@ def describe(cfg: Config) -> str:
     lines += ["", f"parameters: {n_params}",
               f"estimated memory per step: {memory_estimate_mb(cfg, n_params, mol.n_electrons):.0f} MB",
               f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}"]
-    return "\n".join(lines)
+    if not trains(cfg):
+        lines.append(f"training: none (ansatz {cfg.ansatz.name} has no parameters; "
+                     f"burn-in, then {cfg.eval.steps} evaluation steps)")
+    return "\n".join(lines + list(notes))

@@ -96,9 +96,6 @@ def _load(args):
 def _run(args) -> int:
     cfg = _load(args)
     out = pathlib.Path(args.out) if args.out else pathlib.Path("runs") / pathlib.Path(args.config).stem
-    if args.init_from and not (pathlib.Path(args.init_from) / "checkpoints").is_dir():
-        from vmc.errors import InputError
-        raise InputError(f"--init-from {args.init_from!r}: not a run directory with checkpoints")
     _setup_jax()
     from vmc.run import train_run
     return train_run(cfg, out, resume=args.resume,
@@ -108,6 +105,13 @@ def _run(args) -> int:
 
 def _eval(args) -> int:
     _setup_jax()
+    run_dir = pathlib.Path(args.run_dir)
+    if (run_dir / "config.yaml").is_file():   # else eval_run says it is no run directory
+        from vmc.config import load_config
+        from vmc.precheck import check_devices
+        cfg = load_config(run_dir / "config.yaml")
+        check_devices({"--walkers": args.walkers} if args.walkers
+                      else {"eval.walkers": cfg.eval.walkers})
     from vmc.run import eval_run
     return eval_run(pathlib.Path(args.run_dir), steps=args.steps, walkers=args.walkers,
                     seed=args.seed, burn_in=args.burn_in, log=lambda m: print(m, flush=True))
@@ -117,7 +121,10 @@ def _check(args) -> int:
     cfg = _load(args)
     _setup_jax()
     from vmc.check import describe
-    print(describe(cfg))
+    from vmc.precheck import check_run_input
+    lines = []
+    checked = check_run_input(cfg, resume=False, log=lines.append)
+    print(describe(cfg, hf=checked.hf, notes=lines))
     return 0
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 import typing
 from typing import Any, Optional
 
@@ -75,6 +76,8 @@ class AnsatzConfig:
     head_dim: int = _field(16, lo=1)       # Psiformer width per head
     layers: int = _field(2, lo=1)          # Psiformer attention layers
     layer_norm: bool = False
+    # determinant stage (orbital matrices -> log|sum det|): float64, or the network's dtype
+    det_precision: str = _field("float64", choices=("float64", "network"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +136,8 @@ class EvalConfig:
     walkers: Optional[int] = None     # None: sampler.walkers
     burn_in: int = _field(100, lo=0)
     seed: Optional[int] = None        # None: run.seed + 1
+    # above this share of non-finite local energies the summary marks the estimate unreliable
+    max_nonfinite_fraction: float = _field(1e-4, lo=0.0, hi=1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +152,8 @@ class RunConfig:
     keep_checkpoints: int = _field(3, lo=1)
     max_minutes: Optional[float] = _field(None, gt=0.0)
     max_bad_steps: int = _field(10, lo=1)
+    # a step is rejected when more than this share of walkers has a non-finite E_L or log|ψ|
+    max_bad_walkers: float = _field(0.05, lo=0.0, hi=1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +201,35 @@ PRESETS: dict[str, dict[str, Any]] = {
 _MOLECULE_KEYS = {f.name for f in dataclasses.fields(MoleculeConfig)}
 
 
+# A decimal number as people write it: 1e-3, 1E3, -2.5, .5, 3., +1.0e-10 (YAML 1.1, which
+# PyYAML implements, reads the forms without a dot, like 1e-3, as strings).
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def number(value):
+    """`value` as a float if it is a string holding a decimal number ('1e-3'), else itself.
+
+    Only plain decimal notation counts: 'nan', 'inf', '0x10' or '1_000' stay strings (and
+    fail where a number is expected, naming the field).
+    """
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+def _numeric_positions(atoms):
+    """Atoms with numeric-string coordinates ('1e-3') as floats; anything else unchanged
+    (vmc.system validates it)."""
+    if not isinstance(atoms, (list, tuple)):
+        return atoms
+    out = []
+    for atom in atoms:
+        if isinstance(atom, dict) and isinstance(atom.get("position"), (list, tuple)):
+            atom = {**atom, "position": [number(c) for c in atom["position"]]}
+        out.append(atom)
+    return out
+
+
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
@@ -218,6 +254,7 @@ def _coerce(path: str, value, tp, meta):
         if isinstance(value, bool) or not isinstance(value, int):
             raise InputError(f"{path}: expected an integer, got {value!r}")
     elif tp is float:
+        value = number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"{path}: expected a number, got {value!r}")
         value = float(value)
@@ -227,6 +264,8 @@ def _coerce(path: str, value, tp, meta):
         if not isinstance(value, str):
             raise InputError(f"{path}: expected a string, got {value!r}")
     elif tp is tuple:
+        if path == "molecule.atoms":
+            value = _numeric_positions(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and "hidden" in path:
             value = [value]
         if not isinstance(value, (list, tuple)):
@@ -307,8 +346,9 @@ def _resolve_defaults(cfg: Config, n_electrons: int) -> Config:
     optim, pre, ev = cfg.optim, cfg.pretrain, cfg.eval
     if optim.lr is None:
         optim = dataclasses.replace(optim, lr=1e-3 if optim.solver == "adam" else 0.2)
-    if pre.steps is None:
-        pre = dataclasses.replace(pre, steps=0 if n_electrons <= 2 else 1000)
+    if pre.steps is None:   # the hf ansatz has nothing to pretrain
+        pre = dataclasses.replace(pre, steps=0 if n_electrons <= 2 or cfg.ansatz.name == "hf"
+                                  else 1000)
     if optim.steps is None:
         optim = dataclasses.replace(optim, steps=default_steps(n_electrons))
     ansatz = cfg.ansatz

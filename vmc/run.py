@@ -7,11 +7,9 @@ run.max_minutes after writing a checkpoint (requeue and `--resume`); 1 any other
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 import subprocess
-import sys
 import time
 from typing import Callable, Optional
 
@@ -23,9 +21,13 @@ from vmc import analysis, checkpoint as ckpt, h5io
 from vmc.config import Config, dump_yaml
 from vmc.errors import InputError
 from vmc.evaluate import evaluate, resize_walkers
-from vmc.loop import Outcome, SignalFlag, run_loop
+from vmc.loop import Outcome, SignalFlag
+from vmc.precheck import (RESUMABLE, DirectoryGuard, check_resume_config, check_run_dir,  # noqa: F401
+                          check_run_input, holds_run, trains)
 from vmc.sampler import MCMCState
-from vmc.train import Setup, TrainState, build, init_state, make_burn_in_step, make_train_step
+from vmc.stages import count as _count, progress_bar as _progress, restore as _restore
+from vmc.stages import run_keys, train, without_training
+from vmc.train import Setup, build, init_state
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 75
 EXACT_KINDS = ("exact", "estimated exact")
@@ -45,53 +47,6 @@ def provenance() -> dict:
             "flax_version": flax.__version__, "folx_version": getattr(folx, "__version__", None),
             "device_kind": jax.devices()[0].device_kind, "device_count": jax.device_count(),
             "process_count": jax.process_count()}
-
-
-def holds_run(run_dir: pathlib.Path) -> bool:
-    """Whether `run_dir` already holds (part of) a run."""
-    return any((run_dir / n).exists() for n in ("config.yaml", "train.h5", "checkpoints",
-                                                  "summary.json"))
-
-
-# Settings that may change when a run is resumed; every other resolved setting must match
-# the run's config.yaml (a different molecule, network, solver or seed is a different run).
-RESUMABLE = ("name", "molecule.reference.", "optim.steps", "sampler.walkers", "eval.",
-             "run.log_every", "run.progress", "run.checkpoint_every", "run.checkpoint_minutes",
-             "run.keep_checkpoints", "run.max_minutes", "run.max_bad_steps")
-
-
-def _flatten(tree, prefix=""):
-    if isinstance(tree, dict):
-        out = {}
-        for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
-def check_resume_config(cfg: Config, run_dir: pathlib.Path) -> None:
-    """Refuse to resume `run_dir` with settings other than those in RESUMABLE changed.
-
-    Raises:
-      InputError: naming the first differing settings, their stored and new values.
-    """
-    import yaml
-    stored_path = run_dir / "config.yaml"
-    if not stored_path.is_file():
-        return
-    try:
-        stored = _flatten(yaml.safe_load(stored_path.read_text()) or {})
-    except yaml.YAMLError:
-        raise InputError(f"--resume: {str(stored_path)!r} is not valid YAML") from None
-    new = _flatten(yaml.safe_load(dump_yaml(cfg)))
-    diffs = [k for k in new if k in stored and new[k] != stored[k]
-             and not any(k == a or (a.endswith(".") and k.startswith(a)) for a in RESUMABLE)]
-    if diffs:
-        shown = "; ".join(f"{k}: {stored[k]!r} there, {new[k]!r} now" for k in diffs[:3])
-        more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
-        raise InputError(f"--resume: settings differ from {str(stored_path)!r}: {shown}{more}; "
-                         f"only optim.steps, sampler.walkers, eval.* and run.* (not seed, x64) "
-                         f"may change on resume")
 
 
 class Interrupted(Exception):
@@ -120,99 +75,41 @@ def _interrupted_message(err: Interrupted, phase: str, again: str = "`--resume`"
             f"starts the run again")
 
 
-def _keys(seed: int):
-    root = jax.random.PRNGKey(seed)
-    return {name: jax.random.fold_in(root, i)
-            for i, name in enumerate(("init", "burn_in", "train", "pretrain"))}
-
-
-def _restore(setup: Setup, run_dir: pathlib.Path, log,
-             what: str = "--resume") -> tuple[TrainState, int, int]:
-    """State from the newest valid checkpoint; walkers resized if the count changed.
-
-    Raises:
-      InputError: no checkpoint matches this configuration's parameter shapes.
-    """
-    template = init_state(setup, jax.random.PRNGKey(0))
-    d = run_dir / "checkpoints"
-    path = ckpt.latest_valid(d, {"params": template.params, "opt_state": template.opt_state})
-    if path is None:
-        raise InputError(f"{what}: no valid checkpoint in {d}")
-    trees, attrs = ckpt.restore(path, {"params": template.params,
-                                       "opt_state": template.opt_state})
-    raw = ckpt.read_tree_raw(path, "mcmc")
-    walkers = raw["walkers"]
-    n_w = setup.cfg.sampler.walkers
-    if walkers.shape[0] != n_w:
-        log(f"resume: checkpoint has {walkers.shape[0]} walkers, config wants {n_w}: "
-            f"{'cycling through' if n_w > walkers.shape[0] else 'keeping the first'} "
-            f"{n_w} of them")
-        walkers = resize_walkers(walkers, n_w)
-        logabs = jax.vmap(lambda x: setup.ansatz.log_psi(trees["params"], x)[1])(walkers)
-    else:
-        logabs = raw["logabs"]
-    mcmc = MCMCState(jax.numpy.asarray(walkers), jax.numpy.asarray(logabs),
-                     jax.numpy.asarray(raw["width"]))
-    log(f"{'resume' if what == '--resume' else 'evaluate'}: from {path.name} "
-        f"(step {attrs['step']})")
-    return (TrainState(trees["params"], trees["opt_state"], mcmc), int(attrs["step"]),
-            int(attrs.get("rejected", 0)))
-
-
-def _progress(cfg, total: int, desc: str):
-    if not cfg.run.progress or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
-
-
-def _burn_in(setup: Setup, state: TrainState, key, log) -> TrainState:
-    steps = setup.cfg.sampler.burn_in
-    if steps == 0:
-        return state
-    burn = make_burn_in_step(setup)
-    mcmc, pmove = state.mcmc, 0.0
-    for t in range(steps):
-        mcmc, pmove = burn(state.params, mcmc, jax.random.fold_in(key, t))
-    log(f"burn-in: {steps} steps, pmove {float(pmove):.3f}, width {float(mcmc.width):.3f} bohr")
-    return state._replace(mcmc=mcmc)
-
-
 def train_run(cfg: Config, run_dir: pathlib.Path, *, resume: bool = False,
               init_from: Optional[pathlib.Path] = None, log: Callable = print) -> int:
     """Train (or resume), evaluate and write summary.json. Returns the exit code.
+
+    Every input check runs before the run directory is touched (vmc.precheck); should bad
+    input still surface later, the directory is left as it was found. The 'hf' ansatz has
+    nothing to train: burn-in, a checkpoint at step 0, then the evaluation.
 
     Raises:
       InputError: the run directory already holds a run (without `resume`), or bad input.
     """
     wall_start = time.time()
     run_dir = pathlib.Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise InputError(f"--out {str(run_dir)!r}: exists and is not a directory")
-    if holds_run(run_dir) and not resume:
-        raise InputError(f"--out {str(run_dir)!r}: already holds a run; use --resume to "
-                         f"continue it or choose another --out")
+    check_run_dir(run_dir, resume=resume)
     if resume:
-        if not holds_run(run_dir):
-            raise InputError(f"--resume: {str(run_dir)!r} holds no run to resume")
         if ckpt.list_checkpoints(run_dir / "checkpoints"):
             check_resume_config(cfg, run_dir)
         else:
             log(f"resume: no checkpoint yet in {run_dir} (stopped before the first one); "
                 f"starting from the beginning")
             resume = False
-    with _RaiseOnSignal():
+    checked = check_run_input(cfg, resume=resume, init_from=init_from, log=log)
+    with _RaiseOnSignal(), DirectoryGuard(run_dir):
         phase = ["setup"]
         try:
-            return _train_run(cfg, run_dir, resume, init_from, log, wall_start, phase)
+            return _train_run(cfg, run_dir, resume, init_from, log, wall_start, phase,
+                              checked.hf)
         except Interrupted as err:
             log(_interrupted_message(err, phase[0]))
             return EXIT_INTERRUPTED
 
 
-def _train_run(cfg, run_dir, resume, init_from, log, wall_start, phase) -> int:
-    setup = build(cfg)
-    keys = _keys(cfg.run.seed)
+def _train_run(cfg, run_dir, resume, init_from, log, wall_start, phase, hf) -> int:
+    setup = build(cfg, hf=hf)
+    keys = run_keys(cfg.run.seed)
     if resume:
         state, start, rejected = _restore(setup, run_dir, log)
         if start > cfg.optim.steps:
@@ -228,36 +125,13 @@ def _train_run(cfg, run_dir, resume, init_from, log, wall_start, phase) -> int:
     except OSError as err:
         raise InputError(f"--out {str(run_dir)!r}: cannot create it ({err.strerror})") from None
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    writer = h5io.StatsWriter(run_dir / "train.h5")
-    if resume:
-        writer.truncate(start - 1)
+    if not trains(cfg):
+        state, done = without_training(setup, state, run_dir, resume, keys, log, phase)
     else:
-        if cfg.pretrain.steps > 0 and cfg.ansatz.name != "hf" and init_from is None:
-            from vmc.pretrain import pretrain
-            phase[0] = "pretraining"
-            state = pretrain(setup, state, keys["pretrain"], run_dir, log)
-        phase[0] = "burn-in"
-        state = _burn_in(setup, state, keys["burn_in"], log)
-    log(f"{cfg.name}: {setup.molecule.n_up} up + {setup.molecule.n_down} down electrons, "
-        f"{_count(state.params)} parameters, solver {cfg.optim.solver}, "
-        f"{cfg.sampler.walkers} walkers, {cfg.optim.steps} steps")
-    step_fn = make_train_step(setup)
-    bar = _progress(cfg, cfg.optim.steps - start, "train")
-    state, done, outcome, rejected = run_loop(
-        step_fn, state, start=start, steps=cfg.optim.steps, train_key=keys["train"], cfg=cfg,
-        run_dir=run_dir, writer=writer, log=_bar_log(bar, log), progress=bar, rejected=rejected)
-    if outcome is Outcome.DIVERGED:
-        state, done, outcome, rejected = _rollback(setup, run_dir, writer, keys, log, bar)
-    if bar is not None:
-        bar.close()
-    if outcome is Outcome.INTERRUPTED:
-        return EXIT_INTERRUPTED
-    if outcome is Outcome.DIVERGED:
-        kept = ("the last checkpoint holds finite parameters"
-                if ckpt.list_checkpoints(run_dir / "checkpoints") else "no checkpoint was written")
-        log(f"error: training diverged: {cfg.run.max_bad_steps} consecutive non-finite steps "
-            f"even after rolling back with half the learning rate; {kept}")
-        return EXIT_DIVERGED
+        state, done, outcome = train(setup, state, start, rejected, run_dir, resume, init_from,
+                                     keys, log, phase)
+        if outcome is not Outcome.FINISHED:
+            return EXIT_INTERRUPTED if outcome is Outcome.INTERRUPTED else EXIT_DIVERGED
     phase[0] = "evaluation"
     result = None
     if cfg.eval.steps > 0:
@@ -269,34 +143,6 @@ def _train_run(cfg, run_dir, resume, init_from, log, wall_start, phase) -> int:
     write_summary(setup, run_dir, state.params, result, wall_s=time.time() - wall_start,
                   seed=cfg.eval.seed, log=log)
     return EXIT_OK
-
-
-def _rollback(setup: Setup, run_dir, writer, keys, log, bar):
-    """Roll back once to the last checkpoint with half the learning rate."""
-    cfg = setup.cfg
-    log(f"warning: {cfg.run.max_bad_steps} consecutive non-finite steps; rolling back to the "
-        f"last checkpoint with half the learning rate")
-    lower = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=cfg.optim.lr / 2))
-    setup2 = build(lower, hf=setup.hf)
-    if not ckpt.list_checkpoints(run_dir / "checkpoints"):
-        state = _burn_in(setup2, init_state(setup2, keys["init"]), keys["burn_in"], log)
-        start, rejected = 0, 0
-    else:
-        state, start, rejected = _restore(setup2, run_dir, log)
-    writer.truncate(start - 1)
-    return run_loop(make_train_step(setup2), state, start=start, steps=lower.optim.steps,
-                    train_key=keys["train"], cfg=lower, run_dir=run_dir, writer=writer,
-                    log=_bar_log(bar, log), progress=bar, rejected=rejected)
-
-
-def _bar_log(bar, log):
-    if bar is None:
-        return log
-    return lambda msg: bar.write(msg)
-
-
-def _count(params) -> int:
-    return int(sum(np.size(p) for p in jax.tree_util.tree_leaves(params)))
 
 
 def run_evaluation(setup: Setup, params, mcmc: MCMCState, run_dir: pathlib.Path, *, steps: int,
@@ -313,11 +159,33 @@ def run_evaluation(setup: Setup, params, mcmc: MCMCState, run_dir: pathlib.Path,
     group = h5io.next_group_name(run_dir / "eval.h5")
     h5io.write_group(run_dir / "eval.h5", group,
                      {"energy": result.energy, "variance": result.variance,
-                      "pmove": result.pmove},
+                      "pmove": result.pmove, "nonfinite": result.nonfinite},
                      {"seed": seed, "walkers": walkers, "steps": steps, "burn_in": burn_in,
                       "checkpoint_step": checkpoint_step, "seconds": result.seconds})
     log(f"evaluation {group}: {steps} steps x {walkers} walkers in {result.seconds:.1f} s")
+    bad = int(np.sum(result.nonfinite))
+    if bad:
+        log(f"warning: evaluation {group}: {bad} of {steps * walkers} local energies were not "
+            f"finite and were left out ({bad / (steps * walkers):.2g})")
     return group, result
+
+
+def nonfinite_entry(result, max_fraction: float) -> dict:
+    """The non-finite local energies of one evaluation, for summary.json.
+
+    Returns {nonfinite_samples, nonfinite_fraction, reliable, reliability_note}: `reliable`
+    is False when the fraction of non-finite E_L exceeds `max_fraction`
+    (`eval.max_nonfinite_fraction`), since leaving out that many samples may bias the mean.
+    """
+    total = int(result.walkers.shape[0]) * len(result.energy)
+    bad = int(np.sum(result.nonfinite)) if len(result.nonfinite) else 0
+    frac = bad / total if total else 0.0
+    reliable = frac <= max_fraction
+    note = None if reliable else (
+        f"{bad} of {total} local energies ({frac:.2g}) were not finite, above "
+        f"eval.max_nonfinite_fraction={max_fraction:g}: the estimate may be biased")
+    return {"nonfinite_samples": bad, "nonfinite_fraction": frac, "reliable": reliable,
+            "reliability_note": note}
 
 
 def write_summary(setup: Setup, run_dir: pathlib.Path, params, evaluation, *, wall_s: float,
@@ -337,14 +205,17 @@ def write_summary(setup: Setup, run_dir: pathlib.Path, params, evaluation, *, wa
     entry, variance = {}, None
     if evaluation is not None:
         group, result = evaluation
-        rb = analysis.reblock(result.energy) if len(result.energy) >= 16 else None
-        energy = rb.mean if rb else float(np.mean(result.energy)) if len(result.energy) else None
+        series = result.energy[np.isfinite(result.energy)]   # steps with no finite E_L out
+        rb = analysis.reblock(series) if len(series) >= 16 else None
+        energy = rb.mean if rb else float(np.mean(series)) if len(series) else None
         entry = {"group": group, "seed": seed, "energy_ha": energy,
                  "energy_stderr_ha": rb.stderr if rb else None,
                  "steps": len(result.energy), "walkers": int(result.walkers.shape[0]),
                  "block_size": rb.block_size if rb else None, "tau": rb.tau if rb else None,
-                 "plateau": rb.plateau if rb else None}
-        variance = float(np.mean(result.variance)) if len(result.variance) else None
+                 "plateau": rb.plateau if rb else None,
+                 **nonfinite_entry(result, cfg.eval.max_nonfinite_fraction)}
+        finite_var = result.variance[np.isfinite(result.variance)]
+        variance = float(np.mean(finite_var)) if len(finite_var) else None
     energy = entry.get("energy_ha")
     deviation = (None if energy is None or ref.energy is None
                  else 1000.0 * (energy - ref.energy))
@@ -360,6 +231,10 @@ def write_summary(setup: Setup, run_dir: pathlib.Path, params, evaluation, *, wa
         "block_size": entry.get("block_size"), "tau": entry.get("tau"),
         "plateau": entry.get("plateau"),
         "variance_ha2": variance,
+        "nonfinite_samples": entry.get("nonfinite_samples"),
+        "nonfinite_fraction": entry.get("nonfinite_fraction"),
+        "reliable": entry.get("reliable"),
+        "reliability_note": entry.get("reliability_note"),
         "train_energy_ha": tail.mean if tail else None,
         "train_energy_stderr_ha": tail.stderr if tail else None,
         "train_steps": cfg.optim.steps, "eval_steps": entry.get("steps", 0),
@@ -377,6 +252,8 @@ def write_summary(setup: Setup, run_dir: pathlib.Path, params, evaluation, *, wa
         refs = "" if ref.energy is None else f" (reference {ref.energy})"
         log(f"energy {energy:.6f} Ha ± {1000 * (entry.get('energy_stderr_ha') or float('nan')):.3f} mHa"
             f"{err}{refs}; wall {wall_s:.0f} s")
+    if entry.get("reliable") is False:
+        log(f"warning: estimate marked unreliable: {entry['reliability_note']}")
     return summary
 
 

@@ -1,0 +1,252 @@
+"""Input checks of `vmc run` / `vmc check` that run before a run directory is touched.
+
+Everything that can fail on input is checked here, before `vmc run` creates or writes
+anything: the run directory itself (a run already there, `--resume` without one), the
+settings a resumed run may not change, solver and ansatz compatibility, walker counts that
+the devices cannot split, `--init-from`, and the Hartree–Fock calculation (basis name, SCF
+failures), whose result the run then reuses. `DirectoryGuard` is the safety net behind
+these checks: if bad input still shows up once the directory exists, it leaves the
+directory as it found it.
+
+Every failure is an `InputError`: one line naming the field and what would be valid, which
+the CLI prints as ``error: ...`` with exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import shutil
+import warnings
+from typing import Any, Callable, Optional
+
+from vmc.config import Config, dump_yaml
+from vmc.errors import InputError
+
+# Solvers that need the ansatz's flax module (KFAC captures its Dense layers).
+NEEDS_MODULE = ("kfac", "kfac-cg")
+# Ansätze without trainable parameters: `vmc run` evaluates them without training.
+UNTRAINED = ("hf",)
+
+# Settings that may change when a run is resumed; every other resolved setting must match
+# the run's config.yaml (a different molecule, network, solver or seed is a different run).
+RESUMABLE = ("name", "molecule.reference.", "optim.steps", "sampler.walkers", "eval.",
+             "run.log_every", "run.progress", "run.checkpoint_every", "run.checkpoint_minutes",
+             "run.keep_checkpoints", "run.max_minutes", "run.max_bad_steps")
+
+_RUN_FILES = ("config.yaml", "train.h5", "checkpoints", "summary.json")
+
+
+def holds_run(run_dir: pathlib.Path) -> bool:
+    """Whether `run_dir` already holds (part of) a run."""
+    return any((pathlib.Path(run_dir) / n).exists() for n in _RUN_FILES)
+
+
+def trains(cfg: Config) -> bool:
+    """Whether `vmc run` optimizes this configuration (the 'hf' ansatz has no parameters:
+    it goes from burn-in straight to the evaluation)."""
+    return cfg.ansatz.name not in UNTRAINED
+
+
+def needs_hartree_fock(cfg: Config, *, resume: bool, init_from) -> bool:
+    """Whether the run computes Hartree–Fock: the 'hf' ansatz always, pretraining of a
+    fresh run (not resumed, not warm-started) when `pretrain.steps` > 0."""
+    if cfg.ansatz.name == "hf":
+        return True
+    return cfg.pretrain.steps > 0 and not resume and init_from is None
+
+
+def _flatten(tree, prefix=""):
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def check_resume_config(cfg: Config, run_dir: pathlib.Path) -> None:
+    """Refuse to resume `run_dir` with settings other than those in RESUMABLE changed.
+
+    Raises:
+      InputError: naming the first differing settings, their stored and new values.
+    """
+    import yaml
+    stored_path = run_dir / "config.yaml"
+    if not stored_path.is_file():
+        return
+    try:
+        stored = _flatten(yaml.safe_load(stored_path.read_text()) or {})
+    except yaml.YAMLError:
+        raise InputError(f"--resume: {str(stored_path)!r} is not valid YAML") from None
+    new = _flatten(yaml.safe_load(dump_yaml(cfg)))
+    diffs = [k for k in new if k in stored and new[k] != stored[k]
+             and not any(k == a or (a.endswith(".") and k.startswith(a)) for a in RESUMABLE)]
+    if diffs:
+        shown = "; ".join(f"{k}: {stored[k]!r} there, {new[k]!r} now" for k in diffs[:3])
+        more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+        raise InputError(f"--resume: settings differ from {str(stored_path)!r}: {shown}{more}; "
+                         f"only optim.steps, sampler.walkers, eval.* and run.* (not seed, x64) "
+                         f"may change on resume")
+
+
+def check_run_dir(run_dir: pathlib.Path, *, resume: bool) -> None:
+    """The run directory can take this run (nothing is created).
+
+    Raises:
+      InputError: `--out` is a file, already holds a run (without `resume`), holds no run
+        (with `resume`), or lies under a file.
+    """
+    run_dir = pathlib.Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"--out {str(run_dir)!r}: exists and is not a directory")
+    for parent in run_dir.parents:
+        if parent.exists() and not parent.is_dir():
+            raise InputError(f"--out {str(run_dir)!r}: {str(parent)!r} is a file; valid: a "
+                             f"path whose parents are directories")
+    if holds_run(run_dir) and not resume:
+        raise InputError(f"--out {str(run_dir)!r}: already holds a run; use --resume to "
+                         f"continue it or choose another --out")
+    if resume and not holds_run(run_dir):
+        raise InputError(f"--resume: {str(run_dir)!r} holds no run to resume")
+
+
+def check_compatible(cfg: Config) -> None:
+    """Solver and ansatz fit together.
+
+    Raises:
+      InputError: a solver that needs a flax network (kfac, kfac-cg) with the 'hf' ansatz.
+    """
+    from vmc.config import SOLVERS
+    if cfg.ansatz.name == "hf" and cfg.optim.solver in NEEDS_MODULE:
+        valid = ", ".join(s for s in SOLVERS if s not in NEEDS_MODULE)
+        raise InputError(f"optim.solver: {cfg.optim.solver!r} needs a flax network "
+                         f"(ferminet, psiformer) and ansatz.name 'hf' has none (nor anything "
+                         f"to train); valid with hf: {valid}")
+
+
+def check_devices(walkers: dict, n_devices: Optional[int] = None) -> None:
+    """Walker counts split evenly over the devices (walkers are sharded along their first
+    axis, vmc.parallel).
+
+    Args:
+      walkers: {field name: walker count}, e.g. {"sampler.walkers": 256}; None counts are
+        skipped.
+      n_devices: the device count; None asks JAX (`jax.device_count()`).
+    Raises:
+      InputError: a count not divisible by the device count, naming its field.
+    """
+    if n_devices is None:
+        import jax
+        n_devices = jax.device_count()
+    for field, n in walkers.items():
+        if n is not None and n % n_devices:
+            lower = n - n % n_devices
+            options = ", ".join(str(v) for v in (lower, lower + n_devices) if v >= 2)
+            raise InputError(f"{field}: {n} walkers do not split over the {n_devices} devices; "
+                             f"valid: a multiple of {n_devices}, e.g. {options}")
+
+
+def hartree_fock(cfg: Config, log: Callable = print) -> Any:
+    """Run Hartree–Fock (`pretrain.basis`, `pretrain.method`) for the config's molecule.
+
+    Returns:
+      The `vmc.hf.HartreeFock` result.
+    Raises:
+      InputError: unknown basis or method, 'rhf' for an open shell, an SCF that does not
+        converge or cannot place the electrons (e.g. a basis too small for the spin).
+    """
+    import time
+    from vmc.hf import run_hf
+    molecule = cfg.build_molecule()
+    pre = cfg.pretrain
+    t0 = time.time()
+    try:
+        with warnings.catch_warnings():   # PySCF warns on stderr beside our one error line
+            warnings.simplefilter("ignore")
+            hf = run_hf(molecule, pre.basis, pre.method)
+    except InputError:
+        raise
+    except (RuntimeError, ValueError, ArithmeticError) as err:   # SCFError, PySCF's own
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        skip = "" if cfg.ansatz.name == "hf" else ", or pretrain.steps: 0 (no pretraining)"
+        raise InputError(f"pretrain.basis: Hartree-Fock ({pre.method}, basis {pre.basis!r}) "
+                         f"failed for charge {molecule.charge}, spin {molecule.spin}: {first}; "
+                         f"valid: a larger basis (e.g. cc-pvdz, cc-pvtz), another "
+                         f"pretrain.method (rhf, rohf, uhf){skip}") from None
+    log(f"hartree-fock: {hf.method.upper()}/{hf.basis} energy {hf.energy:.6f} Ha "
+        f"({time.time() - t0:.1f} s)")
+    return hf
+
+
+@dataclasses.dataclass(frozen=True)
+class Checked:
+    """What the pre-checks found: the Hartree–Fock result (None when the run needs none)."""
+    hf: Any = None
+
+
+def check_run_input(cfg: Config, *, resume: bool, init_from: Optional[pathlib.Path] = None,
+                    log: Callable = print) -> Checked:
+    """Every input check of a run that does not need the run directory's contents.
+
+    Runs before anything is written: solver/ansatz compatibility, device counts,
+    `--init-from` (a run directory with checkpoints; not with the 'hf' ansatz), and
+    Hartree–Fock when the run needs it (`needs_hartree_fock`).
+
+    Raises:
+      InputError: the first problem found.
+    """
+    check_compatible(cfg)
+    check_devices({"sampler.walkers": cfg.sampler.walkers, "eval.walkers": cfg.eval.walkers})
+    if init_from is not None:
+        if not (pathlib.Path(init_from) / "checkpoints").is_dir():
+            raise InputError(f"--init-from {str(init_from)!r}: not a run directory with "
+                             f"checkpoints")
+        if not trains(cfg):
+            raise InputError(f"--init-from: ansatz.name {cfg.ansatz.name!r} has no parameters "
+                             f"to warm-start; valid: ferminet, psiformer (or drop --init-from)")
+    hf = None
+    if needs_hartree_fock(cfg, resume=resume, init_from=init_from):
+        hf = hartree_fock(cfg, log)
+    return Checked(hf=hf)
+
+
+class DirectoryGuard:
+    """Leave a run directory as it was found if bad input (`InputError`) stops the run.
+
+    On entry it records whether the directory existed, its files and folders and the bytes
+    of its config.yaml. If an `InputError` leaves the `with` block, everything created since
+    is removed (the directory itself and any parents this call made, if it did not exist)
+    and config.yaml is restored. Other exceptions leave the files for inspection.
+    """
+
+    def __init__(self, run_dir: pathlib.Path):
+        self.run_dir = pathlib.Path(run_dir)
+
+    def __enter__(self):
+        d = self.run_dir.absolute()
+        self._top = None   # the highest folder that does not exist yet
+        for p in (d, *d.parents):
+            if p.exists():
+                break
+            self._top = p
+        self._before = set(d.rglob("*")) if self._top is None else set()
+        cfg = d / "config.yaml"
+        self._config = cfg.read_bytes() if self._top is None and cfg.is_file() else None
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None or not issubclass(exc_type, InputError):
+            return False
+        d = self.run_dir.absolute()
+        if self._top is not None:
+            shutil.rmtree(self._top, ignore_errors=True)
+            return False
+        for p in sorted(set(d.rglob("*")) - self._before, key=lambda q: len(q.parts)):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        if self._config is not None:
+            (d / "config.yaml").write_bytes(self._config)
+        return False
