@@ -379,7 +379,8 @@ def train_tail(stats: dict) -> tuple[Optional[ReblockResult], slice]:
     """Reblock the last 10 % of training steps (at least MIN_SAMPLES steps).
 
     Args:
-      stats: train.h5 /stats columns; uses 'energy' (n_steps,) Ha. Non-finite steps are skipped.
+      stats: train.h5 /stats columns; uses 'energy' (n_steps,) Ha. Non-finite and rejected
+        steps (those that raised the running 'rejected' count) are skipped.
 
     Returns:
       (ReblockResult or None when fewer than MIN_SAMPLES finite energies remain, the slice of
@@ -388,7 +389,11 @@ def train_tail(stats: dict) -> tuple[Optional[ReblockResult], slice]:
     energy = np.asarray(stats.get("energy", np.zeros(0)), dtype=np.float64)
     n = energy.size
     tail = slice(n - min(n, max(math.ceil(TRAIN_TAIL_FRACTION * n), MIN_SAMPLES)), n)
-    e = energy[tail][np.isfinite(energy[tail])]
+    keep = np.isfinite(energy)
+    rejected = np.asarray(stats.get("rejected", np.zeros(n)), dtype=np.float64)
+    if rejected.size == n and n:   # a running count: a step that raised it was rejected
+        keep &= np.diff(rejected, prepend=0.0) <= 0
+    e = energy[tail][keep[tail]]
     return (reblock(e) if e.size >= MIN_SAMPLES else None), tail
 
 

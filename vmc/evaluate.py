@@ -1,7 +1,13 @@
-"""Frozen-parameter evaluation: burn-in, then per-step walker-mean local energies."""
+"""Frozen-parameter evaluation: burn-in, then per-step walker-mean local energies.
+
+A non-finite local energy (NaN or Inf, e.g. a float32 fault in one walker) never ends the
+evaluation: it is left out of that step's mean and variance and counted per step
+(`EvalResult.nonfinite`, eval.h5 `nonfinite`); the summary reports the count and fraction.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import NamedTuple
 
@@ -16,7 +22,9 @@ class EvalResult(NamedTuple):
     """Per-step series of one evaluation (numpy, float64).
 
     energy: (steps,) walker-mean E_L, hartree; variance: (steps,) Ha²; pmove: (steps,);
-    walkers: (n_walkers, n_electrons, 3) bohr at the end; width: final proposal width, bohr.
+    walkers: (n_walkers, n_electrons, 3) bohr at the end; width: final proposal width, bohr;
+    nonfinite: (steps,) number of walkers whose E_L was not finite (left out of the step's
+    mean; a step with no finite E_L has NaN energy).
     """
     energy: np.ndarray
     variance: np.ndarray
@@ -24,6 +32,27 @@ class EvalResult(NamedTuple):
     walkers: np.ndarray
     width: float
     seconds: float
+    nonfinite: np.ndarray = np.zeros(0)
+
+
+def eval_poison() -> tuple[set[int] | str, int]:
+    """Test-only fault injection: VMC_FAULT_INJECT=eval_nan_walkers=K@3,7 (or @all) makes the
+    local energies of the first K walkers NaN at those recorded evaluation steps."""
+    spec = os.environ.get("VMC_FAULT_INJECT", "")
+    if not spec.startswith("eval_nan_walkers="):
+        return set(), 0
+    count, which = spec.split("=", 1)[1].split("@", 1)
+    return ("all" if which == "all" else {int(t) for t in which.split(",") if t}), int(count)
+
+
+def walker_mean(e, good):
+    """(mean, variance, non-finite count) of e (n_w,) over the walkers where good is True,
+    float64; mean and variance are NaN when none is."""
+    e = e.astype(jnp.float64)
+    n = jnp.sum(good).astype(jnp.float64)
+    mean = jnp.sum(jnp.where(good, e, 0.0)) / n
+    var = jnp.sum(jnp.where(good, (e - mean) ** 2, 0.0)) / n
+    return mean, var, e.shape[0] - n
 
 
 def resize_walkers(walkers, n_walkers: int):
@@ -57,10 +86,14 @@ def evaluate(setup, params, walkers, width, *, steps: int, burn_in: int, key,
         return adapt_step(params, state, k)
 
     @jax.jit
-    def record(state, k):
+    def record(state, k, poison):
         state, pmove = frozen_step(params, state, k)
-        e = batched_e_l(params, state.walkers).astype(jnp.float64)
-        return state, jnp.stack([jnp.mean(e), jnp.var(e), pmove.astype(jnp.float64)])
+        e = batched_e_l(params, state.walkers)
+        e = jnp.where(jnp.arange(e.shape[0]) < poison, jnp.nan, e)
+        mean, var, bad = walker_mean(e, jnp.isfinite(e))
+        return state, jnp.stack([mean, var, pmove.astype(jnp.float64), bad])
+
+    poison, poison_count = eval_poison()
 
     state: MCMCState = init_mcmc(params, jnp.asarray(walkers), width)
     start = time.time()
@@ -70,10 +103,12 @@ def evaluate(setup, params, walkers, width, *, steps: int, burn_in: int, key,
             progress(t + 1, burn_in + steps)
     rows = []
     for t in range(steps):
-        state, row = record(state, jax.random.fold_in(key, burn_in + t))
+        hit = poison == "all" or (isinstance(poison, set) and t in poison)
+        state, row = record(state, jax.random.fold_in(key, burn_in + t),
+                            jnp.asarray(poison_count if hit else 0, jnp.int32))
         rows.append(row)
         if progress:
             progress(burn_in + t + 1, burn_in + steps)
-    out = np.asarray(jnp.stack(rows)) if rows else np.zeros((0, 3))
+    out = np.asarray(jnp.stack(rows)) if rows else np.zeros((0, 4))
     return EvalResult(out[:, 0], out[:, 1], out[:, 2], np.asarray(state.walkers),
-                      float(state.width), time.time() - start)
+                      float(state.width), time.time() - start, out[:, 3])

@@ -2,8 +2,13 @@
 
 The loop only calls the jit-compiled step (vmc.train) and owns every side effect:
 
-* a step whose energy or update is not finite is rejected: parameters and walkers stay, the
-  `rejected` column of train.h5 counts it, and a warning is printed;
+* walkers with a non-finite E_L or log|ψ| are left out of the step inside the jitted step
+  (vmc.train.screen_walkers) and counted in the `bad_walkers` column;
+* a step whose energy or update is not finite, or with more than `run.max_bad_walkers` of
+  its walkers bad, is rejected: parameters and walkers stay, the `rejected` column of
+  train.h5 (a running count) goes up by one, and a warning is printed. The row of a rejected
+  step holds the statistics of the rejected sample (over its good walkers; NaN when none);
+  `vmc.analysis.train_tail` skips such rows;
 * after `run.max_bad_steps` consecutive rejected steps the caller rolls back (see vmc.run);
 * checkpoints every `run.checkpoint_every` steps or `run.checkpoint_minutes`, at the end, and
   between steps after SIGTERM / SIGINT / SIGUSR1 or when `run.max_minutes` is reached.
@@ -61,14 +66,22 @@ class SignalFlag:
             signal.signal(s, old)
 
 
-def poison_steps() -> set[int] | str:
-    """Test-only fault injection: VMC_FAULT_INJECT=nan_energy@5,9 or nan_energy@all makes the
-    local energies of those steps NaN inside the jitted step."""
+ALL_WALKERS = 1 << 30
+
+
+def poison_steps() -> tuple[set[int] | str, int]:
+    """Test-only fault injection: VMC_FAULT_INJECT=nan_energy@5,9 (or @all) makes every local
+    energy of those training steps NaN inside the jitted step; nan_walkers=K@5,9 only the
+    first K walkers'. Returns (steps or 'all', walkers per poisoned step)."""
     spec = os.environ.get("VMC_FAULT_INJECT", "")
-    if not spec.startswith("nan_energy@"):
-        return set()
+    if spec.startswith("nan_energy@"):
+        count = ALL_WALKERS
+    elif spec.startswith("nan_walkers="):
+        count = int(spec.split("=", 1)[1].split("@", 1)[0])
+    else:
+        return set(), 0
     which = spec.split("@", 1)[1]
-    return "all" if which == "all" else {int(s) for s in which.split(",") if s}
+    return ("all" if which == "all" else {int(s) for s in which.split(",") if s}), count
 
 
 def save_checkpoint(run_dir: pathlib.Path, state: TrainState, step: int, cfg, keep: int,
@@ -91,8 +104,9 @@ def _row(t: int, stats: dict, rejected: int, seconds: float) -> dict:
     return row
 
 
-def _finite(stats: dict) -> bool:
-    return bool(np.isfinite(stats["energy"]) and np.isfinite(stats["update_norm"]))
+def _accepted(stats: dict, n_walkers: int, max_bad: float) -> bool:
+    return bool(np.isfinite(stats["energy"]) and np.isfinite(stats["update_norm"])
+                and stats["bad_walkers"] <= max_bad * n_walkers)
 
 
 def run_loop(step_fn: Callable, state: TrainState, *, start: int, steps: int, train_key,
@@ -101,7 +115,8 @@ def run_loop(step_fn: Callable, state: TrainState, *, start: int, steps: int, tr
     """Run training steps `start` … `steps`−1.
 
     Args:
-      step_fn: jit-compiled `(state, key, t, poison) -> (state, StepStats)`.
+      step_fn: jit-compiled `(state, key, t, poison) -> (state, StepStats)` (poison: the
+        number of walkers whose E_L is made NaN, test-only).
       state: the state after `start` completed steps.
       train_key: step t uses `fold_in(train_key, t)`.
       writer: `vmc.h5io.StatsWriter` for train.h5.
@@ -112,23 +127,27 @@ def run_loop(step_fn: Callable, state: TrainState, *, start: int, steps: int, tr
       (state, completed steps, outcome, rejected count).
     """
     r = cfg.run
-    poison = poison_steps()
+    poison, poison_count = poison_steps()
+    n_walkers = int(state.mcmc.walkers.shape[0])
     bad_in_row = 0
     last_ckpt_time = start_time = time.time()
     t = start
     with SignalFlag() as flag:
         while t < steps:
             tic = time.time()
-            bad = poison == "all" or (isinstance(poison, set) and t in poison)
+            hit = poison == "all" or (isinstance(poison, set) and t in poison)
             new_state, stats = step_fn(state, jax.random.fold_in(train_key, t), t,
-                                       jnp.asarray(bad))
+                                       jnp.asarray(poison_count if hit else 0, jnp.int32))
             stats = {k: float(v) for k, v in jax.device_get(stats._asdict()).items()}
-            if _finite(stats):
+            if _accepted(stats, n_walkers, r.max_bad_walkers):
                 state, bad_in_row = new_state, 0
             else:
                 rejected += 1
                 bad_in_row += 1
-                log(f"warning: step {t}: non-finite energy or update; step rejected "
+                why = (f"{int(stats['bad_walkers'])} of {n_walkers} walkers non-finite"
+                       if stats["bad_walkers"] > r.max_bad_walkers * n_walkers
+                       else "non-finite energy or update")
+                log(f"warning: step {t}: {why}; step rejected "
                     f"({bad_in_row} in a row, {rejected} in all)")
             if stats["pmove"] < 0.01:
                 log(f"warning: step {t}: pmove {stats['pmove']:.3f}: walkers are stuck")

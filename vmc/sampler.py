@@ -108,7 +108,10 @@ def make_sampler(log_psi: Callable, moves: int, target_pmove: float = 0.5,
         logabs_new = batched_logabs(params, proposal)
         log_ratio = 2.0 * (logabs_new - logabs)
         u = jax.random.uniform(k_acc, logabs.shape, x.dtype)
-        accept = jnp.log(u) < log_ratio
+        # A non-finite proposal is never accepted; a walker whose own log|ψ| is not finite
+        # (after a parameter update) takes any finite proposal, so it cannot stay stuck.
+        accept = jnp.isfinite(logabs_new) & ((jnp.log(u) < log_ratio)
+                                             | ~jnp.isfinite(logabs))
         x = jnp.where(accept[:, None, None], proposal, x)
         logabs = jnp.where(accept, logabs_new, logabs)
         return (x, logabs, width, accepted + jnp.mean(accept.astype(jnp.float32))), None

@@ -44,6 +44,7 @@ class StepStats(NamedTuple):
     clip_fraction: jax.Array
     iterations: jax.Array
     residual: jax.Array
+    bad_walkers: jax.Array     # walkers left out: non-finite E_L or log|ψ| (float64 count)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,33 +107,71 @@ def make_burn_in_step(setup: Setup) -> Callable:
     return jax.jit(step)
 
 
+def screen_walkers(batched_logabs: Callable, params, mcmc: MCMCState, previous, e_l):
+    """Find the bad walkers and put each back at its last finite position.
+
+    A walker is bad when its E_L or log|ψ| is not finite. Masking a value after the fact does
+    not work (0·NaN is NaN inside jvp, vjp, Gram products and KFAC factors), so a bad
+    walker's configuration is replaced by `previous` (its position before this step's moves,
+    where E_L was finite at the last step) before any product is formed, and its E_L by 0;
+    the optimizer then leaves it out through the mask.
+
+    Args:
+      batched_logabs: (params, walkers) -> (n_w,) log|ψ|.
+      mcmc: the state after this step's moves; previous: (n_w, n_electrons, 3) bohr.
+      e_l: (n_w,) local energies at mcmc.walkers, hartree.
+    Returns:
+      (mcmc with bad walkers replaced (a log|ψ| still non-finite is stored as a large
+      negative number, so the next move accepts any finite proposal), e_l with 0 at bad
+      walkers, good (n_w,) bool).
+    """
+    good = jnp.isfinite(e_l) & jnp.isfinite(mcmc.logabs)
+    walkers = jnp.where(good[:, None, None], mcmc.walkers, previous)
+    logabs = jax.lax.cond(jnp.all(good), lambda: mcmc.logabs,
+                          lambda: jnp.where(good, mcmc.logabs, batched_logabs(params, walkers)))
+    floor = jnp.asarray(-1e30, logabs.dtype)
+    logabs = jnp.where(jnp.isfinite(logabs), logabs, floor)
+    return (MCMCState(walkers, logabs, mcmc.width), jnp.where(good, e_l, 0.0), good)
+
+
 def make_train_step(setup: Setup) -> Callable:
-    """The jit-compiled VMC step `(state, key, t, poison=False) -> (state, StepStats)`.
+    """The jit-compiled VMC step `(state, key, t, poison=0) -> (state, StepStats)`.
 
     Sampling (`sampler.moves` Metropolis moves with the current parameters), local energies,
-    then one optimizer update; the proposal width adapts towards `sampler.target_pmove`.
+    bad walkers screened out (`screen_walkers`), then one optimizer update on the good ones;
+    the proposal width adapts towards `sampler.target_pmove`. Energy, variance and median are
+    over the good walkers. `poison` (test-only fault injection, vmc.loop) makes the E_L of
+    the first `poison` walkers NaN.
     """
     s = setup.cfg.sampler
     _, sampler_step = make_sampler(setup.ansatz.log_psi, s.moves, s.target_pmove, s.adapt_rate)
     batched_e_l = setup.batched_local_energy
+    batched_logabs = jax.vmap(lambda p, x: setup.ansatz.log_psi(p, x)[1], in_axes=(None, 0))
     optimizer = setup.optimizer
 
-    def step(state: TrainState, key, t, poison=False):
+    def step(state: TrainState, key, t, poison=0):
         mcmc, pmove = sampler_step(state.params, state.mcmc, key)
         e_l = batched_e_l(state.params, mcmc.walkers)
-        e_l = jnp.where(poison, jnp.nan, e_l)   # test-only fault injection (vmc.loop)
+        e_l = jnp.where(jnp.arange(e_l.shape[0]) < poison, jnp.nan, e_l)
+        mcmc, e_l, good = screen_walkers(batched_logabs, state.params, mcmc,
+                                         state.mcmc.walkers, e_l)
         params, opt_state, ostats = optimizer.update(state.params, state.opt_state,
-                                                     mcmc.walkers, e_l, t)
+                                                     mcmc.walkers, e_l, t, mask=good)
         e64 = e_l.astype(jnp.float64)
+        n_good = jnp.sum(good).astype(jnp.float64)
+        mean = jnp.sum(jnp.where(good, e64, 0.0)) / n_good
+        variance = jnp.sum(jnp.where(good, (e64 - mean) ** 2, 0.0)) / n_good
         stats = StepStats(
-            energy=jnp.mean(e64), variance=jnp.var(e64), median=jnp.median(e64),
+            energy=mean, variance=variance,
+            median=jnp.nanmedian(jnp.where(good, e64, jnp.nan)),
             pmove=pmove.astype(jnp.float64), width=mcmc.width.astype(jnp.float64),
             lr=jnp.asarray(ostats.lr, jnp.float64),
             update_norm=jnp.asarray(ostats.update_norm, jnp.float64),
             constraint_scale=jnp.asarray(ostats.constraint_scale, jnp.float64),
             clip_fraction=jnp.asarray(ostats.clip_fraction, jnp.float64),
             iterations=jnp.asarray(ostats.iterations, jnp.float64),
-            residual=jnp.asarray(ostats.residual, jnp.float64))
+            residual=jnp.asarray(ostats.residual, jnp.float64),
+            bad_walkers=e64.shape[0] - n_good)
         return TrainState(params, opt_state, mcmc), stats
 
     return jax.jit(step)

@@ -56,14 +56,15 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
                           n_down=molecule.n_down, hidden_one=tuple(cfg.hidden_one),
                           hidden_two=tuple(cfg.hidden_two), determinants=cfg.determinants,
                           full_det=cfg.full_det, envelope=cfg.envelope, jastrow=jastrow,
-                          dtype=dtype)
+                          det_precision=cfg.det_precision, dtype=dtype)
     elif cfg.name == "psiformer":
         from vmc.ansatz.psiformer import Psiformer
         module = Psiformer(atoms=atoms, charges=charges, n_up=molecule.n_up,
                            n_down=molecule.n_down, heads=cfg.heads, head_dim=cfg.head_dim,
                            layers=cfg.layers, layer_norm=cfg.layer_norm,
                            determinants=cfg.determinants, full_det=cfg.full_det,
-                           envelope=cfg.envelope, jastrow=jastrow, dtype=dtype)
+                           envelope=cfg.envelope, jastrow=jastrow,
+                           det_precision=cfg.det_precision, dtype=dtype)
     else:
         raise ValueError(f"ansatz.name: unknown ansatz {cfg.name!r}; valid: ferminet, psiformer, hf")
 

@@ -102,6 +102,7 @@ class Psiformer(nn.Module):
     full_det: bool = True
     envelope: str = "isotropic"
     jastrow: bool = True
+    det_precision: str = "float64"
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
@@ -159,7 +160,7 @@ class Psiformer(nn.Module):
 
     def __call__(self, x):
         """(sign, log|ψ|) of one configuration x: (n_electrons, 3) bohr."""
-        sign, logabs = log_sum_det(self.orbitals(x))
+        sign, logabs = log_sum_det(self.orbitals(x), self.det_precision)
         if self.jastrow:
             logabs = logabs + self.jastrow_factor(x.astype(self.dtype))
         return sign, logabs

@@ -21,10 +21,10 @@ def make_adam(cfg, log_psi: Callable) -> Optimizer:
     schedule = lr_schedule(cfg.lr, cfg.lr_decay_steps)
     tx = optax.adam(learning_rate=schedule, b1=cfg.adam_b1, b2=cfg.adam_b2)
 
-    def update(params, state, walkers, e_l, step):
-        e_clip, frac = clip_local_energy(e_l, cfg.clip)
-        eps = centred_energies(e_clip.astype(jnp.float64))
-        g_half = energy_gradient(log_psi, params, walkers, eps)
+    def update(params, state, walkers, e_l, step, mask=None):
+        e_clip, frac = clip_local_energy(e_l, cfg.clip, mask)
+        eps = centred_energies(e_clip.astype(jnp.float64), mask)
+        g_half = energy_gradient(log_psi, params, walkers, eps, mask)
         grad = jax.tree_util.tree_map(lambda g: 2.0 * g, g_half)
         updates, state = tx.update(grad, state, params)
         new = optax.apply_updates(params, updates)

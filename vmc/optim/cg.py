@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from vmc.optim.sr import (Optimizer, OptStats, apply_direction, centred_energies,
                           clip_local_energy, float64_ravel, lr_schedule, make_logabs_batch,
-                          norm_constraint_scale)
+                          n_good, norm_constraint_scale)
 
 F64 = jnp.float64
 
@@ -44,20 +44,28 @@ def flat_size(params) -> int:
     return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
 
 
-def linearize_fisher(log_psi: Callable, params, walkers, damping: float) -> FisherOperator:
+def linearize_fisher(log_psi: Callable, params, walkers, damping: float,
+                     mask=None) -> FisherOperator:
     """Linearize the batch of log|ψ| once and return F + λI as products.
 
     Args:
       log_psi: (params, x (n_electrons, 3)) -> (sign, logabs).
       walkers: (n_w, n_electrons, 3) bohr.
       damping: λ >= 0.
+      mask: (n_w,) bool, the walkers that count (None: all); the others get weight 0 in
+        both products (their configurations must have finite log|ψ|).
     """
     logabs = make_logabs_batch(log_psi)
     out, jvp = jax.linearize(lambda p: logabs(p, walkers), params)
     vjp = jax.linear_transpose(jvp, params)
     n_w = walkers.shape[0]
-    root_n = jnp.sqrt(jnp.asarray(n_w, F64))
+    mask = jnp.ones((n_w,), bool) if mask is None else mask
+    n = n_good(mask, n_w)
+    root_n = jnp.sqrt(n)
     ravel, unravel = float64_ravel(params)
+
+    def centre(u):
+        return jnp.where(mask, u - jnp.sum(jnp.where(mask, u, 0.0)) / n, 0.0) / root_n
 
     def to_params(v):
         tree = unravel(v)
@@ -65,13 +73,11 @@ def linearize_fisher(log_psi: Callable, params, walkers, damping: float) -> Fish
 
     def obar(v):
         """Ō v, (n_w,) float64: centred per-walker directional derivatives / √n_w."""
-        u = jvp(to_params(v)).astype(F64)
-        return (u - jnp.mean(u)) / root_n
+        return centre(jvp(to_params(v)).astype(F64))
 
     def obar_t(w):
-        """Ōᵀ w = Oᵀ (w − mean w)/√n_w for w (n_w,)."""
-        w = (w - jnp.mean(w)) / root_n
-        (t,) = vjp(w.astype(out.dtype))
+        """Ōᵀ w = Oᵀ C w/√n_w for w (n_w,), C the masked centring."""
+        (t,) = vjp(centre(w).astype(out.dtype))
         return ravel(t)
 
     def matvec(v):
@@ -147,10 +153,10 @@ def make_cg(cfg, log_psi: Callable) -> Optimizer:
     def init(params):
         return CGState(jnp.zeros((flat_size(params),), F64))
 
-    def update(params, state, walkers, e_l, step):
-        e_clip, frac = clip_local_energy(e_l, cfg.clip)
-        eps = centred_energies(e_clip.astype(F64))
-        op = linearize_fisher(log_psi, params, walkers, cfg.damping)
+    def update(params, state, walkers, e_l, step, mask=None):
+        e_clip, frac = clip_local_energy(e_l, cfg.clip, mask)
+        eps = centred_energies(e_clip.astype(F64), mask)
+        op = linearize_fisher(log_psi, params, walkers, cfg.damping, mask)
         g = op.gradient(eps)
         res = pcg(op.matvec, g, state.direction, cfg.cg_maxiter, cfg.cg_tol)
         lr = schedule(step)

@@ -126,12 +126,13 @@ def _n_electrons(module) -> int:
                          "use a FermiNet or Psiformer ansatz or another solver") from None
 
 
-def _pcg_solve(cfg, log_psi, layers, params, walkers, state: KfacState, grad, d_kfac):
+def _pcg_solve(cfg, log_psi, layers, params, walkers, state: KfacState, grad, d_kfac,
+               mask=None):
     """CG on the exact (F + λI) d = ĝ, preconditioned by M⁻¹, from x₀ = M⁻¹ĝ.
 
     Returns (direction pytree float64, dᵀ(F + λI)d, iterations, relative residual).
     """
-    op = linearize_fisher(log_psi, params, walkers, cfg.damping)
+    op = linearize_fisher(log_psi, params, walkers, cfg.damping, mask)
     ravel, unravel = float64_ravel(params)
 
     def to_flat(split):
@@ -166,11 +167,11 @@ def make_kfac(cfg, log_psi: Callable, module, kind: str = "kfac") -> Optimizer:
     def init(params):
         return init_state(discover_layers(log_psi, params, n_electrons), params)
 
-    def update(params, state, walkers, e_l, step):
-        e_clip, frac = clip_local_energy(e_l, cfg.clip)
-        eps = centred_energies(e_clip.astype(F64))
+    def update(params, state, walkers, e_l, step, mask=None):
+        e_clip, frac = clip_local_energy(e_l, cfg.clip, mask)
+        eps = centred_energies(e_clip.astype(F64), mask)
         layers = discover_layers(log_psi, params, n_electrons)
-        stats = make_statistics(log_psi, layers)(params, walkers, eps)
+        stats = make_statistics(log_psi, layers)(params, walkers, eps, mask)
         state = accumulate(state, stats, cfg)
         d = precondition(state, stats.grad)
         zero = jnp.zeros((), F64)
@@ -179,7 +180,8 @@ def make_kfac(cfg, log_psi: Callable, module, kind: str = "kfac") -> Optimizer:
             direction = merge_params(layers, *d)
         else:
             direction, curvature, iters, resid = _pcg_solve(cfg, log_psi, layers, params,
-                                                            walkers, state, stats.grad, d)
+                                                            walkers, state, stats.grad, d,
+                                                            mask)
         lr = schedule(step)
         scale = norm_constraint_scale(curvature, lr, cfg.norm_constraint)
         direction = jax.tree_util.tree_structure(params).unflatten(

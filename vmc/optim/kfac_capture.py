@@ -136,9 +136,11 @@ def _gram(x, y):
 
 
 def make_statistics(log_psi: Callable, layers: tuple[DenseLayer, ...]) -> Callable:
-    """`stats(params, walkers (n_w, n, 3), eps (n_w,)) -> Statistics` (jittable).
+    """`stats(params, walkers (n_w, n, 3), eps (n_w,), mask=None) -> Statistics` (jittable).
 
-    eps: centred energies ε = (E_L − mean)/√n_w, so ĝ = Σ_i O_i ε_i/√n_w.
+    eps: centred energies ε = (E_L − mean)/√n_w, so ĝ = Σ_i O_i ε_i/√n_w. mask: (n_w,) bool,
+    the walkers that count (None: all); the others' activations and backward factors are
+    zeroed before any product, and n_w becomes the number of good walkers.
     """
     names = {layer.path: layer.name for layer in layers}
 
@@ -162,7 +164,7 @@ def make_statistics(log_psi: Callable, layers: tuple[DenseLayer, ...]) -> Callab
     grad_fn = jax.vmap(jax.grad(walker_logabs, argnums=(0, 2), has_aux=True),
                        in_axes=(None, None, None, 0))
 
-    def stats(params, walkers, eps):
+    def stats(params, walkers, eps, mask=None):
         flat = traverse_util.flatten_dict(_unfreeze(params))
         dense_keys = {("params", *ly.path, k) for ly in layers for k in ("kernel", "bias")}
         dense_raw = {k: v for k, v in flat.items() if k in dense_keys}
@@ -171,25 +173,32 @@ def make_statistics(log_psi: Callable, layers: tuple[DenseLayer, ...]) -> Callab
         perturb = {ly.name: [jnp.zeros(s, dtype) for s in ly.out_shapes] for ly in layers}
         (o_other, b_raw), acts = grad_fn(other, dense_raw, perturb, walkers)
         n_w = walkers.shape[0]
-        w = (eps.astype(F64) / jnp.sqrt(jnp.asarray(n_w, F64)))
+        mask = jnp.ones((n_w,), bool) if mask is None else mask
+        keep = mask[:, None, None]
+        n_g = jnp.maximum(jnp.sum(mask), 1).astype(F64)
+        w = jnp.where(mask, eps.astype(F64), 0.0) / jnp.sqrt(n_g)
         fa, fb, g_dense = {}, {}, {}
         for layer in layers:
             a = jnp.concatenate([x.reshape(n_w, -1, layer.d_in) for x in acts[layer.name]], 1)
             b = jnp.concatenate([x.reshape(n_w, -1, layer.d_out) for x in b_raw[layer.name]],
                                 1)
+            a, b = jnp.where(keep, a, 0.0), jnp.where(keep, b, 0.0)
             if layer.bias:
-                a = jnp.concatenate([a, jnp.ones(a.shape[:-1] + (1,), a.dtype)], -1)
+                ones = jnp.where(keep, jnp.ones(a.shape[:-1] + (1,), a.dtype), 0.0)
+                a = jnp.concatenate([a, ones], -1)
             a2 = a.reshape(-1, a.shape[-1])
             b2 = b.reshape(-1, b.shape[-1])
-            fa[layer.name] = _gram(a2, a2) / (n_w * layer.uses)
-            fb[layer.name] = _gram(b2, b2) / n_w
+            fa[layer.name] = _gram(a2, a2) / (n_g * layer.uses)
+            fb[layer.name] = _gram(b2, b2) / n_g
             bw = (b * w.astype(b.dtype)[:, None, None]).reshape(b2.shape)
             g_dense[layer.name] = _gram(a2, bw)
         g_other, diag = {}, {}
         for k, o in o_other.items():
-            o = o.astype(F64)
+            m = mask.reshape((n_w,) + (1,) * (o.ndim - 1))
+            o = jnp.where(m, o.astype(F64), 0.0)
             g_other[k] = jnp.tensordot(w, o, axes=1)
-            diag[k] = jnp.var(o, axis=0)
+            mean = jnp.sum(o, axis=0) / n_g
+            diag[k] = jnp.sum(jnp.where(m, (o - mean) ** 2, 0.0), axis=0) / n_g
         return Statistics(fa, fb, (g_dense, g_other), diag)
 
     return stats

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from vmc.errors import InputError
 from vmc.optim.sr import (JacobianBlocks, Optimizer, OptStats, apply_direction,
-                          centred_energies, clip_local_energy, float64_ravel,
+                          centred_energies, clip_local_energy, finite_rows, float64_ravel,
                           jacobian_blocks, lr_schedule, norm_constraint_scale)
 
 F64 = jnp.float64
@@ -32,18 +32,20 @@ class SpringState(NamedTuple):
     phi: jax.Array
 
 
-def spring_direction(o, eps, phi_prev, damping: float, mu: float):
+def spring_direction(o, eps, phi_prev, damping: float, mu: float, mask=None):
     """φ = μ φ_prev + Ōᵀ(ŌŌᵀ + λI)⁻¹(ε − μ Ō φ_prev), float64 (products accumulated in
     float64, Cholesky solve in float64).
 
     Args:
       o: (n_w, p) Jacobian O of log|ψ| (uncentred; the centring is applied here), or a list
         of its column blocks (any float dtype); eps: (n_w,) centred energies / √n_w;
-        phi_prev: (p,); damping: λ > 0; mu: μ in [0, 1).
+        phi_prev: (p,); damping: λ > 0; mu: μ in [0, 1); mask: (n_w,) bool good walkers
+        (None: all), see `JacobianBlocks`.
     Returns:
       (φ (p,) float64, Ōφ (n_w,) float64).
     """
-    o = JacobianBlocks(list(o) if isinstance(o, (list, tuple)) else [o])
+    o = JacobianBlocks.build(list(o) if isinstance(o, (list, tuple)) else [o], mask,
+                             eps.shape[0])
     t = o.gram() + damping * jnp.eye(o.n_w, dtype=F64)
     rhs = eps.astype(F64) - mu * o.matvec(phi_prev)
     y = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(t, lower=True), rhs)
@@ -69,11 +71,14 @@ def make_spring(cfg, log_psi: Callable) -> Optimizer:
         p = sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
         return SpringState(jnp.zeros((p,), F64))
 
-    def update(params, state, walkers, e_l, step):
-        e_clip, frac = clip_local_energy(e_l, cfg.clip)
-        eps = centred_energies(e_clip.astype(F64))
+    def update(params, state, walkers, e_l, step, mask=None):
         blocks = jacobian_blocks(log_psi, params, walkers)
-        phi, o_phi = spring_direction(blocks, eps, state.phi, cfg.damping, cfg.spring_mu)
+        if mask is not None:   # a walker with a non-finite O is left out too
+            mask = mask & finite_rows(blocks, walkers.shape[0])
+        e_clip, frac = clip_local_energy(e_l, cfg.clip, mask)
+        eps = centred_energies(e_clip.astype(F64), mask)
+        phi, o_phi = spring_direction(blocks, eps, state.phi, cfg.damping, cfg.spring_mu,
+                                      mask)
         curvature = jnp.dot(o_phi, o_phi) + cfg.damping * jnp.dot(phi, phi)
         lr = schedule(step)
         scale = norm_constraint_scale(curvature, lr, cfg.norm_constraint)

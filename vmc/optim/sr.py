@@ -31,8 +31,11 @@ class OptStats(NamedTuple):
 
 
 class Optimizer(NamedTuple):
-    """`init(params) -> state`; `update(params, state, walkers, e_l, step) -> (params, state,
-    OptStats)` with walkers (n_w, n_electrons, 3) bohr and e_l (n_w,) hartree."""
+    """`init(params) -> state`; `update(params, state, walkers, e_l, step, mask=None) ->
+    (params, state, OptStats)` with walkers (n_w, n_electrons, 3) bohr, e_l (n_w,) hartree
+    and mask (n_w,) bool: False marks a walker left out of the energy, the gradient and the
+    SR matrix (its e_l must be finite, e.g. 0, and its configuration one where log|ψ| is
+    finite; vmc.train replaces a bad walker's configuration before calling update)."""
     init: Callable[[Any], Any]
     update: Callable[..., tuple[Any, Any, OptStats]]
 
@@ -44,25 +47,57 @@ def lr_schedule(lr: float, decay_steps: float) -> Callable[[jax.Array], jax.Arra
     return schedule
 
 
-def clip_local_energy(e_l, clip: float | None):
+def _mask_or_all(e_l, mask):
+    return jnp.ones(e_l.shape, bool) if mask is None else mask
+
+
+def masked_mean(v, mask):
+    """Mean of v (n_w, ...) over the walkers where mask (n_w,) is True (0 if none are)."""
+    m = mask.astype(v.dtype).reshape(mask.shape + (1,) * (v.ndim - 1))
+    n = jnp.maximum(jnp.sum(mask), 1).astype(v.dtype)
+    return jnp.sum(jnp.where(m > 0, v, 0.0), axis=0) / n
+
+
+def masked_median(v, mask):
+    """Median of v (n_w,) over the walkers where mask is True (NaN if none are)."""
+    return jnp.nanmedian(jnp.where(mask, v, jnp.nan))
+
+
+def clip_local_energy(e_l, clip: float | None, mask=None):
     """Clip E_L to median ± clip·mean|E_L − median| (FermiNet's rule), for the gradient only.
+
+    Median and mean absolute deviation are taken over the good walkers only (mask), so one
+    non-finite walker cannot make every clipped energy NaN.
 
     Args:
       e_l: (n_w,) local energies, hartree. clip: width in mean absolute deviations, or None.
+      mask: (n_w,) bool, the walkers that count (None: all).
     Returns:
-      (clipped (n_w,), fraction of walkers clipped ()).
+      (clipped (n_w,), fraction of good walkers clipped ()).
     """
+    mask = _mask_or_all(e_l, mask)
     if clip is None:
         return e_l, jnp.zeros((), e_l.dtype)
-    median = jnp.median(e_l)
-    width = clip * jnp.mean(jnp.abs(e_l - median))
-    clipped = jnp.clip(e_l, median - width, median + width)
-    return clipped, jnp.mean((clipped != e_l).astype(e_l.dtype))
+    median = masked_median(e_l, mask)
+    width = clip * masked_mean(jnp.abs(e_l - median), mask)
+    clipped = jnp.where(mask, jnp.clip(e_l, median - width, median + width), e_l)
+    return clipped, masked_mean((clipped != e_l).astype(e_l.dtype), mask)
 
 
-def centred_energies(e_l):
-    """ε = (E_L − mean E_L)/√n_w, (n_w,) float64-ready."""
-    return (e_l - jnp.mean(e_l)) / jnp.sqrt(e_l.shape[0])
+def centred_energies(e_l, mask=None):
+    """ε = m (E_L − mean E_L)/√n_good (n_w,), the mean over the good walkers (mask; None: all);
+    exactly 0 for the others."""
+    mask = _mask_or_all(e_l, mask)
+    n = jnp.sum(mask).astype(e_l.dtype)
+    e = jnp.where(mask, e_l, 0.0)
+    return jnp.where(mask, e - masked_mean(e, mask), 0.0) / jnp.sqrt(jnp.maximum(n, 1.0))
+
+
+def n_good(mask, n_w: int):
+    """Number of good walkers as a float64 scalar (n_w when mask is None)."""
+    if mask is None:
+        return jnp.asarray(n_w, F64)
+    return jnp.maximum(jnp.sum(mask), 1).astype(F64)
 
 
 def make_logabs_batch(log_psi: Callable) -> Callable:
@@ -70,22 +105,24 @@ def make_logabs_batch(log_psi: Callable) -> Callable:
     return jax.vmap(lambda p, x: log_psi(p, x)[1], in_axes=(None, 0))
 
 
-def energy_gradient(log_psi: Callable, params, walkers, eps):
+def energy_gradient(log_psi: Callable, params, walkers, eps, mask=None):
     """ĝ = Ōᵀε = Cov(E_L, O) as a params pytree, by one vjp over the batch.
 
     Args:
-      eps: (n_w,) centred energies ε (any float dtype; cast to the params' dtype).
+      eps: (n_w,) centred energies ε (any float dtype; cast to the params' dtype), 0 for the
+        walkers left out; mask: (n_w,) bool good walkers (None: all).
     """
     logabs = make_logabs_batch(log_psi)
     _, vjp = jax.vjp(lambda p: logabs(p, walkers), params)
     leaves = jax.tree_util.tree_leaves(params)
     dtype = leaves[0].dtype if leaves else eps.dtype
-    (g,) = vjp((eps / jnp.sqrt(eps.shape[0])).astype(dtype))
+    (g,) = vjp((eps / jnp.sqrt(n_good(mask, eps.shape[0]))).astype(dtype))
     return g
 
 
-def centred_jacobian(log_psi: Callable, params, walkers):
-    """Ō = (O − mean O)/√n_w as a dense (n_w, p) matrix, and the unravel function.
+def centred_jacobian(log_psi: Callable, params, walkers, mask=None):
+    """Ō = m (O − mean O)/√n_good as a dense (n_w, p) matrix (rows of walkers left out by
+    mask are 0; the mean is over the good ones), and the unravel function.
 
     Memory O(n_w p): use the matrix-free solvers for large networks.
     """
@@ -95,8 +132,10 @@ def centred_jacobian(log_psi: Callable, params, walkers):
         return log_psi(unravel(theta), x)[1]
 
     o = jax.vmap(jax.grad(logabs_flat), in_axes=(None, 0))(flat, walkers)
-    o = o - jnp.mean(o, axis=0, keepdims=True)
-    return o / jnp.sqrt(o.shape[0]), unravel
+    mask = jnp.ones(o.shape[:1], bool) if mask is None else mask
+    o = jnp.where(mask[:, None], o, 0.0)
+    o = jnp.where(mask[:, None], o - masked_mean(o, mask)[None], 0.0)
+    return o / jnp.sqrt(n_good(mask, o.shape[0])).astype(o.dtype), unravel
 
 
 def float64_ravel(params) -> tuple[Callable, Callable]:
@@ -120,6 +159,14 @@ def jacobian_blocks(log_psi: Callable, params, walkers) -> list:
     return [leaf.reshape(walkers.shape[0], -1) for leaf in jax.tree_util.tree_leaves(grads)]
 
 
+def finite_rows(blocks: list, n_w: int):
+    """(n_w,) bool: the walkers whose every O entry (in all blocks) is finite."""
+    ok = jnp.ones((n_w,), bool)
+    for o in blocks:
+        ok = ok & jnp.all(jnp.isfinite(o), axis=1)
+    return ok
+
+
 def _chunked(o, fn, init):
     """Fold fn(carry, chunk float64 (n_w, w), start, fresh (w,) bool) over column chunks of
     o (n_w, p); the last chunk overlaps its predecessor and `fresh` masks the repeats."""
@@ -140,15 +187,33 @@ def _chunked(o, fn, init):
 class JacobianBlocks(NamedTuple):
     """Products with Ō = (O − mean O)/√n_w for O given as column blocks (any float dtype),
     accumulated in float64 chunk by chunk (no float64 or centred copy of O is made). With
-    C = I − 11ᵀ/n_w: ŌŌᵀ = C OOᵀ C / n_w, Ō v = C O v/√n_w, Ōᵀ y = Oᵀ C y/√n_w."""
+    C = I − 11ᵀ/n_w: ŌŌᵀ = C OOᵀ C / n_w, Ō v = C O v/√n_w, Ōᵀ y = Oᵀ C y/√n_w.
+
+    With a mask (n_w,) bool, the walkers left out have zero rows in O (set here, so a
+    non-finite row cannot leak through 0·NaN) and C = D_m(I − 1mᵀ/n_good), n_w → n_good.
+    A parameter-free ansatz has no blocks: give `n_walkers` then (every product is 0)."""
     blocks: list
+    mask: Any = None
+    n_walkers: int | None = None
+
+    @classmethod
+    def build(cls, blocks: list, mask=None, n_walkers: int | None = None) -> "JacobianBlocks":
+        """Zero the rows of the walkers left out by mask and wrap the blocks."""
+        if mask is not None:
+            blocks = [jnp.where(mask[:, None], o, 0.0) for o in blocks]
+        return cls(list(blocks), mask, n_walkers)
 
     @property
     def n_w(self) -> int:
-        return self.blocks[0].shape[0]
+        return self.blocks[0].shape[0] if self.blocks else int(self.n_walkers)
 
     def _centre(self, u):
-        return (u - jnp.mean(u, axis=0)) / jnp.sqrt(jnp.asarray(self.n_w, F64))
+        if self.mask is None:
+            return (u - jnp.mean(u, axis=0)) / jnp.sqrt(jnp.asarray(self.n_w, F64))
+        m = self.mask.reshape(self.mask.shape + (1,) * (u.ndim - 1))
+        n = n_good(self.mask, self.n_w)
+        mean = jnp.sum(jnp.where(m, u, 0.0), axis=0) / n
+        return jnp.where(m, u - mean, 0.0) / jnp.sqrt(n)
 
     def gram(self):
         """ŌŌᵀ (n_w, n_w) float64."""
@@ -176,6 +241,8 @@ class JacobianBlocks(NamedTuple):
 
         def fn(out, oc, s, m):
             return jax.lax.dynamic_update_slice_in_dim(out, oc.T @ w, s, axis=0)
+        if not self.blocks:
+            return jnp.zeros((0,), F64)
         return jnp.concatenate([_chunked(o, fn, jnp.zeros((o.shape[1],), F64))
                                 for o in self.blocks])
 
@@ -236,26 +303,31 @@ def make_direct_sr(cfg, log_psi: Callable, kind: str) -> Optimizer:
     def init(params):
         return ()
 
-    def sample_direction(params, walkers, eps):
-        o = JacobianBlocks(jacobian_blocks(log_psi, params, walkers))
+    def sample_direction(params, walkers, e_l, mask):
+        blocks = jacobian_blocks(log_psi, params, walkers)
+        if mask is not None:   # a walker with a non-finite O is left out too
+            mask = mask & finite_rows(blocks, walkers.shape[0])
+        e_clip, frac = clip_local_energy(e_l, cfg.clip, mask)
+        eps = centred_energies(e_clip.astype(F64), mask)
+        o = JacobianBlocks.build(blocks, mask, walkers.shape[0])
         gram = o.gram()
         t = gram + cfg.damping * jnp.eye(o.n_w, dtype=F64)
         y = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(t, lower=True), eps)
         _, unravel = float64_ravel(params)
-        return unravel(o.rmatvec(y)), eps @ (gram @ y)
+        return unravel(o.rmatvec(y)), eps @ (gram @ y), frac
 
-    def dense_direction_tree(params, walkers, eps):
-        obar, unravel = centred_jacobian(log_psi, params, walkers)
+    def dense_direction_tree(params, walkers, e_l, mask):
+        e_clip, frac = clip_local_energy(e_l, cfg.clip, mask)
+        eps = centred_energies(e_clip.astype(F64), mask)
+        obar, unravel = centred_jacobian(log_psi, params, walkers, mask)
         d = dense_direction(obar, eps, cfg.damping)
         g = obar.astype(F64).T @ eps
-        return unravel(d.astype(obar.dtype)), g @ d
+        return unravel(d.astype(obar.dtype)), g @ d, frac
 
     direction = {"sample": sample_direction, "dense": dense_direction_tree}[kind]
 
-    def update(params, state, walkers, e_l, step):
-        e_clip, frac = clip_local_energy(e_l, cfg.clip)
-        eps = centred_energies(e_clip.astype(F64))
-        d, g_dot_d = direction(params, walkers, eps)
+    def update(params, state, walkers, e_l, step, mask=None):
+        d, g_dot_d, frac = direction(params, walkers, e_l, mask)
         lr = schedule(step)
         scale = norm_constraint_scale(g_dot_d, lr, cfg.norm_constraint)
         new, norm = apply_direction(params, d, lr, scale)
