@@ -171,7 +171,7 @@ def test_curve_over_bond_length(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("setup", ["missing", "no_config", "no_h5", "bad_param", "bad_yaml",
-                                   "short_eval", "nan_eval"])
+                                   "short_eval"])
 def test_bad_run_dir_returns_2(tmp_path, capsys, setup):
     d = tmp_path / "r"
     args = [str(d), "--no-plots"]
@@ -186,11 +186,10 @@ def test_bad_run_dir_returns_2(tmp_path, capsys, setup):
     elif setup == "bad_yaml":
         make_run(d)
         (d / "config.yaml").write_text("name: [unclosed\n")
-    elif setup in ("short_eval", "nan_eval"):
+    elif setup == "short_eval":
         make_run(d)
         with h5py.File(d / "eval.h5", "a") as f:
-            e = np.full(8, -1.0) if setup == "short_eval" else np.r_[np.zeros(99), np.nan]
-            f.create_group("eval_002").create_dataset("energy", data=e)
+            f.create_group("eval_002").create_dataset("energy", data=np.full(8, -1.0))
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
@@ -230,3 +229,16 @@ def test_helpers():
     assert format_value_error(-1.174385, 1.2e-5) == "-1.174385(12)"
     assert format_value_error(-75.0673, 0.0042) == "-75.0673(42)"
     assert geometry_parameters({"molecule": {"atoms": [{"symbol": "He", "position": [0, 0, 0]}]}}) == {}
+
+
+def test_eval_step_with_no_finite_energy_is_left_out(tmp_path):
+    """A step whose every E_L was non-finite (NaN step mean) is skipped, not an error."""
+    from vmc.analysis import summarize
+    d = tmp_path / "r"
+    make_run(d)
+    with h5py.File(d / "eval.h5", "a") as f:
+        e = np.r_[-1.0 + 0.01 * np.sin(np.arange(99.0)), np.nan]
+        f.create_group("eval_002").create_dataset("energy", data=e)
+    s = summarize(d)
+    assert s.evals[-1].name == "eval_002"
+    assert s.energy == pytest.approx(np.mean(e[:99]))

@@ -144,3 +144,8 @@ def test_run_with_nan_walkers_in_training_and_evaluation(tmp_path):
     with h5py.File(run2 / "eval.h5", "r") as f:
         np.testing.assert_array_equal(f["eval_000/nonfinite"][()], np.full(16, 3.0))
     assert "unreliable" in proc.stdout + proc.stderr
+    analyze = subprocess.run([sys.executable, "-m", "vmc.cli", "analyze", str(run2), "--no-plots"],
+                             capture_output=True, text=True,
+                             env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert analyze.returncode == 0, analyze.stderr[-2000:]
+    assert "48 non-finite local energies" in analyze.stdout and "UNRELIABLE" in analyze.stdout

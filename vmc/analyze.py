@@ -22,6 +22,7 @@ import sys
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
+import yaml
 
 from vmc.analysis import EXACT_KINDS, RunData, RunSummary, load_run, summarize
 from vmc.system import ANGSTROM_TO_BOHR
@@ -153,6 +154,15 @@ _HEAD = ["run", "system", "energy (Ha)", "tau", "block", "var E_L (Ha²)", "refe
          "E - ref (mHa)", "comparison", "corr. energy %"]
 
 
+def _nonfinite_limit(s: RunSummary) -> float:
+    """eval.max_nonfinite_fraction of the run's config (default 1e-4)."""
+    try:
+        cfg = yaml.safe_load((pathlib.Path(s.run_dir) / "config.yaml").read_text()) or {}
+        return float((cfg.get("eval") or {}).get("max_nonfinite_fraction", 1e-4))
+    except (OSError, ValueError, TypeError, yaml.YAMLError):
+        return 1e-4
+
+
 def _notes(s: RunSummary) -> list[str]:
     out = []
     if s.estimator == "train tail":
@@ -165,6 +175,12 @@ def _notes(s: RunSummary) -> list[str]:
     if s.plateau is False:
         out.append("reblocking found no plateau: the series is too short for its correlation; "
                    "the error bar is a lower bound")
+    if s.evals and s.estimator == "eval" and s.evals[-1].nonfinite_samples:
+        last = s.evals[-1]
+        out.append(f"{last.nonfinite_samples} non-finite local energies left out of "
+                   f"{last.name} (fraction {last.nonfinite_fraction:.2g})"
+                   + (f": above {limit:g}, the estimate is UNRELIABLE"
+                      if last.nonfinite_fraction > (limit := _nonfinite_limit(s)) else ""))
     if s.within_chemical_accuracy is not None:
         out.append("within chemical accuracy (1.6 mHa)" if s.within_chemical_accuracy
                    else "outside chemical accuracy (1.6 mHa)")
