@@ -2,20 +2,30 @@
 `vmc check` output; Ångström input; one end-to-end `vmc run` on H2."""
 
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 import yaml
 
+import vmc.hf
 from vmc.cli import main
 from vmc.config import load_config
+from vmc.errors import InputError
+from vmc.precheck import DirectoryGuard
 from vmc.system import ANGSTROM_TO_BOHR
 
 DATA = pathlib.Path(__file__).parent / "data"
 H2 = DATA / "h2_tiny.yaml"
 H2_REFERENCE = -1.1744757142   # Pachucki 2010, shared/reference/energies.yaml
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# tiny H2 runs: 2 steps, 2 pretraining steps in a minimal basis, a 16-step evaluation
+TINY_RUN = ["--preset", "tiny", "--set", "optim.steps=2", "--set", "eval.steps=16",
+            "--set", "pretrain.steps=2", "--set", "pretrain.basis=sto-3g"]
 
 
 @pytest.fixture(autouse=True)
@@ -89,6 +99,17 @@ BAD_INPUTS = [
                                              "optim.damping=0"], ["optim.damping", "kfac"]),
     ("molecule keys in two places", {"molecule": {"atoms": HE}, "charge": 1}, [],
      ["charge", "put them all under `molecule`"]),
+    ("unknown basis", {"atoms": _atoms(("Li", (0, 0, 0))), "spin": 1,
+                       "pretrain": {"basis": "cc-pvXz"}}, [],
+     ["pretrain.basis", "'cc-pvXz'", "cc-pvdz"]),
+    ("Hartree-Fock impossible in the basis",
+     {"atoms": HE, "spin": 2, "pretrain": {"steps": 2, "basis": "sto-3g"}}, [],
+     ["pretrain.basis", "Hartree-Fock", "spin 2", "Nocc (2) > Nmo (1)", "cc-pvdz"]),
+    ("kfac with the hf ansatz", {"atoms": HE}, ["--set", "ansatz.name=hf", "--set",
+                                                "optim.solver=kfac-cg"],
+     ["optim.solver", "'kfac-cg'", "valid with hf: sample, dense, adam, cg, spring"]),
+    ("non-number in a float setting", {"atoms": HE}, ["--set", "optim.damping=1e-3x"],
+     ["optim.damping", "'1e-3x'"]),
 ]
 
 
@@ -207,3 +228,108 @@ def test_run_refuses_a_directory_that_holds_a_run(h2_run, capsys):
     assert len(err) == 1 and err[0].startswith("error: --out") and "already holds a run" in err[0]
     after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
     assert after == files
+
+
+def _finished(out):
+    summary = json.loads((out / "summary.json").read_text())
+    assert np.isfinite(summary["energy_ha"]) and summary["train_steps"] == 2
+    return summary
+
+
+@pytest.mark.parametrize("case", ["basis", "hartree-fock"])
+def test_corrected_rerun_with_the_same_out_succeeds(tmp_path, capsys, monkeypatch, case):
+    """Bad input found by Hartree-Fock (run before pretraining) leaves no run directory, not
+    even the parents `vmc run` would create, so the corrected command just works."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "new" / "h2"
+    good = ["run", H2, "--out", out, *TINY_RUN]
+    if case == "basis":
+        bad = good + ["--set", "pretrain.basis=cc-pvXz"]
+        words = ["pretrain.basis", "'cc-pvXz'", "valid: a PySCF basis name"]
+    else:
+        def no_convergence(mol, method):
+            raise vmc.hf.SCFError(f"{method.upper()}/{mol.basis} did not converge (default, "
+                                  f"level shift 0.5, Newton); last energy -1.0 Ha")
+        monkeypatch.setattr(vmc.hf, "_scf", no_convergence)
+        bad = good
+        words = ["pretrain.basis", "Hartree-Fock", "did not converge", "another pretrain.method",
+                 "pretrain.steps: 0"]
+    assert _call(bad) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    assert _call(good) == 0
+    assert _finished(out)["n_up"] == 1
+
+
+def test_late_bad_input_leaves_the_directory_as_found(tmp_path, capsys, monkeypatch):
+    """The safety net: an InputError after the run directory was written removes what this
+    call created (an existing directory keeps its own files)."""
+    out = tmp_path / "existing"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+
+    def late(*args, **kwargs):
+        (out / "train.h5").write_bytes(b"partial")
+        raise InputError("pretrain.basis: found late")
+    monkeypatch.setattr("vmc.run.train", late)   # after config.yaml is written
+    assert _call(["run", H2, "--preset", "tiny", "--out", out]) == 2
+    assert capsys.readouterr().err.strip() == "error: pretrain.basis: found late"
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_directory_guard(tmp_path):
+    made = tmp_path / "a" / "b" / "run"
+    with pytest.raises(InputError), DirectoryGuard(made):
+        made.mkdir(parents=True)
+        (made / "config.yaml").write_text("x")
+        raise InputError("x: late")
+    assert list(tmp_path.iterdir()) == []
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "old.h5").write_bytes(b"old")
+    (run / "config.yaml").write_text("stored")
+    with pytest.raises(InputError), DirectoryGuard(run):
+        (run / "config.yaml").write_text("rewritten")
+        (run / "checkpoints" / "new.h5").write_bytes(b"new")
+        (run / "eval.h5").write_bytes(b"new")
+        (run / "sub" / "deeper").mkdir(parents=True)
+        raise InputError("x: late")
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == [
+        "checkpoints", "checkpoints/old.h5", "config.yaml"]
+    assert (run / "config.yaml").read_text() == "stored"
+    with pytest.raises(RuntimeError), DirectoryGuard(run):   # other errors: files kept
+        (run / "eval.h5").write_bytes(b"for inspection")
+        raise RuntimeError("crash")
+    assert (run / "eval.h5").exists()
+
+
+def test_walkers_must_split_over_the_devices(tmp_path):
+    """Two host devices: 7 walkers (or 9 evaluation walkers) exit 2 before anything is
+    written; 8 then run with the same --out."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "VMC_JAX_CACHE": str(ROOT / ".jax_cache"),
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env.pop("VMC_FAULT_INJECT", None)
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "vmc.cli", "run", str(H2), "--out", str(out)] + TINY_RUN
+    run = lambda *extra: subprocess.run(argv + list(extra), env=env, capture_output=True,  # noqa: E731
+                                        text=True, cwd=tmp_path, timeout=600)
+    for extra, line in (
+            (["--set", "sampler.walkers=7"], "error: sampler.walkers: 7 walkers do not split "
+             "over the 2 devices; valid: a multiple of 2, e.g. 6, 8"),
+            (["--set", "eval.walkers=9"], "error: eval.walkers: 9 walkers do not split over "
+             "the 2 devices; valid: a multiple of 2, e.g. 8, 10")):
+        proc = run(*extra)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines() == [line] and proc.stdout == ""
+        assert not out.exists()
+    proc = run("--set", "sampler.walkers=8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = _finished(out)
+    assert (summary["walkers"], summary["device_count"]) == (8, 2)
