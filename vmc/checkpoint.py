@@ -13,8 +13,11 @@ The checksum is sha256 over, in sorted dataset-name order, each name, dtype, sha
 raw bytes, followed by the attributes; restoring a file whose checksum does not match
 raises :class:`CheckpointError`.
 
-Writes are atomic: a temp file ``.ckpt_000500.h5.<pid>.<random>.tmp`` in the same folder is
-written, fsync-ed, then ``os.replace``-d to the final name and the folder fsync-ed.
+Writes are atomic: a temp file ``.ckpt_000500.h5.<host>.<pid>.<random>.tmp`` in the same
+folder is written under an exclusive lock, fsync-ed, then ``os.replace``-d to the final name
+and the folder fsync-ed. Leftovers of killed writers are removed by :func:`latest_valid`
+only when provably abandoned (lock free and a dead writer on this host, or idle for
+``vmc.h5io.TEMP_GRACE_S`` when made elsewhere; see ``vmc._tempfiles``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ import jax
 import numpy as np
 
 import vmc
-from vmc.h5io import _fsync_dir, _fsync_file, _temp_path
+from vmc._tempfiles import fsync_dir, fsync_file, locked_temp, remove_stale_temps_in
+from vmc.h5io import _kill_due, _kill_now
 
 __all__ = ["SCHEMA_VERSION", "CheckpointError", "NonFiniteError", "save", "restore",
            "read_attrs", "read_tree_raw", "checkpoint_path", "list_checkpoints",
@@ -40,12 +44,15 @@ __all__ = ["SCHEMA_VERSION", "CheckpointError", "NonFiniteError", "save", "resto
 SCHEMA_VERSION = 1
 _RESERVED = ("schema_version", "code_version", "checksum")
 _NAME_RE = re.compile(r"^ckpt_(\d+)\.h5$")
-_TMP_GLOB = ".ckpt_*.tmp"
+_LIVE_GLOB = "ckpt_*.h5"
 
 # Test-only fault injection. ``_FAULT = "abort_halfway"`` makes :func:`save` write half of
 # the datasets to its temp file and raise RuntimeError, leaving the temp file behind like
 # a crash would. The env var ``VMC_FAULT_INJECT=checkpoint_abort`` (read by save() only)
-# makes it exit the process with ``os._exit(17)`` at the same point.
+# makes it exit the process with ``os._exit(17)`` at the same point. The kill switch
+# ``VMC_TEST_KILL=checkpoint_data@N`` SIGKILLs the process at that point of its N-th save,
+# ``VMC_TEST_KILL=checkpoint_write@N`` after the N-th save's temp file is complete and
+# fsync-ed, before the rename (see vmc.h5io._kill_due).
 _FAULT: str | None = None
 
 
@@ -180,14 +187,16 @@ def save(path, tree: Mapping[str, Any], attrs: Mapping[str, str | int | float]) 
     fault = _FAULT
     if os.environ.get("VMC_FAULT_INJECT") == "checkpoint_abort":
         fault = "exit_halfway"
-    tmp = _temp_path(path)
-    try:
-        with h5py.File(tmp, "w") as f:
+    kill_data, kill_write = _kill_due("checkpoint_data"), _kill_due("checkpoint_write")
+    with locked_temp(path, keep_on=(_InjectedFault,)) as tmp:
+        with h5py.File(tmp, "w", locking=False) as f:
             for g in groups:
                 f.create_group(g)
             for i, (dname, arr, impl) in enumerate(entries):
-                if fault and i == len(entries) // 2:
+                if (fault or kill_data) and i == len(entries) // 2:
                     f.flush()
+                    if kill_data:
+                        _kill_now()
                     if fault == "exit_halfway":
                         os._exit(17)
                     raise _InjectedFault(f"injected fault '{fault}' while saving {path}")
@@ -197,14 +206,11 @@ def save(path, tree: Mapping[str, Any], attrs: Mapping[str, str | int | float]) 
             for k, v in file_attrs.items():
                 f.attrs[k] = v
             f.attrs["checksum"] = h.hexdigest()
-        _fsync_file(tmp)
+        fsync_file(tmp)
+        if kill_write:
+            _kill_now()
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except _InjectedFault:
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        fsync_dir(path.parent)
 
 
 # ------------------------------------------------------------------------------ reading
@@ -371,17 +377,15 @@ def list_checkpoints(directory) -> list[pathlib.Path]:
 def latest_valid(directory, template: Mapping[str, Any] | None = None) -> pathlib.Path | None:
     """Newest checkpoint whose checksum verifies (and that fits ``template`` if given).
 
-    Leftover temp files (``.ckpt_*.tmp``, from a crash mid-save) are removed first, so
-    call this when no save is running. Invalid checkpoints are skipped with a
-    ``warnings.warn`` naming the file (they are not deleted).
+    Leftover temp files of a crash mid-save (``.ckpt_*.tmp``) are removed first when
+    provably abandoned (a save running elsewhere keeps its file). Invalid checkpoints are
+    skipped with a ``warnings.warn`` naming the file (they are not deleted).
 
     Returns:
         The path, or None if there is no valid checkpoint.
     """
     d = pathlib.Path(directory)
-    if d.is_dir():
-        for tmp in d.glob(_TMP_GLOB):
-            tmp.unlink(missing_ok=True)
+    remove_stale_temps_in(d, _LIVE_GLOB)
     for p in reversed(list_checkpoints(d)):
         try:
             if template is None:

@@ -1,22 +1,41 @@
 """Crash-safe HDF5 output: per-step stats (train.h5) and evaluation groups (eval.h5).
 
-Guarantee: ``train.h5`` and ``eval.h5`` stay readable after a SIGKILL at any moment;
-rows appended after the last completed flush may be lost.
+Guarantee: ``train.h5`` and ``eval.h5`` open with plain h5py after a SIGKILL at any moment
+and while a run writes them; rows appended after the last completed flush may be lost.
 
-Approach (copy and replace): h5py is never used to modify the live file in place, because
-a process killed in the middle of an HDF5 write can leave the file's metadata half
-updated and the whole file unreadable. Each update instead copies the live file to a
-temporary file in the same folder (``.<name>.<pid>.<random>.tmp``), modifies the copy,
-closes it and ``os.replace``-s it over the live file. ``os.replace`` is atomic, so a reader
-always sees either the old or the new complete file. A temp file left by a killed process
-is removed by the next :class:`StatsWriter` or :func:`write_group` on the same file
-(only when the process named in it is gone).
+Stats (``StatsWriter``), appended in place. Each column is a 1-D chunked dataset holding one
+single chunk whose length (the capacity, a power of two >= 1024 rows) exceeds the row count;
+the dataset's shape is the row count (readers never see the spare room). A flush of k rows
+writes k values into the chunk beyond the visible rows, then the new shapes: on disk that is
+raw data outside every dataset's extent followed by one in-place rewrite of each column's
+dataspace message (the 8-byte length). Nothing is allocated, no index or superblock field
+changes, so a kill between any two writes leaves each column either at its old or at its
+new length with every visible value written. After a kill in the middle of a flush the
+columns may differ in length by that flush: ``read_stats`` and the next writer cut them to
+the shortest. The chunk cache is off for these writes (``rdcc_nbytes=0``), so a flush
+writes only the new rows: O(rows appended), independent of the file size.
 
-Cost: copying is linear in the file size, about 1.2 MB for 1e4 rows x 15 columns; a
-flush of such a file takes a few milliseconds (``tests/test_h5io.py`` checks < 20 ms on
-average). Stats flushes are not fsync-ed (a SIGKILL keeps the page cache; power loss may
-lose the latest flushes); :func:`write_group` fsyncs, since evaluations are rare and costly.
+Everything that allocates (a new file, group or column, growth past the capacity, a cut
+to zero rows, an older file's layout) rebuilds the file instead: a fresh temporary file in
+the same folder, then ``os.replace``, which is atomic. Growth doubles the capacity, so the
+rebuild copies happen at 1024, 2048, 4096, ... rows: amortized O(1) per row. Stats files
+are not fsync-ed (a SIGKILL keeps the page cache; power loss may lose the latest flushes).
 
+Why not HDF5's SWMR mode: after a SIGKILL its superblock flags make plain h5py refuse the
+file ("file is already open for write"), and h5py has no h5clear. Why not a plain in-place
+resize of 1024-row chunks: a kill inside the flush that allocates a chunk can leave a chunk
+index pointing past the stored end of file, or a length covering an unindexed chunk
+(scripts/kill_resume.py --syscalls kills at every write syscall and checks this scheme).
+
+Evaluation groups (``write_group``) are copied and replaced atomically (rare and small), and
+fsync-ed.
+
+Temporary files ``.<name>.<host>.<pid>.<random>.tmp`` are held under an exclusive flock by
+their writer from creation to rename. A leftover is removed only when its lock is free and
+either it was made on this host by this or a dead process, or (other hosts, e.g. a requeued
+job on another node) it has not been modified for ``TEMP_GRACE_S``.
+
+Readers open read-only with ``locking=False`` and retry briefly on a transient failure.
 This module imports no JAX so that readers (``vmc analyze``) start fast.
 """
 
@@ -27,97 +46,157 @@ import os
 import pathlib
 import re
 import shutil
-import uuid
-from typing import Iterator, Mapping
+import signal
+import time
+from typing import Callable, Iterator, Mapping, TypeVar
 
 import h5py
 import numpy as np
 
-__all__ = ["StatsWriter", "read_stats", "write_group", "next_group_name"]
+from vmc._tempfiles import (TEMP_GRACE_S, fsync_dir, fsync_file, locked_temp,
+                            remove_stale_temps)
+
+__all__ = ["StatsWriter", "read_stats", "read_columns", "open_read", "write_group",
+           "next_group_name", "TEMP_GRACE_S"]
 
 _STEP = "step"
+_MIN_CAPACITY = 1024
+_MAX_CAPACITY = 2 ** 28          # one chunk must stay below 4 GiB (8-byte values)
+_READ_TRIES, _READ_WAIT_S = 20, 0.05
+_T = TypeVar("_T")
 
 
-# ----------------------------------------------------------------- atomic-file helpers
-def _temp_path(path: pathlib.Path) -> pathlib.Path:
-    """A fresh temp name next to ``path``: starts with '.' and ends with '.tmp'."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+# ---------------------------------------------------------------- test-only kill switch
+_KILL_COUNTS: dict[str, int] = {}
 
 
-def _temp_glob(path: pathlib.Path) -> list[pathlib.Path]:
-    """Temp files that :func:`_temp_path` may have made for ``path``."""
-    return sorted(path.parent.glob(f".{_glob_escape(path.name)}.*.tmp"))
+def _kill_due(point: str) -> bool:
+    """Count one pass through ``point``; True when ``VMC_TEST_KILL`` asks to die at it.
+
+    ``VMC_TEST_KILL=stats_flush@3,checkpoint_write@2`` (comma-separated ``point@N``) names
+    the N-th pass (1-based, counted per process) of each point. Points: ``stats_flush``
+    (a flush of any StatsWriter), ``eval_write`` (write_group), ``checkpoint_write`` and
+    ``checkpoint_data`` (vmc.checkpoint.save). Test-only; unset in normal runs.
+    """
+    spec = os.environ.get("VMC_TEST_KILL")
+    if not spec:
+        return False
+    n = _KILL_COUNTS[point] = _KILL_COUNTS.get(point, 0) + 1
+    for item in spec.split(","):
+        name, _, at = item.strip().partition("@")
+        if name == point and at.strip().isdigit() and int(at) == n:
+            return True
+    return False
 
 
-def _remove_stale_temps(path: pathlib.Path) -> None:
-    """Remove temp files for ``path`` left by processes that no longer run."""
-    for tmp in _temp_glob(path):
+def _kill_now() -> None:
+    """SIGKILL this process (test-only kill switch)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- reading
+def _retry(fn: Callable[[], _T]) -> _T:
+    """Call ``fn``; on OSError/KeyError other than a missing file retry for ~1 s."""
+    for i in range(_READ_TRIES):
         try:
-            pid = int(tmp.name[len(path.name) + 2:].split(".")[0])
-            if pid == os.getpid():
-                continue
-            os.kill(pid, 0)
-        except (ValueError, ProcessLookupError):
-            tmp.unlink(missing_ok=True)  # unparsable name or dead writer
-        except OSError:
-            pass  # PermissionError: alive, another user's process
-
-
-def _glob_escape(name: str) -> str:
-    """Escape glob metacharacters in a file name."""
-    return re.sub(r"([\[\]*?])", r"[\1]", name)
-
-
-def _fsync_file(path: pathlib.Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(folder: pathlib.Path) -> None:
-    """fsync a directory so that a rename in it is durable (no-op where unsupported)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+            return fn()
+        except FileNotFoundError:
+            raise
+        except (OSError, KeyError, ValueError):
+            if i == _READ_TRIES - 1:
+                raise
+            time.sleep(_READ_WAIT_S)
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager
-def _atomic_update(path: pathlib.Path, *, fsync: bool) -> Iterator[h5py.File]:
-    """Yield a writable copy of ``path`` (empty file if absent); replace ``path`` on success.
+def open_read(path) -> Iterator[h5py.File]:
+    """Open an HDF5 file read-only for a reader of a possibly live run.
 
-    On an exception the temp file is removed and ``path`` is untouched.
+    ``locking=False`` (a writer elsewhere must not block or be blocked by readers); the open
+    is retried for about a second on a transient failure.
+
+    Raises:
+        FileNotFoundError: no file. OSError: not an HDF5 file (after the retries).
     """
-    tmp = _temp_path(path)
+    f = _retry(lambda: h5py.File(path, "r", locking=False))
     try:
-        if path.exists():
-            shutil.copyfile(path, tmp)
-        with h5py.File(tmp, "a") as f:
-            yield f
-        if fsync:
-            _fsync_file(tmp)
-        os.replace(tmp, path)
-        if fsync:
-            _fsync_dir(path.parent)
+        yield f
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        f.close()
+
+
+def read_columns(group: h5py.Group) -> dict[str, np.ndarray]:
+    """All 1-D datasets of a stats group, cut to their common (shortest) length.
+
+    Columns differ in length only after a kill in the middle of a flush; the shortest
+    length holds complete rows.
+    """
+    data = {k: d[()] for k, d in group.items() if isinstance(d, h5py.Dataset)}
+    n = min((len(v) for v in data.values() if np.ndim(v) == 1), default=0)
+    return {k: (v[:n] if np.ndim(v) == 1 else v) for k, v in data.items()}
+
+
+def read_stats(path, group: str = "stats") -> dict[str, np.ndarray]:
+    """Read all columns of a stats table (also while a writer appends to it).
+
+    Returns:
+        ``{name: (n_rows,) array}``; ``step`` int64, others float64; all of one length.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        KeyError: the file has no group ``group``.
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no stats file {path}")
+
+    def read():
+        with h5py.File(path, "r", locking=False) as f:
+            if group not in f:
+                return None, sorted(f.keys())
+            return read_columns(f[group]), None
+    out, have = _retry(read)
+    if out is None:
+        raise KeyError(f"{path} has no group '{group}' (has: {have})")
+    return out
 
 
 # ------------------------------------------------------------------------- stats table
+def _dtype(name: str) -> type:
+    return np.int64 if name == _STEP else np.float64
+
+
+def _open_append(path: pathlib.Path) -> h5py.File:
+    # No chunk cache: a partial write of the (large, unfiltered) chunk goes straight to
+    # the new rows' bytes instead of reading and rewriting the whole chunk.
+    return h5py.File(path, "r+", locking=False, rdcc_nbytes=0)
+
+
+def _in_place_ok(g: h5py.Group, n: int, total: int) -> bool:
+    """Whether every column is one allocated chunk with room for ``total`` rows."""
+    for d in g.values():
+        if not (isinstance(d, h5py.Dataset) and d.ndim == 1 and d.chunks is not None
+                and d.chunks[0] >= total and d.compression is None and not d.fletcher32
+                and not d.shuffle and n >= 1 and d.id.get_num_chunks() == 1):
+            return False
+    return True
+
+
+def _capacity(rows: int) -> int:
+    cap = _MIN_CAPACITY
+    while cap < rows + rows // 2:
+        cap *= 2
+    if cap > _MAX_CAPACITY:
+        raise ValueError(f"stats table of {rows} rows exceeds the {_MAX_CAPACITY}-row limit")
+    return cap
+
+
 class StatsWriter:
-    """Append rows of scalars to extendable 1-D datasets ``/<group>/<name>`` of an HDF5 file.
+    """Append rows of scalars to 1-D datasets ``/<group>/<name>`` of an HDF5 file.
 
     Rows are buffered in memory and written every ``flush_every`` rows (and by
-    :meth:`flush` / :meth:`close`), each flush atomically (see the module docstring).
+    :meth:`flush` / :meth:`close`), each flush crash-safe (see the module docstring).
     The row keys are fixed by the first row, or by the datasets already in the file's
     group when resuming; column ``step`` is stored as int64, all others as float64.
 
@@ -138,15 +217,15 @@ class StatsWriter:
         self.flush_every = int(flush_every)
         self._keys: tuple[str, ...] | None = None
         self._rows: list[dict[str, float | int]] = []
-        _remove_stale_temps(self.path)  # left by a process killed mid-flush
+        remove_stale_temps(self.path)  # left by a process killed mid-rebuild
         if self.path.exists():
-            with h5py.File(self.path, "r") as f:
+            with open_read(self.path) as f:
                 if self.group in f and len(f[self.group]):
-                    self._keys = tuple(f[self.group].keys())
+                    self._keys = tuple(sorted(f[self.group].keys()))
 
     @property
     def keys(self) -> tuple[str, ...] | None:
-        """Column names (sorted as in the file), or None before the first row."""
+        """Column names (sorted), or None before the first row."""
         return self._keys
 
     def append(self, row: Mapping[str, float | int]) -> None:
@@ -165,7 +244,8 @@ class StatsWriter:
         elif keys != self._keys:
             missing = sorted(set(self._keys) - set(keys))
             extra = sorted(set(keys) - set(self._keys))
-            raise ValueError(f"stats row keys changed: missing {missing}, unexpected {extra}")
+            raise ValueError(f"stats row keys changed: missing {missing}, unexpected {extra}"
+                             f" (columns of /{self.group} in {self.path})")
         clean = {}
         for k, v in row.items():
             a = np.asarray(v)
@@ -177,22 +257,80 @@ class StatsWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Write the buffered rows to the file atomically (no-op if nothing is buffered)."""
+        """Write the buffered rows (no-op if nothing is buffered).
+
+        Raises:
+            ValueError: the file's group has other columns than the rows.
+        """
         if not self._rows:
             return
-        rows, keys = self._rows, self._keys
-        with _atomic_update(self.path, fsync=False) as f:
-            g = f.require_group(self.group)
-            for k in keys:
-                col = np.array([r[k] for r in rows], dtype=_dtype(k))
-                if k not in g:
-                    g.create_dataset(k, data=col, maxshape=(None,), chunks=(1024,))
-                else:
-                    d = g[k]
-                    n = d.shape[0]
-                    d.resize((n + len(col),))
-                    d[n:] = col
+        cols = {k: np.array([r[k] for r in self._rows], dtype=_dtype(k)) for k in self._keys}
+        kill = _kill_due("stats_flush")
+        if not self._append_in_place(cols, kill):
+            self._rebuild(lambda old: cols if old is None else
+                          {k: np.concatenate([old[k], v]) for k, v in self._check(old, cols)},
+                          kill)
         self._rows = []
+
+    def _check(self, have, cols: dict[str, np.ndarray]):
+        """``cols.items()`` after checking that the file's columns ``have`` match them."""
+        if set(have) != set(cols):
+            raise ValueError(
+                f"{self.path}: /{self.group} has columns {sorted(have)}, rows have "
+                f"{sorted(cols)}; a run's stats columns cannot change on resume")
+        return cols.items()
+
+    def _append_in_place(self, cols: dict[str, np.ndarray], kill: bool) -> bool:
+        """Append ``cols`` in place if the layout allows; False if a rebuild is needed."""
+        if not self.path.exists():
+            return False
+        with _open_append(self.path) as f:
+            if self.group not in f:
+                return False
+            g = f[self.group]
+            self._check(g.keys(), cols)
+            n = min(g[k].shape[0] for k in cols)
+            k_new = len(next(iter(cols.values())))
+            if not _in_place_ok(g, n, n + k_new):
+                return False
+            for i, (k, col) in enumerate(sorted(cols.items())):
+                d = g[k]
+                d.resize((n + k_new,))    # also cuts a column left longer by a kill
+                d[n:] = col
+                if kill and i == len(cols) // 2:
+                    f.flush()
+                    _kill_now()
+        return True
+
+    def _rebuild(self, edit: Callable[[dict | None], dict | None], kill: bool = False) -> None:
+        """Write a fresh file whose group is ``edit(old columns or None)`` (None: drop it);
+        other groups are copied; replace the live file atomically."""
+        old = None
+        src = open_read(self.path) if self.path.exists() else contextlib.nullcontext()
+        with src as f, locked_temp(self.path) as tmp:
+            if f is not None and self.group in f:
+                old = read_columns(f[self.group])
+            new = edit(old)
+            with h5py.File(tmp, "w", locking=False, rdcc_nbytes=0) as out:
+                if f is not None:
+                    for name in f:
+                        if name != self.group:
+                            f.copy(f[name], out, name)
+                    for a, v in f.attrs.items():
+                        out.attrs[a] = v
+                if new is not None:
+                    g = out.create_group(self.group)
+                    if f is not None and self.group in f:
+                        for a, v in f[self.group].attrs.items():
+                            g.attrs[a] = v
+                    rows = len(next(iter(new.values())))
+                    for k, v in sorted(new.items()):
+                        d = g.create_dataset(k, shape=(rows,), maxshape=(None,),
+                                             chunks=(_capacity(rows),), dtype=_dtype(k))
+                        d[:] = v
+            if kill:
+                _kill_now()
+            os.replace(tmp, self.path)
 
     def truncate(self, step: int) -> None:
         """Keep only rows with ``step <= step``, in the file and in the buffer.
@@ -207,20 +345,23 @@ class StatsWriter:
             raise ValueError(f"cannot truncate {self.path}: no '{_STEP}' column")
         if not self.path.exists():
             return
-        with h5py.File(self.path, "r") as f:
+        with _open_append(self.path) as f:
             if self.group not in f:
                 return
-            if _STEP not in f[self.group]:
-                raise ValueError(f"cannot truncate {self.path}: no '{_STEP}' column")
-            keep = f[self.group][_STEP][()] <= step
-        if keep.all():
-            return
-        with _atomic_update(self.path, fsync=False) as f:
             g = f[self.group]
-            for k in list(g.keys()):
-                data = g[k][()][keep]
-                g[k].resize((len(data),))
-                g[k][:] = data
+            if _STEP not in g:
+                raise ValueError(f"cannot truncate {self.path}: no '{_STEP}' column")
+            n = min(d.shape[0] for d in g.values())
+            keep = g[_STEP][:n] <= step
+            m = int(keep.sum())
+            if m == n and all(d.shape[0] == n for d in g.values()):
+                return
+            if m >= 1 and keep[:m].all() and _in_place_ok(g, n, n):
+                for d in g.values():        # a cut inside the one chunk frees nothing
+                    d.resize((m,))
+                return
+        self._rebuild(lambda old: None if old is None or not keep.any()
+                      else {k: v[:len(keep)][keep] for k, v in old.items()})
 
     def close(self) -> None:
         """Flush the buffered rows."""
@@ -231,29 +372,6 @@ class StatsWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _dtype(name: str) -> type:
-    return np.int64 if name == _STEP else np.float64
-
-
-def read_stats(path, group: str = "stats") -> dict[str, np.ndarray]:
-    """Read all columns of a stats table.
-
-    Returns:
-        ``{name: (n_rows,) array}``; ``step`` int64, others float64.
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        KeyError: the file has no group ``group``.
-    """
-    path = pathlib.Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no stats file {path}")
-    with h5py.File(path, "r") as f:
-        if group not in f:
-            raise KeyError(f"{path} has no group '{group}' (has: {sorted(f.keys())})")
-        return {k: d[()] for k, d in f[group].items()}
 
 
 # ------------------------------------------------------------------ evaluation groups
@@ -274,15 +392,24 @@ def write_group(path, group: str, arrays: Mapping[str, np.ndarray], attrs: Mappi
     """
     path = pathlib.Path(path)
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
-    _remove_stale_temps(path)
-    with _atomic_update(path, fsync=True) as f:
-        if group in f:
-            raise ValueError(f"{path} already has group '{group}'")
-        g = f.create_group(group)
-        for k, v in arrays.items():
-            g.create_dataset(k, data=v)
-        for k, v in attrs.items():
-            g.attrs[k] = v
+    remove_stale_temps(path)
+    kill = _kill_due("eval_write")
+    with locked_temp(path) as tmp:
+        if path.exists():
+            shutil.copyfile(path, tmp)
+        with h5py.File(tmp, "a", locking=False) as f:
+            if group in f:
+                raise ValueError(f"{path} already has group '{group}'")
+            g = f.create_group(group)
+            for k, v in arrays.items():
+                g.create_dataset(k, data=v)
+            for k, v in attrs.items():
+                g.attrs[k] = v
+        fsync_file(tmp)
+        if kill:
+            _kill_now()
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
 
 
 def next_group_name(path, prefix: str = "eval_") -> str:
@@ -294,6 +421,6 @@ def next_group_name(path, prefix: str = "eval_") -> str:
     if not path.exists():
         return f"{prefix}000"
     pat = re.compile(re.escape(prefix) + r"(\d+)$")
-    with h5py.File(path, "r") as f:
+    with open_read(path) as f:
         nums = [int(m.group(1)) for k in f.keys() if (m := pat.match(k))]
     return f"{prefix}{max(nums, default=-1) + 1:03d}"
