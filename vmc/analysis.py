@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 import yaml
 
+from vmc import h5io
 from vmc.errors import InputError
 
 from vmc.reblock import (MIN_BLOCKS, MIN_SAMPLES, BlockingLevel,  # noqa: F401
@@ -152,16 +153,16 @@ def load_run(run_dir) -> RunData:
         raise InputError(f"{run_dir}: neither train.h5 nor eval.h5 found")
     stats, pretrain, evals = {}, None, []
     if train.is_file():
-        with h5py.File(train, "r") as f:
-            stats = _read_group(f["stats"]) if "stats" in f else {}
-            pretrain = _read_group(f["pretrain"]) if "pretrain" in f else None
+        with h5io.open_read(train) as f:   # a live run's file; columns cut to equal length
+            stats = h5io.read_columns(f["stats"]) if "stats" in f else {}
+            pretrain = h5io.read_columns(f["pretrain"]) if "pretrain" in f else None
         missing = {"step", "energy"} - set(stats)
         if stats and missing:
             raise InputError(f"{train}: /stats lacks {sorted(missing)}")
         if stats and (len({v.shape for v in stats.values()}) != 1 or stats["step"].ndim != 1):
             raise InputError(f"{train}: /stats datasets must be 1-D of equal length")
     if evalf.is_file():
-        with h5py.File(evalf, "r") as f:
+        with h5io.open_read(evalf) as f:
             evals = [_load_eval(k, f[k]) for k in sorted(f) if isinstance(f[k], h5py.Group)]
     name = str(config.get("name") or run_dir.resolve().name)
     return RunData(run_dir, name, config, stats, pretrain, evals, _parse_reference(config))
