@@ -202,6 +202,55 @@ def test_env_fault_exits_mid_write_in_subprocess(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+_SAVER = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, sys.argv[2])
+    import numpy as np
+    from vmc import checkpoint as ckpt
+    tree = {"a": {str(i): np.full(1000, float(i)) for i in range(10)}}
+    for step in range(1, int(sys.argv[3]) + 1):
+        ckpt.save(ckpt.checkpoint_path(sys.argv[1], step), tree, {"step": step})
+    if len(sys.argv) > 4:  # then hold a save's temp file open (a live writer)
+        from vmc._tempfiles import locked_temp
+        with locked_temp(ckpt.checkpoint_path(sys.argv[1], 99)) as tmp:
+            print(tmp, flush=True)
+            time.sleep(60)
+""")
+
+
+@pytest.mark.parametrize("point", ["checkpoint_data", "checkpoint_write"])
+def test_kill_switch_sigkills_inside_the_nth_save(tmp_path, point):
+    proc = subprocess.run([sys.executable, "-c", _SAVER, str(tmp_path), str(_REPO), "5"],
+                          env={**os.environ, "JAX_PLATFORMS": "cpu",
+                               "VMC_TEST_KILL": f"{point}@3"}, timeout=60)
+    assert proc.returncode == -9
+    tmps = list(tmp_path.glob(".ckpt_000003.h5.*.tmp"))
+    assert len(tmps) == 1
+    if point == "checkpoint_write":  # complete, fsync-ed, not renamed
+        with h5py.File(tmps[0], "r") as f:
+            assert f.attrs["step"] == 3 and len(f["a"]) == 10
+    assert ckpt.list_checkpoints(tmp_path) == [ckpt.checkpoint_path(tmp_path, s) for s in (1, 2)]
+    assert ckpt.latest_valid(tmp_path) == ckpt.checkpoint_path(tmp_path, 2)
+    assert not list(tmp_path.glob(".*.tmp"))  # the dead writer's temp is removed
+
+
+def test_latest_valid_keeps_a_live_writers_temp_file(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(tmp_path), str(_REPO), "1",
+                             "hold"], stdout=subprocess.PIPE, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "VMC_TEST_KILL"})
+    try:
+        held = pathlib.Path(proc.stdout.readline().strip())
+        assert ckpt.latest_valid(tmp_path) == ckpt.checkpoint_path(tmp_path, 1)
+        assert held.exists()  # another process (here: on this host) is writing it
+        proc.kill()
+        proc.wait()
+        ckpt.latest_valid(tmp_path)
+        assert not held.exists()
+    finally:
+        proc.kill()
+        proc.stdout.close()
+
+
 def test_non_finite_values_are_refused(tmp_path, x64):
     state = _state()
     bad = {**state, "walkers": state["walkers"].at[2, 1, 0].set(jnp.nan)}
