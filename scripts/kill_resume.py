@@ -52,11 +52,11 @@ CONFIG = ROOT / "tests" / "data" / "h2_tiny.yaml"
 PRETRAIN_STEPS = 30
 
 
-def vmc_args(out: pathlib.Path, steps: int) -> list[str]:
+def vmc_args(out: pathlib.Path, steps: int, pretrain: int = PRETRAIN_STEPS) -> list[str]:
     return ["run", str(CONFIG), "--out", str(out), "--preset", "tiny",
             "--set", "sampler.walkers=16", "--set", f"optim.steps={steps}",
             "--set", "run.checkpoint_every=20", "--set", "run.log_every=10",
-            "--set", f"pretrain.steps={PRETRAIN_STEPS}", "--set", "eval.steps=16"]
+            "--set", f"pretrain.steps={pretrain}", "--set", "eval.steps=16"]
 
 
 def holds_run(out: pathlib.Path) -> bool:
@@ -95,13 +95,13 @@ class Phases:
 
 
 def run_once(out: pathlib.Path, steps: int, env: dict, target: str | None = None,
-             delay: float = 0.0, timeout: float = 900.0) -> dict:
+             delay: float = 0.0, timeout: float = 900.0, pretrain: int = PRETRAIN_STEPS) -> dict:
     """One `vmc run` (with --resume when the folder holds a run).
 
     target/delay: SIGKILL the process `delay` s after the phase `target` starts
-    ("start-up" starts with the process). Returns rc, the phase at the end, the time of
+    ("start-up" starts with the process; "step 40": when the log line of step 40 appears). Returns rc, the phase at the end, the time of
     the kill and when each phase started (s since the start)."""
-    args = vmc_args(out, steps) + (["--resume"] if holds_run(out) else [])
+    args = vmc_args(out, steps, pretrain) + (["--resume"] if holds_run(out) else [])
     fresh = not (out / "checkpoints").is_dir() or not any((out / "checkpoints").glob("ckpt_*.h5"))
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, "-u", "-m", "vmc.cli", *args], env=env,
@@ -125,8 +125,10 @@ def run_once(out: pathlib.Path, steps: int, env: dict, target: str | None = None
             new = ph.see(line)
             if new is not None:
                 starts.setdefault(new, now)
-                if new == target and deadline is None:
-                    deadline = now + delay
+            hit = target is not None and (new == target or target.startswith("step ") and
+                                          re.match(rf"step\s+{target[5:]}\b", line))
+            if hit and deadline is None:
+                deadline = now + delay
         if deadline is not None and killed_at is None and now >= deadline:
             proc.send_signal(signal.SIGKILL)
             killed_at = now
@@ -139,13 +141,15 @@ def run_once(out: pathlib.Path, steps: int, env: dict, target: str | None = None
             "wall": time.time() - t0, "tail": tail}
 
 
-def plan(rng: np.random.Generator, kills: int) -> list[tuple[str, str | None]]:
-    """(stage, what) pairs: what is a phase to kill in, or an injected VMC_TEST_KILL spec."""
-    n_a = max(2, round(kills * 0.35))      # before the first checkpoint
-    n_c = max(1, round(kills * 0.25))      # evaluation
-    n_b = max(1, kills - n_a - n_c)        # training
+def plan(kills: int) -> list[tuple[str, str]]:
+    """(stage, what) pairs: what is a phase to kill in ("steps": during the training steps),
+    or "@" + an injected VMC_TEST_KILL spec. Stage A runs before the first checkpoint
+    (start-up, pretraining), B trains, C evaluates (a finished run re-evaluates on resume)."""
+    n_a = max(2, round(kills * 0.35))
+    n_c = max(1, round(kills * 0.25))
+    n_b = max(1, kills - n_a - n_c)
     a = ["start-up" if i % 3 == 1 else "pretraining" for i in range(n_a)]
-    b = ["start-up" if i == n_b // 2 else "training" for i in range(n_b)]
+    b = [("start-up", "compile", "steps", "steps")[i % 4] for i in range(n_b)]
     c = ["evaluation"] * n_c
     b[0:0] = ["@checkpoint_data@1"]
     b.insert(3, "@stats_flush@2")
@@ -154,7 +158,12 @@ def plan(rng: np.random.Generator, kills: int) -> list[tuple[str, str | None]]:
     return [("A", w) for w in a] + [("B", w) for w in b] + [("C", w) for w in c]
 
 
-def verify(out: pathlib.Path, steps: int) -> list[str]:
+def last_checkpoint(out: pathlib.Path) -> int:
+    return max((int(c.stem[5:]) for c in (out / "checkpoints").glob("ckpt_*.h5")), default=0)
+
+
+def verify(out: pathlib.Path, steps: int, pretrain: int = PRETRAIN_STEPS) -> list[str]:
+    """Check a finished run directory; return the problems found (empty: all good)."""
     import h5py
     sys.path.insert(0, str(ROOT))
     from vmc import checkpoint as ckpt
@@ -180,9 +189,9 @@ def verify(out: pathlib.Path, steps: int) -> list[str]:
             lens = {k: d.shape[0] for k, d in f["stats"].items()}
             if set(lens.values()) != {steps}:
                 bad.append(f"stats column lengths {sorted(set(lens.values()))}")
-            pre = f["pretrain/step"][()]
-            if not np.array_equal(pre, np.arange(PRETRAIN_STEPS)):
-                bad.append(f"pretrain/step is not 0..{PRETRAIN_STEPS - 1}: {len(pre)} rows")
+            pre = f["pretrain/step"][()] if pretrain else np.arange(0)
+            if not np.array_equal(pre, np.arange(pretrain)):
+                bad.append(f"pretrain/step is not 0..{pretrain - 1}: {len(pre)} rows")
     except Exception as e:  # noqa: BLE001
         bad.append(f"train.h5: {e}")
     n_ckpt = 0
@@ -204,14 +213,20 @@ def verify(out: pathlib.Path, steps: int) -> list[str]:
     return bad
 
 
+def child_env() -> dict:
+    """The environment for `vmc run`: CPU, this checkout, a JAX compilation cache."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VMC_TEST_KILL", "VMC_FAULT_INJECT")}
+    env.update({"JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
+                "VMC_JAX_CACHE": env.get("VMC_JAX_CACHE", str(ROOT / ".jax_cache"))})
+    return env
+
+
 def soak(args) -> int:
     rng = np.random.default_rng(args.seed)
     base = pathlib.Path(args.out or tempfile.mkdtemp(prefix="kill_resume_"))
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("VMC_TEST_KILL", "VMC_FAULT_INJECT")}
-    env.update({"JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
-                "VMC_JAX_CACHE": env.get("VMC_JAX_CACHE", str(ROOT / ".jax_cache"))})
+    env = child_env()
     cal = run_once(base / "calibration", args.steps, env)
     if cal["rc"] != 0:
         print("\n".join(cal["tail"]))
@@ -225,9 +240,10 @@ def soak(args) -> int:
     print("calibration (s): " + ", ".join(f"{k} {v:.1f}" for k, v in dur.items())
           + f"; total {cal['wall']:.1f}")
     out = base / "run"
-    failures, n, schedule = [], 0, plan(rng, args.kills)
-    for stage, what in schedule:
-        n += 1
+    failures, n, missed, schedule = [], 0, 0, plan(args.kills)
+    per10 = 10 * dur["steps"] / args.steps       # the time of 10 steps between log lines
+    while schedule:
+        stage, what = schedule.pop(0)
         e = dict(env)
         if what.startswith("@"):
             e["VMC_TEST_KILL"] = what[1:]
@@ -235,16 +251,25 @@ def soak(args) -> int:
             how = f"injected {what[1:]}"
         else:
             u = float(rng.uniform(0.0, 1.0))
-            if what == "training":   # compilation, then the steps left after the checkpoint
-                done = [int(c.stem[5:]) for c in (out / "checkpoints").glob("ckpt_*.h5")]
-                left = (args.steps - max(done, default=0)) / args.steps
-                delay = u * (dur["compile"] + dur["steps"] * left)
-            else:
-                delay = u * dur[what]
-            r = run_once(out, args.steps, e, what, delay)
-            how = f"SIGKILL {delay:5.2f} s into {what}"
-        landed = r["phase"] if r["killed_at"] is not None or r["rc"] == -9 else "-"
-        print(f"kill {n:2d} [{stage}] {how:42s} -> exit {r['rc']:3d}, landed in {landed}")
+            target = {"compile": "training"}.get(what, what)
+            if what == "steps":   # after a random step line past the checkpoint, mid-steps
+                first = last_checkpoint(out) // 10 + 1
+                target = f"step {10 * int(rng.integers(first, max(first, args.steps // 10 - 1) + 1))}"
+                delay = 0.9 * u * per10
+            else:                 # within the phase, as long as it lasted in calibration
+                delay = 0.9 * u * dur[what]
+            r = run_once(out, args.steps, e, target, delay)
+            how = f"SIGKILL {delay:5.2f} s after {target} starts"
+        if r["rc"] == 0 and schedule and missed < 5:   # the run ended first: not a failure
+            missed += 1
+            print(f"      [{stage}] {how:44s} -> exit   0 before the kill; one more "
+                  f"evaluation kill added")
+            schedule.append(("C", "evaluation"))
+            continue
+        n += 1
+        landed = r["phase"] if r["rc"] == -signal.SIGKILL else "-"
+        print(f"kill {n:2d} [{stage}] {how:44s} -> exit {r['rc']:3d}, landed in {landed}"
+              f"{'' if landed == '-' else f' (checkpoint {last_checkpoint(out)})'}")
         if r["rc"] not in (-signal.SIGKILL, 75):
             print("    " + "\n    ".join(r["tail"][-8:]))
             failures.append(f"kill {n}: exit {r['rc']} (expected a SIGKILL or 75)")
@@ -258,7 +283,10 @@ def soak(args) -> int:
     if failures:
         print("FAIL: " + "; ".join(failures))
         return 1
-    injected = sum(1 for _, w in schedule if w.startswith("@"))
+    injected = sum(1 for _, w in plan(args.kills) if w.startswith("@"))
+    if n - injected < args.kills:
+        print(f"FAIL: only {n - injected} of {args.kills} random kills landed")
+        return 1
     print(f"PASS: {n} kills and resumes ({n - injected} random SIGKILLs, {injected} injected), "
           f"run finished and verified")
     if not (args.out or args.keep):
