@@ -173,12 +173,14 @@ def _open_append(path: pathlib.Path) -> h5py.File:
     return h5py.File(path, "r+", locking=False, rdcc_nbytes=0)
 
 
-def _in_place_ok(g: h5py.Group, n: int, total: int) -> bool:
-    """Whether every column is one allocated chunk with room for ``total`` rows."""
-    for d in g.values():
+def _in_place_ok(ds, n: int, total: int) -> bool:
+    """Whether every dataset of ``ds`` is one allocated chunk with room for ``total`` rows."""
+    for d in ds:
         if not (isinstance(d, h5py.Dataset) and d.ndim == 1 and d.chunks is not None
-                and d.chunks[0] >= total and d.compression is None and not d.fletcher32
-                and not d.shuffle and n >= 1 and d.id.get_num_chunks() == 1):
+                and d.chunks[0] >= total and n >= 1 and d.id.get_num_chunks() == 1):
+            return False
+        plist = d.id.get_create_plist()   # no filter (compression, checksum, shuffle)
+        if plist.get_nfilters():
             return False
     return True
 
@@ -289,12 +291,13 @@ class StatsWriter:
                 return False
             g = f[self.group]
             self._check(g.keys(), cols)
-            n = min(g[k].shape[0] for k in cols)
+            ds = {k: g[k] for k in sorted(cols)}
+            n = min(d.shape[0] for d in ds.values())
             k_new = len(next(iter(cols.values())))
-            if not _in_place_ok(g, n, n + k_new):
+            if not _in_place_ok(ds.values(), n, n + k_new):
                 return False
-            for i, (k, col) in enumerate(sorted(cols.items())):
-                d = g[k]
+            for i, (k, d) in enumerate(ds.items()):
+                col = cols[k]
                 d.resize((n + k_new,))    # also cuts a column left longer by a kill
                 d[n:] = col
                 if kill and i == len(cols) // 2:
@@ -351,13 +354,14 @@ class StatsWriter:
             g = f[self.group]
             if _STEP not in g:
                 raise ValueError(f"cannot truncate {self.path}: no '{_STEP}' column")
-            n = min(d.shape[0] for d in g.values())
+            ds = list(g.values())
+            n = min(d.shape[0] for d in ds)
             keep = g[_STEP][:n] <= step
             m = int(keep.sum())
-            if m == n and all(d.shape[0] == n for d in g.values()):
+            if m == n and all(d.shape[0] == n for d in ds):
                 return
-            if m >= 1 and keep[:m].all() and _in_place_ok(g, n, n):
-                for d in g.values():        # a cut inside the one chunk frees nothing
+            if m >= 1 and keep[:m].all() and _in_place_ok(ds, n, n):
+                for d in ds:                # a cut inside the one chunk frees nothing
                     d.resize((m,))
                 return
         self._rebuild(lambda old: None if old is None or not keep.any()
