@@ -20,6 +20,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -28,6 +29,7 @@ from vmc.cli import main
 from vmc.config import load_config
 from vmc.evaluate import evaluate
 from vmc.optim import REGISTRY
+from vmc.sampler import init_walkers, make_sampler
 from vmc.train import TrainState, build, make_burn_in_step, make_train_step
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -35,7 +37,7 @@ HE = ROOT / "systems" / "He.yaml"
 HE_EXACT = -2.903724377034
 TINY = ("ansatz.hidden_one=[4]", "ansatz.hidden_two=[2]", "ansatz.determinants=1",
         "ansatz.heads=1", "ansatz.head_dim=4", "ansatz.layers=1", "sampler.walkers=16",
-        "sampler.moves=2", "sampler.burn_in=20", "pretrain.basis=sto-3g", "optim.steps=2",
+        "sampler.moves=1", "sampler.burn_in=20", "pretrain.basis=sto-3g", "optim.steps=2",
         "eval.steps=16", "eval.burn_in=0", "run.progress=false", "run.log_every=1")
 ANSATZE = ("ferminet", "psiformer", "hf")
 REFUSED = {("hf", s) for s in precheck.NEEDS_MODULE}   # kfac needs a flax network
@@ -72,12 +74,14 @@ def start(hartree_fock):
     def get(ansatz):
         if ansatz not in cache:
             setup = build(_cfg(ansatz, "sample"), hf=hartree_fock)
-            state = stages.init_state(setup, stages.run_keys(0)["init"])
+            k_params, k_walkers = jax.random.split(stages.run_keys(0)["init"])
+            params = jax.jit(setup.ansatz.init)(k_params)   # one compilation, not op by op
+            walkers = init_walkers(k_walkers, setup.molecule, 16, 1.0, setup.dtype)
+            mcmc = make_sampler(setup.ansatz.log_psi, 1)[0](params, walkers, 0.2)
             burn = make_burn_in_step(setup)
-            mcmc = state.mcmc
             for t in range(setup.cfg.sampler.burn_in):
-                mcmc, _ = burn(state.params, mcmc, jax.random.PRNGKey(t))
-            cache[ansatz] = (state.params, mcmc)
+                mcmc, _ = burn(params, mcmc, jax.random.PRNGKey(t))
+            cache[ansatz] = (params, mcmc)
         return cache[ansatz]
     return get
 
@@ -112,7 +116,9 @@ def test_update_checkpoint_and_evaluation(ansatz, solver, start, hartree_fock, t
     params, mcmc = start(ansatz)
     state = TrainState(params, setup.optimizer.init(params), mcmc)
     if precheck.trains(cfg):
-        new, stats = make_train_step(setup)(state, jax.random.PRNGKey(1), 0)
+        # called as vmc.loop calls it, so that `vmc run` below finds it compiled
+        new, stats = make_train_step(setup)(state, jax.random.PRNGKey(1), 0,
+                                            jnp.asarray(0, jnp.int32))
         assert np.isfinite(float(stats.energy)) and HE_EXACT - 1.0 < float(stats.energy) < 0
         assert np.isfinite(float(stats.update_norm)) and float(stats.update_norm) > 0
         moved = [not np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(params),
