@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 import vmc.hf
+from vmc import h5io
 from vmc.cli import main
 from vmc.config import load_config
 from vmc.errors import InputError
@@ -333,3 +334,27 @@ def test_walkers_must_split_over_the_devices(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = _finished(out)
     assert (summary["walkers"], summary["device_count"]) == (8, 2)
+
+
+def test_hf_ansatz_runs_without_training_and_evaluates_again(tmp_path, capsys):
+    """`ansatz.name=hf`: no optimizer step, a step-0 checkpoint that `vmc eval` and
+    `--resume` use, an empty train.h5 table, and energies at PySCF's RHF/sto-3g energy."""
+    out = tmp_path / "hf"
+    argv = ["run", H2, "--preset", "tiny", "--out", out, "--set", "ansatz.name=hf",
+            "--set", "pretrain.basis=sto-3g", "--set", "eval.steps=32"]
+    assert _call(argv) == 0
+    log = capsys.readouterr().out
+    e_hf = float(log.split("hartree-fock: RHF/sto-3g energy ")[1].split()[0])
+    assert abs(e_hf - -1.116714) < 1e-5          # PySCF RHF/sto-3g at R = 1.4 bohr
+    assert "no parameters, so no pretraining or optimization" in log and "step " not in log
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["ckpt_000000.h5"]
+    assert h5io.read_stats(out / "train.h5") == {}
+    assert _call(["eval", out, "--steps", "32", "--seed", "5"]) == 0
+    assert _call(argv + ["--resume"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["ansatz"], summary["n_params"], summary["train_energy_ha"]) == ("hf", 0, None)
+    energies = [e["energy_ha"] for e in summary["evaluations"]]
+    errors = [e["energy_stderr_ha"] for e in summary["evaluations"]]
+    assert len(energies) == 3 and all(np.isfinite(energies))
+    for e, se in zip(energies, errors):
+        assert abs(e - e_hf) < 5 * se + 0.01 and se < 0.05, (e, se, e_hf)
