@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="continue from the newest valid checkpoint in --out")
     r.add_argument("--init-from", metavar="RUN_DIR",
                    help="warm start: parameters (and walkers) from another run")
+    _distributed_args(r)
     c = sub.add_parser("check", help="validate a config and print what a run would do")
     c.add_argument("config")
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -41,9 +42,19 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--walkers", type=int)
     e.add_argument("--seed", type=int)
     e.add_argument("--burn-in", type=int)
+    _distributed_args(e)
     sub.add_parser("analyze", help="reblocked energies, tables and plots of runs",
                    add_help=False)
     return p
+
+
+def _distributed_args(p):
+    g = p.add_argument_group("several processes (default: SLURM's variables under srun, or "
+                             "VMC_COORDINATOR, VMC_NUM_PROCESSES, VMC_PROCESS_ID)")
+    g.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="address of process 0's coordination service")
+    g.add_argument("--num-processes", type=int, metavar="N")
+    g.add_argument("--process-id", type=int, metavar="I")
 
 
 def _avoid_cpu_deadlock():
@@ -54,16 +65,26 @@ def _avoid_cpu_deadlock():
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
 
 
-def _setup_jax():
-    """Process-wide JAX settings: float64 available (the network dtype is set per run)."""
+def _setup_jax(args=None, cfg=None):
+    """Process-wide JAX settings: float64 available (the network dtype is set per run), and
+    the distributed runtime when launched as several processes (vmc.parallel)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")   # keep PySCF's threads off JAX's cores
     import jax
     jax.config.update("jax_enable_x64", True)
     cache = os.environ.get("VMC_JAX_CACHE")
     if cache:
         jax.config.update("jax_compilation_cache_dir", cache)
-    from vmc.parallel import setup_distributed
-    setup_distributed()
+    from vmc.parallel import DEFAULT_HEARTBEAT_S, setup_distributed
+    heartbeat = cfg.run.heartbeat_seconds if cfg is not None else DEFAULT_HEARTBEAT_S
+    setup_distributed(getattr(args, "coordinator", None), getattr(args, "num_processes", None),
+                      getattr(args, "process_id", None), heartbeat_s=heartbeat)
+
+
+def _log(message: str) -> None:
+    """Console lines come from process 0 only."""
+    import jax
+    if jax.process_index() == 0:
+        print(message, flush=True)
 
 
 def main(argv=None) -> int:
@@ -75,6 +96,7 @@ def main(argv=None) -> int:
         return analyze_main(argv[1:])
     args = _parser().parse_args(argv)
     from vmc.errors import InputError
+    from vmc.parallel import DistributedError
     try:
         if args.command == "check":
             return _check(args)
@@ -85,7 +107,28 @@ def main(argv=None) -> int:
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except DistributedError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
+    except Exception as err:  # noqa: BLE001
+        _lost_peer(err)
+        raise
     return 2
+
+
+def _lost_peer(err: Exception) -> None:
+    """In a multi-process run, a failed collective means another process died or hung: say
+    so in one line and exit 1 at once (JAX's own shutdown would abort the process after
+    waiting for the lost peer)."""
+    import jax
+    if not (jax.process_count() > 1 and type(err).__name__ in ("JaxRuntimeError",
+                                                               "XlaRuntimeError")):
+        return
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    print(f"error: process {jax.process_index()} of {jax.process_count()}: a collective with "
+          f"the other processes failed (one of them probably died or was killed): {first}",
+          file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 def _load(args):
@@ -96,15 +139,15 @@ def _load(args):
 def _run(args) -> int:
     cfg = _load(args)
     out = pathlib.Path(args.out) if args.out else pathlib.Path("runs") / pathlib.Path(args.config).stem
-    _setup_jax()
+    _setup_jax(args, cfg)
     from vmc.run import train_run
     return train_run(cfg, out, resume=args.resume,
                      init_from=pathlib.Path(args.init_from) if args.init_from else None,
-                     log=lambda m: print(m, flush=True))
+                     log=_log)
 
 
 def _eval(args) -> int:
-    _setup_jax()
+    _setup_jax(args)
     run_dir = pathlib.Path(args.run_dir)
     if (run_dir / "config.yaml").is_file():   # else eval_run says it is no run directory
         from vmc.config import load_config
@@ -114,7 +157,7 @@ def _eval(args) -> int:
                       else {"eval.walkers": cfg.eval.walkers})
     from vmc.run import eval_run
     return eval_run(pathlib.Path(args.run_dir), steps=args.steps, walkers=args.walkers,
-                    seed=args.seed, burn_in=args.burn_in, log=lambda m: print(m, flush=True))
+                    seed=args.seed, burn_in=args.burn_in, log=_log)
 
 
 def _check(args) -> int:
@@ -124,7 +167,7 @@ def _check(args) -> int:
     from vmc.precheck import check_run_input
     lines = []
     checked = check_run_input(cfg, resume=False, log=lines.append)
-    print(describe(cfg, hf=checked.hf, notes=lines))
+    print(describe(cfg, hf=checked.hf, notes=lines + ([checked.note] if checked.note else [])))
     return 0
 
 

@@ -154,6 +154,8 @@ class RunConfig:
     max_bad_steps: int = _field(10, lo=1)
     # a step is rejected when more than this share of walkers has a non-finite E_L or log|ψ|
     max_bad_walkers: float = _field(0.05, lo=0.0, hi=1.0)
+    # several processes: a process that stops answering for this long ends the others
+    heartbeat_seconds: int = _field(30, lo=5)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vmc.parallel import to_host
 from vmc.sampler import MCMCState, make_sampler
 
 
@@ -110,5 +111,5 @@ def evaluate(setup, params, walkers, width, *, steps: int, burn_in: int, key,
         if progress:
             progress(burn_in + t + 1, burn_in + steps)
     out = np.asarray(jnp.stack(rows)) if rows else np.zeros((0, 4))
-    return EvalResult(out[:, 0], out[:, 1], out[:, 2], np.asarray(state.walkers),
+    return EvalResult(out[:, 0], out[:, 1], out[:, 2], to_host(state.walkers),
                       float(state.width), time.time() - start, out[:, 3])

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vmc import checkpoint as ckpt
+from vmc import checkpoint as ckpt, parallel
 from vmc.config import dump_yaml
 from vmc.train import StepStats, TrainState
 
@@ -86,14 +86,20 @@ def poison_steps() -> tuple[set[int] | str, int]:
 
 def save_checkpoint(run_dir: pathlib.Path, state: TrainState, step: int, cfg, keep: int,
                     extra_attrs: Optional[dict] = None) -> pathlib.Path:
-    """Write checkpoints/ckpt_<step>.h5 atomically and prune to the newest `keep`."""
+    """Write checkpoints/ckpt_<step>.h5 atomically and prune to the newest `keep`.
+
+    Every process calls it: the walkers are gathered from all processes (a collective), and
+    process 0 alone writes and prunes.
+    """
     d = run_dir / "checkpoints"
-    d.mkdir(parents=True, exist_ok=True)
     path = ckpt.checkpoint_path(d, step)
-    attrs = {"step": int(step), "config": dump_yaml(cfg), **(extra_attrs or {})}
-    ckpt.save(path, {"params": state.params, "opt_state": state.opt_state,
-                     "mcmc": state.mcmc}, attrs)
-    ckpt.prune(d, keep)
+    host = parallel.to_host({"params": state.params, "opt_state": state.opt_state,
+                             "mcmc": state.mcmc})
+    if parallel.is_writer():
+        d.mkdir(parents=True, exist_ok=True)
+        attrs = {"step": int(step), "config": dump_yaml(cfg), **(extra_attrs or {})}
+        ckpt.save(path, host, attrs)
+        ckpt.prune(d, keep)
     return path
 
 
@@ -165,11 +171,15 @@ def run_loop(step_fn: Callable, state: TrainState, *, start: int, steps: int, tr
                 writer.flush()
                 return state, t, Outcome.DIVERGED, rejected
             minutes = (time.time() - start_time) / 60
-            stop = flag.received is not None or (r.max_minutes is not None
-                                                 and minutes >= r.max_minutes)
-            due = (t % r.checkpoint_every == 0 or t == steps
-                   or (r.checkpoint_minutes > 0
-                       and time.time() - last_ckpt_time >= 60 * r.checkpoint_minutes))
+            # signals and clocks are per process: every process takes the same decision
+            # (any process's), or one would enter a checkpoint gather the others never join
+            signalled, out_of_time, clock_due = parallel.any_processes([
+                flag.received is not None,
+                r.max_minutes is not None and minutes >= r.max_minutes,
+                r.checkpoint_minutes > 0
+                and time.time() - last_ckpt_time >= 60 * r.checkpoint_minutes])
+            stop = signalled or out_of_time
+            due = t % r.checkpoint_every == 0 or t == steps or clock_due
             if stop or due:
                 writer.flush()
                 save_checkpoint(run_dir, state, t, cfg, r.keep_checkpoints,
@@ -177,7 +187,8 @@ def run_loop(step_fn: Callable, state: TrainState, *, start: int, steps: int, tr
                 last_ckpt_time = time.time()
             if stop:
                 why = (f"signal {signal.Signals(flag.received).name}"
-                       if flag.received is not None else f"run.max_minutes={r.max_minutes}")
+                       if flag.received is not None else "a signal to another process"
+                       if signalled else f"run.max_minutes={r.max_minutes}")
                 log(f"stopping after step {t} ({why}); checkpoint written; "
                     f"continue with --resume")
                 return state, t, Outcome.INTERRUPTED, rejected

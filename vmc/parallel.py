@@ -1,58 +1,226 @@
-"""Devices and hosts: `jax.distributed` from SLURM, and walker sharding.
+"""Devices and processes: `jax.distributed` start-up, walker sharding, host-side agreement.
 
-The jit-compiled step is the same on one device and on many: walkers carry a sharding along
-their first axis (`walker_sharding`), parameters are replicated, and every mean inside the
-step is global, so XLA inserts the cross-device reductions.
+The jit-compiled step is the same on one device and on many, in one process or several
+(JAX's multi-controller runtime): walkers carry a sharding along their first axis over a
+`jax.sharding.Mesh` of all devices (`walker_sharding`), parameters are replicated, and every
+mean inside the step is global, so XLA inserts the cross-device (and cross-process)
+reductions. Random numbers come from one global key with partitionable threefry, so a run
+does not depend on the device or process count beyond round-off.
+
+Process 0 owns the run directory: `is_writer()` gates every file write (the gate wraps only
+the write; every process joins every collective). Host-side decisions (a signal, a time
+limit, a due checkpoint) are agreed by all processes with `any_process`.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any, Optional
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 _INITIALIZED = False
+DEFAULT_HEARTBEAT_S = 30     # a lost peer ends the others within about this (JAX's: 100 s)
+DEFAULT_CONNECT_S = 60       # how long to wait for the coordinator and the other processes
 
 
-def setup_distributed() -> None:
-    """Start JAX's distributed runtime when launched as several processes.
+class DistributedError(RuntimeError):
+    """The distributed runtime could not start, or another process was lost."""
 
-    Under SLURM (`srun`, SLURM_NTASKS > 1) `jax.distributed.initialize()` reads the
-    coordinator, process count and id from SLURM's variables. Outside SLURM, set
-    VMC_COORDINATOR=host:port, VMC_NUM_PROCESSES and VMC_PROCESS_ID. One process alone does
-    nothing.
+
+def _launch_settings(coordinator: Optional[str], num_processes: Optional[int],
+                     process_id: Optional[int]) -> Optional[dict]:
+    """Where the process group comes from: explicit arguments (the CLI's --coordinator,
+    --num-processes, --process-id), else VMC_COORDINATOR / VMC_NUM_PROCESSES /
+    VMC_PROCESS_ID, else SLURM (srun with SLURM_NTASKS > 1: JAX reads SLURM's variables).
+    Returns initialize() keyword arguments, {} for SLURM auto-detection, or None for one
+    process alone.
+
+    Raises:
+      DistributedError: an incomplete or invalid set of values.
+    """
+    env = os.environ
+    if coordinator is None and num_processes is None and process_id is None:
+        if env.get("VMC_COORDINATOR"):
+            coordinator = env["VMC_COORDINATOR"]
+            try:
+                num_processes = int(env["VMC_NUM_PROCESSES"])
+                process_id = int(env["VMC_PROCESS_ID"])
+            except (KeyError, ValueError):
+                raise DistributedError("VMC_COORDINATOR is set: VMC_NUM_PROCESSES and "
+                                       "VMC_PROCESS_ID must be integers too") from None
+        elif int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in env:
+            return {}
+        else:
+            return None
+    if coordinator is None or num_processes is None or process_id is None:
+        raise DistributedError("--coordinator HOST:PORT, --num-processes N and --process-id I "
+                               "go together")
+    if ":" not in coordinator:
+        raise DistributedError(f"--coordinator {coordinator!r}: expected HOST:PORT")
+    if not (num_processes >= 1 and 0 <= process_id < num_processes):
+        raise DistributedError(f"--process-id {process_id}: valid: 0 … {num_processes - 1} "
+                               f"(--num-processes {num_processes})")
+    if num_processes == 1:
+        return None
+    return {"coordinator_address": coordinator, "num_processes": num_processes,
+            "process_id": process_id}
+
+
+def setup_distributed(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
+                      process_id: Optional[int] = None, *,
+                      heartbeat_s: int = DEFAULT_HEARTBEAT_S,
+                      connect_s: int = DEFAULT_CONNECT_S) -> None:
+    """Start JAX's distributed runtime when launched as several processes (idempotent).
+
+    See `_launch_settings` for where the process group comes from. One process alone does
+    nothing. `heartbeat_s` (VMC_HEARTBEAT_SECONDS overrides it) bounds how long the others
+    wait for a process that stopped answering; `connect_s` (VMC_CONNECT_SECONDS) bounds the
+    start-up.
+
+    Raises:
+      DistributedError: bad settings, or the coordinator/peers not reached within connect_s
+        (the message names the coordinator).
     """
     global _INITIALIZED
     if _INITIALIZED:
         return
-    if os.environ.get("VMC_COORDINATOR"):
-        jax.distributed.initialize(coordinator_address=os.environ["VMC_COORDINATOR"],
-                                   num_processes=int(os.environ["VMC_NUM_PROCESSES"]),
-                                   process_id=int(os.environ["VMC_PROCESS_ID"]))
-    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
-        jax.distributed.initialize()
+    kwargs = _launch_settings(coordinator, num_processes, process_id)
+    if kwargs is None:
+        _INITIALIZED = True
+        return
+    heartbeat_s = int(os.environ.get("VMC_HEARTBEAT_SECONDS", heartbeat_s))
+    connect_s = int(os.environ.get("VMC_CONNECT_SECONDS", connect_s))
+    where = kwargs.get("coordinator_address", "from SLURM")
+    try:
+        jax.distributed.initialize(**kwargs, initialization_timeout=connect_s,
+                                   heartbeat_timeout_seconds=heartbeat_s)
+    except Exception as err:   # noqa: BLE001 - JAX raises several types here
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise DistributedError(
+            f"could not start the distributed runtime with coordinator {where} "
+            f"(process {kwargs.get('process_id', '?')} of {kwargs.get('num_processes', '?')}) "
+            f"within {connect_s} s: {first}") from None
     _INITIALIZED = True
+
+
+def is_writer() -> bool:
+    """True on the process that owns the run directory (process 0)."""
+    return jax.process_index() == 0
+
+
+def any_process(flag: bool) -> bool:
+    """True when `flag` is True on any process (one tiny collective; free in one process).
+    Every process must call it at the same point."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.asarray([bool(flag)]))))
+
+
+def any_processes(flags: list) -> list:
+    """Element-wise `any_process` of several booleans in one collective."""
+    if jax.process_count() == 1:
+        return [bool(f) for f in flags]
+    from jax.experimental import multihost_utils
+    gathered = multihost_utils.process_allgather(np.asarray([bool(f) for f in flags]))
+    return [bool(v) for v in np.any(np.asarray(gathered).reshape(-1, len(flags)), axis=0)]
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches this point (no-op in one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+class NullStatsWriter:
+    """The `vmc.h5io.StatsWriter` interface that writes nothing (processes other than 0)."""
+    keys = None
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def append(self, row) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def truncate(self, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def stats_writer(path, **kwargs):
+    """`vmc.h5io.StatsWriter(path, ...)` on process 0, a `NullStatsWriter` elsewhere."""
+    if is_writer():
+        from vmc.h5io import StatsWriter
+        return StatsWriter(path, **kwargs)
+    return NullStatsWriter()
+
+
+def broadcast_from_writer(value: Any) -> Any:
+    """Process 0's value of a pytree of numpy arrays/scalars on every process (identity in
+    one process). Every process must call it at the same point."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+    return multihost_utils.broadcast_one_to_all(value)
+
+
+def to_host(tree: Any) -> Any:
+    """Numpy copies of a pytree of (possibly global, sharded) arrays, on every process.
+
+    A sharded array (walkers) is gathered from all processes; a replicated one is read from
+    the local copy. In one process this is `jax.device_get`. A collective: every process
+    must call it at the same point.
+    """
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    def leaf(x):
+        if not isinstance(x, jax.Array):
+            return np.asarray(x)
+        if x.is_fully_addressable:
+            return np.asarray(x)
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return jax.tree_util.tree_map(leaf, tree)
+
+
+def _mesh() -> Mesh:
+    return Mesh(np.asarray(jax.devices()), ("walkers",))
 
 
 def walker_sharding() -> NamedSharding:
     """Sharding of arrays whose first axis is the walker axis, over all devices."""
-    mesh = Mesh(np.asarray(jax.devices()), ("walkers",))
-    return NamedSharding(mesh, PartitionSpec("walkers"))
+    return NamedSharding(_mesh(), PartitionSpec("walkers"))
 
 
 def replicated() -> NamedSharding:
     """Sharding that replicates an array on every device."""
-    mesh = Mesh(np.asarray(jax.devices()), ("walkers",))
-    return NamedSharding(mesh, PartitionSpec())
+    return NamedSharding(_mesh(), PartitionSpec())
 
 
 def shard_walkers(walkers):
-    """Place walkers (n_walkers, n_electrons, 3) split over all devices (global array).
+    """Place an array whose first axis is the walker axis ((n_walkers, n_electrons, 3) bohr,
+    or (n_walkers,)) split over all devices of all processes (a global array).
 
-    With several processes each holds the same full host array (built from the same key),
-    and each device takes its slice.
+    Every process holds the same full host array (built from the same key, or read from the
+    same checkpoint) and each device takes its slice, so the layout never changes the values.
     Raises:
       ValueError: n_walkers not divisible by the device count.
     """
@@ -63,5 +231,24 @@ def shard_walkers(walkers):
     if n_dev == 1:
         return walkers
     sharding = walker_sharding()
-    host = np.asarray(jax.device_get(walkers)) if jax.process_count() == 1 else np.asarray(walkers)
+    if isinstance(walkers, jax.Array) and not walkers.is_fully_addressable:
+        return jax.device_put(walkers, sharding)
+    host = np.asarray(jax.device_get(walkers))
     return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+
+def replicate(tree: Any) -> Any:
+    """A pytree of host or local arrays as global arrays replicated on every device (the
+    values must be equal on all processes; in one device, unchanged)."""
+    if jax.device_count() == 1:
+        return tree
+    sharding = replicated()
+
+    def leaf(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return x
+        host = np.asarray(jax.device_get(x))
+        if host.dtype == object:
+            return x
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+    return jax.tree_util.tree_map(leaf, tree)

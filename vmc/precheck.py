@@ -21,6 +21,7 @@ import warnings
 from typing import Any, Callable, Optional
 
 from vmc.config import Config, dump_yaml
+from vmc import parallel
 from vmc.errors import InputError
 
 # Solvers that need the ansatz's flax module (KFAC captures its Dense layers).
@@ -32,7 +33,8 @@ UNTRAINED = ("hf",)
 # the run's config.yaml (a different molecule, network, solver or seed is a different run).
 RESUMABLE = ("name", "molecule.reference.", "optim.steps", "sampler.walkers", "eval.",
              "run.log_every", "run.progress", "run.checkpoint_every", "run.checkpoint_minutes",
-             "run.keep_checkpoints", "run.max_minutes", "run.max_bad_steps")
+             "run.keep_checkpoints", "run.max_minutes", "run.max_bad_steps",
+             "run.max_bad_walkers", "run.heartbeat_seconds")
 
 _RUN_FILES = ("config.yaml", "train.h5", "checkpoints", "summary.json")
 
@@ -181,8 +183,10 @@ def hartree_fock(cfg: Config, log: Callable = print) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class Checked:
-    """What the pre-checks found: the Hartree–Fock result (None when the run needs none)."""
+    """What the pre-checks found: the Hartree–Fock result (None when the run needs none) and,
+    for pretraining, its one-line summary that pretraining logs when it starts."""
     hf: Any = None
+    note: Optional[str] = None
 
 
 def check_run_input(cfg: Config, *, resume: bool, init_from: Optional[pathlib.Path] = None,
@@ -205,10 +209,15 @@ def check_run_input(cfg: Config, *, resume: bool, init_from: Optional[pathlib.Pa
         if not trains(cfg):
             raise InputError(f"--init-from: ansatz.name {cfg.ansatz.name!r} has no parameters "
                              f"to warm-start; valid: ferminet, psiformer (or drop --init-from)")
-    hf = None
+    hf = note = None
     if needs_hartree_fock(cfg, resume=resume, init_from=init_from):
-        hf = hartree_fock(cfg, log)
-    return Checked(hf=hf)
+        lines = []
+        hf = hartree_fock(cfg, lines.append)
+        if cfg.ansatz.name == "hf":
+            log(lines[0])
+        else:   # "pretrain: RHF/cc-pvdz energy ...", logged as pretraining starts
+            note = "pretrain: " + lines[0].split(": ", 1)[1]
+    return Checked(hf=hf, note=note)
 
 
 class DirectoryGuard:
@@ -237,6 +246,8 @@ class DirectoryGuard:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None or not issubclass(exc_type, InputError):
+            return False
+        if not parallel.is_writer():   # process 0 owns the run directory
             return False
         d = self.run_dir.absolute()
         if self._top is not None:

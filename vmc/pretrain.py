@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vmc import h5io
+from vmc import parallel
 from vmc.sampler import MCMCState, make_sampler
 
 GROUP = "pretrain"
@@ -151,16 +151,17 @@ def pretrain(setup, state, key, run_dir, log: Callable = print):
     cfg = setup.cfg
     steps = int(cfg.pretrain.steps)
     hf = setup.hf
+    t0 = time.time()
     if hf is None:
         from vmc.hf import run_hf
-        t0 = time.time()
         hf = run_hf(setup.molecule, cfg.pretrain.basis, cfg.pretrain.method)
-        log(f"pretrain: {hf.method.upper()}/{hf.basis} energy {hf.energy:.6f} Ha "
-            f"({time.time() - t0:.1f} s)")
+    log(f"pretrain: {hf.method.upper()}/{hf.basis} energy {hf.energy:.6f} Ha "
+        f"({time.time() - t0:.1f} s); {steps} steps")
     tx, step = make_pretrain_step(setup, hf, cfg.pretrain.lr)
     pstate = PretrainState(state.params, tx.init(state.params), state.mcmc)
-    writer = h5io.StatsWriter(pathlib.Path(run_dir) / "train.h5", group=GROUP, flush_every=100)
-    bar = _progress(cfg, steps)
+    writer = parallel.stats_writer(pathlib.Path(run_dir) / "train.h5", group=GROUP,
+                                   flush_every=100)
+    bar = _progress(cfg, steps) if parallel.is_writer() else None
     t0 = time.time()
     first = loss = pmove = float("nan")
     try:
@@ -179,7 +180,10 @@ def pretrain(setup, state, key, run_dir, log: Callable = print):
             bar.close()
     log(f"pretrain: {steps} steps in {time.time() - t0:.1f} s, loss {first:.4g} -> {loss:.4g}, "
         f"pmove {pmove:.3f}")
+    # replicated parameters must not drift apart in the last bits: process 0's everywhere
+    params = pstate.params
+    if jax.process_count() > 1:
+        params = parallel.replicate(parallel.broadcast_from_writer(parallel.to_host(params)))
     init_mcmc, _ = make_sampler(setup.ansatz.log_psi, cfg.sampler.moves)
-    mcmc = init_mcmc(pstate.params, pstate.mcmc.walkers, pstate.mcmc.width)
-    return state._replace(params=pstate.params, opt_state=setup.optimizer.init(pstate.params),
-                          mcmc=mcmc)
+    mcmc = init_mcmc(params, pstate.mcmc.walkers, pstate.mcmc.width)
+    return state._replace(params=params, opt_state=setup.optimizer.init(params), mcmc=mcmc)

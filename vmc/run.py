@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 import vmc
-from vmc import analysis, checkpoint as ckpt, h5io
+from vmc import analysis, checkpoint as ckpt, h5io, parallel
 from vmc.config import Config, dump_yaml
 from vmc.errors import InputError
 from vmc.evaluate import evaluate, resize_walkers
@@ -98,18 +98,19 @@ def train_run(cfg: Config, run_dir: pathlib.Path, *, resume: bool = False,
             resume = False
             (run_dir / "train.h5").unlink(missing_ok=True)  # rows of that attempt (no repeats)
     checked = check_run_input(cfg, resume=resume, init_from=init_from, log=log)
+    parallel.barrier("vmc-input-checked")   # every process checked before process 0 writes
     with _RaiseOnSignal(), DirectoryGuard(run_dir):
         phase = ["setup"]
         try:
             return _train_run(cfg, run_dir, resume, init_from, log, wall_start, phase,
-                              checked.hf)
+                              checked)
         except Interrupted as err:
             log(_interrupted_message(err, phase[0]))
             return EXIT_INTERRUPTED
 
 
-def _train_run(cfg, run_dir, resume, init_from, log, wall_start, phase, hf) -> int:
-    setup = build(cfg, hf=hf)
+def _train_run(cfg, run_dir, resume, init_from, log, wall_start, phase, checked) -> int:
+    setup = build(cfg, hf=checked.hf)
     keys = run_keys(cfg.run.seed)
     if resume:
         state, start, rejected = _restore(setup, run_dir, log)
@@ -121,16 +122,17 @@ def _train_run(cfg, run_dir, resume, init_from, log, wall_start, phase, hf) -> i
         if init_from is not None:
             from vmc.warmstart import warm_start
             state = warm_start(setup, state, pathlib.Path(init_from), log)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InputError(f"--out {str(run_dir)!r}: cannot create it ({err.strerror})") from None
-    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    if parallel.is_writer():
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"--out {str(run_dir)!r}: cannot create it ({err.strerror})") from None
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     if not trains(cfg):
         state, done = without_training(setup, state, run_dir, resume, keys, log, phase)
     else:
         state, done, outcome = train(setup, state, start, rejected, run_dir, resume, init_from,
-                                     keys, log, phase)
+                                     keys, log, phase, note=checked.note)
         if outcome is not Outcome.FINISHED:
             return EXIT_INTERRUPTED if outcome is Outcome.INTERRUPTED else EXIT_DIVERGED
     phase[0] = "evaluation"
@@ -150,7 +152,7 @@ def run_evaluation(setup: Setup, params, mcmc: MCMCState, run_dir: pathlib.Path,
                    walkers: int, seed: int, burn_in: int, checkpoint_step: int,
                    log: Callable = print):
     """Frozen-parameter evaluation into a new eval.h5 group; returns (group, EvalResult)."""
-    start_walkers = resize_walkers(np.asarray(mcmc.walkers), walkers)
+    start_walkers = resize_walkers(parallel.to_host(mcmc.walkers), walkers)
     bar = _progress(setup.cfg, steps + burn_in, "eval")
     result = evaluate(setup, params, start_walkers, float(mcmc.width), steps=steps,
                       burn_in=burn_in, key=jax.random.PRNGKey(seed),
@@ -158,11 +160,12 @@ def run_evaluation(setup: Setup, params, mcmc: MCMCState, run_dir: pathlib.Path,
     if bar is not None:
         bar.close()
     group = h5io.next_group_name(run_dir / "eval.h5")
-    h5io.write_group(run_dir / "eval.h5", group,
-                     {"energy": result.energy, "variance": result.variance,
-                      "pmove": result.pmove, "nonfinite": result.nonfinite},
-                     {"seed": seed, "walkers": walkers, "steps": steps, "burn_in": burn_in,
-                      "checkpoint_step": checkpoint_step, "seconds": result.seconds})
+    if parallel.is_writer():
+        h5io.write_group(run_dir / "eval.h5", group,
+                         {"energy": result.energy, "variance": result.variance,
+                          "pmove": result.pmove, "nonfinite": result.nonfinite},
+                         {"seed": seed, "walkers": walkers, "steps": steps, "burn_in": burn_in,
+                          "checkpoint_step": checkpoint_step, "seconds": result.seconds})
     log(f"evaluation {group}: {steps} steps x {walkers} walkers in {result.seconds:.1f} s")
     bad = int(np.sum(result.nonfinite))
     if bad:
@@ -197,6 +200,8 @@ def write_summary(setup: Setup, run_dir: pathlib.Path, params, evaluation, *, wa
     nothing (eval.steps = 0): the energy fields are then null and the list of earlier
     evaluations is kept.
     """
+    if not parallel.is_writer():
+        return {}
     cfg = setup.cfg
     old = {}
     if (run_dir / "summary.json").exists():

@@ -14,7 +14,7 @@ import sys
 import jax
 import numpy as np
 
-from vmc import checkpoint as ckpt, h5io
+from vmc import checkpoint as ckpt, h5io, parallel
 from vmc.errors import InputError
 from vmc.evaluate import resize_walkers
 from vmc.loop import Outcome, run_loop, save_checkpoint
@@ -36,7 +36,7 @@ def count(params) -> int:
 
 def progress_bar(cfg, total: int, desc: str):
     """A tqdm bar on a terminal when `run.progress`, else None."""
-    if not cfg.run.progress or not sys.stderr.isatty():
+    if not cfg.run.progress or not sys.stderr.isatty() or not parallel.is_writer():
         return None
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
@@ -73,7 +73,9 @@ def restore(setup: Setup, run_dir: pathlib.Path, log,
         logabs = jax.vmap(lambda x: setup.ansatz.log_psi(trees["params"], x)[1])(walkers)
     else:
         logabs = raw["logabs"]
-    mcmc = MCMCState(jax.numpy.asarray(walkers), jax.numpy.asarray(logabs),
+    # every process reads the same file and places its own slice (any device/process layout)
+    mcmc = MCMCState(parallel.shard_walkers(np.asarray(walkers)),
+                     parallel.shard_walkers(np.asarray(logabs)),
                      jax.numpy.asarray(raw["width"]))
     log(f"{'resume' if what == '--resume' else 'evaluate'}: from {path.name} "
         f"(step {attrs['step']})")
@@ -95,20 +97,24 @@ def burn_in(setup: Setup, state: TrainState, key, log) -> TrainState:
 
 
 def train(setup: Setup, state: TrainState, start: int, rejected: int, run_dir, resume,
-           init_from, keys, log, phase):
+           init_from, keys, log, phase, note=None):
     """Pretraining (fresh runs), burn-in and the training loop with its one rollback.
+
+    `note`: a line logged when pretraining starts (the Hartree–Fock energy, vmc.precheck).
 
     Returns:
       (state, completed steps, Outcome); after DIVERGED the error line is already logged.
     """
     cfg = setup.cfg
-    writer = h5io.StatsWriter(run_dir / "train.h5")
+    writer = parallel.stats_writer(run_dir / "train.h5")
     if resume:
         writer.truncate(start - 1)
     else:
         if cfg.pretrain.steps > 0 and init_from is None:
             from vmc.pretrain import pretrain
             phase[0] = "pretraining"
+            if note:
+                log(note)
             state = pretrain(setup, state, keys["pretrain"], run_dir, log)
         phase[0] = "burn-in"
         state = burn_in(setup, state, keys["burn_in"], log)
@@ -146,7 +152,7 @@ def without_training(setup: Setup, state: TrainState, run_dir, resume, keys, log
         phase[0] = "burn-in"
         state = burn_in(setup, state, keys["burn_in"], log)
         save_checkpoint(run_dir, state, 0, cfg, cfg.run.keep_checkpoints, {"rejected": 0})
-    if not (run_dir / "train.h5").exists():
+    if parallel.is_writer() and not (run_dir / "train.h5").exists():
         h5io.write_group(run_dir / "train.h5", "stats", {},
                          {"note": f"ansatz {cfg.ansatz.name}: nothing to train"})
     return state, 0
