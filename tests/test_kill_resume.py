@@ -34,7 +34,8 @@ def test_run_survives_kills_and_resumes(tmp_path):
         r = kr.run_once(out, STEPS, e, target, delay, timeout=300, pretrain=0)
         assert r["rc"] in (-signal.SIGKILL, 75), "\n".join(r["tail"])
         landed.append(r["phase"])
-    assert landed[0] == landed[1] == landed[2] == "training steps"
+    assert landed[0] == landed[1] == "training steps"
+    assert landed[2] in ("training steps", "evaluation")  # (the final checkpoint at step 60)
     final = kr.run_once(out, STEPS, env, timeout=300, pretrain=0)
     assert final["rc"] == 0, "\n".join(final["tail"])
     assert kr.verify(out, STEPS, pretrain=0) == []
