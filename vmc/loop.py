@@ -133,6 +133,12 @@ def run_loop(step_fn: Callable, state: TrainState, *, start: int, steps: int, tr
       (state, completed steps, outcome, rejected count).
     """
     r = cfg.run
+    # the layout the step's outputs have (parameters replicated, walkers sharded), so the
+    # second call does not compile the step again
+    state = TrainState(parallel.replicate(state.params), parallel.replicate(state.opt_state),
+                       state.mcmc.replace(walkers=parallel.shard_walkers(state.mcmc.walkers),
+                                          logabs=parallel.shard_walkers(state.mcmc.logabs),
+                                          width=parallel.replicate(state.mcmc.width)))
     poison, poison_count = poison_steps()
     n_walkers = int(state.mcmc.walkers.shape[0])
     bad_in_row = 0
