@@ -358,3 +358,28 @@ def test_hf_ansatz_runs_without_training_and_evaluates_again(tmp_path, capsys):
     assert len(energies) == 3 and all(np.isfinite(energies))
     for e, se in zip(energies, errors):
         assert abs(e - e_hf) < 5 * se + 0.01 and se < 0.05, (e, se, e_hf)
+
+
+def test_signal_landing_in_a_gc_callback_still_interrupts():
+    """A SIGTERM whose handler runs inside a gc callback (where Python ignores exceptions,
+    as with JAX's _xla_gc_callback) is delivered again and stops the code it interrupted."""
+    import gc
+    import signal
+    import time
+    from vmc.run import Interrupted, _RaiseOnSignal
+    fired = []
+
+    def callback(phase, info):
+        if phase == "start" and not fired:
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)   # the handler raises inside this callback
+    gc.callbacks.append(callback)
+    try:
+        with pytest.raises(Interrupted) as err, _RaiseOnSignal():
+            gc.collect()
+            t0 = time.time()
+            while time.time() - t0 < 10:
+                pass
+    finally:
+        gc.callbacks.remove(callback)
+    assert fired and err.value.signum == signal.SIGTERM and time.time() - t0 < 5

@@ -59,7 +59,31 @@ class Interrupted(Exception):
 
 class _RaiseOnSignal(SignalFlag):
     """Turn SIGTERM/SIGINT/SIGUSR1 into `Interrupted` (the training loop installs its own
-    handlers, which finish the step and checkpoint, and restores these afterwards)."""
+    handlers, which finish the step and checkpoint, and restores these afterwards).
+
+    A signal that lands while Python runs a gc callback or a finalizer (JAX's
+    `_xla_gc_callback`, say) raises there, where Python reports the exception as
+    "ignored" and carries on; the unraisable hook then delivers the signal again, so that
+    it raises in the interrupted code itself."""
+
+    def __enter__(self):
+        import sys
+        self._old_hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        import sys
+        sys.unraisablehook = self._old_hook
+        return super().__exit__(*exc)
+
+    def _unraisable(self, info):
+        if isinstance(info.exc_value, Interrupted):   # from another thread: not in here
+            import os
+            import threading
+            threading.Timer(0.01, os.kill, (os.getpid(), info.exc_value.signum)).start()
+            return
+        self._old_hook(info)
 
     def _handle(self, signum, frame):
         raise Interrupted(signum)
