@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     _distributed_args(e)
     sub.add_parser("analyze", help="reblocked energies, tables and plots of runs",
                    add_help=False)
+    li = sub.add_parser("launch-info", help="print how this process would join a multi-process "
+                        "run (from the flags, VMC_* or SLURM), without starting anything")
+    _distributed_args(li)
     return p
 
 
@@ -104,6 +107,12 @@ def main(argv=None) -> int:
             return _run(args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "launch-info":
+            import json
+            from vmc.parallel import launch_plan
+            print(json.dumps(launch_plan(args.coordinator, args.num_processes,
+                                         args.process_id)))
+            return 0
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -15,11 +15,15 @@ limit, a due checkpoint) are agreed by all processes with `any_process`.
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from typing import Any, Optional
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from vmc.errors import InputError
 
 _INITIALIZED = False
 DEFAULT_HEARTBEAT_S = 30     # a lost peer ends the others within about this (JAX's: 100 s)
@@ -39,7 +43,7 @@ def _launch_settings(coordinator: Optional[str], num_processes: Optional[int],
     process alone.
 
     Raises:
-      DistributedError: an incomplete or invalid set of values.
+      InputError: an incomplete or invalid set of values (exit code 2).
     """
     env = os.environ
     if coordinator is None and num_processes is None and process_id is None:
@@ -49,24 +53,52 @@ def _launch_settings(coordinator: Optional[str], num_processes: Optional[int],
                 num_processes = int(env["VMC_NUM_PROCESSES"])
                 process_id = int(env["VMC_PROCESS_ID"])
             except (KeyError, ValueError):
-                raise DistributedError("VMC_COORDINATOR is set: VMC_NUM_PROCESSES and "
+                raise InputError("VMC_COORDINATOR is set: VMC_NUM_PROCESSES and "
                                        "VMC_PROCESS_ID must be integers too") from None
         elif int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in env:
             return {}
         else:
             return None
     if coordinator is None or num_processes is None or process_id is None:
-        raise DistributedError("--coordinator HOST:PORT, --num-processes N and --process-id I "
+        raise InputError("--coordinator HOST:PORT, --num-processes N and --process-id I "
                                "go together")
     if ":" not in coordinator:
-        raise DistributedError(f"--coordinator {coordinator!r}: expected HOST:PORT")
+        raise InputError(f"--coordinator {coordinator!r}: expected HOST:PORT")
     if not (num_processes >= 1 and 0 <= process_id < num_processes):
-        raise DistributedError(f"--process-id {process_id}: valid: 0 … {num_processes - 1} "
+        raise InputError(f"--process-id {process_id}: valid: 0 … {num_processes - 1} "
                                f"(--num-processes {num_processes})")
     if num_processes == 1:
         return None
     return {"coordinator_address": coordinator, "num_processes": num_processes,
             "process_id": process_id}
+
+
+def launch_plan(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
+                process_id: Optional[int] = None) -> dict:
+    """What `setup_distributed` would pass to `jax.distributed.initialize`, resolved from
+    the same sources, without starting anything (`vmc launch-info`; a dry run of a batch
+    script). Under SLURM the values are those JAX's SLURM detection computes.
+
+    Returns:
+      {"source": "single" | "arguments/VMC_*" | "slurm", "coordinator_address",
+       "num_processes", "process_id"} (None values for a single process).
+    Raises:
+      InputError: as `_launch_settings`; DistributedError: SLURM variables incomplete.
+    """
+    kwargs = _launch_settings(coordinator, num_processes, process_id)
+    if kwargs is None:
+        return {"source": "single", "coordinator_address": None, "num_processes": 1,
+                "process_id": 0}
+    if kwargs:
+        return {"source": "arguments/VMC_*", **kwargs}
+    from jax._src.clusters import SlurmCluster
+    if not SlurmCluster.is_env_present():
+        raise DistributedError("SLURM_NTASKS > 1 but SLURM's step variables are missing: "
+                               "start vmc with srun")
+    return {"source": "slurm",
+            "coordinator_address": SlurmCluster.get_coordinator_address(None, None),
+            "num_processes": SlurmCluster.get_process_count(),
+            "process_id": SlurmCluster.get_process_id()}
 
 
 def setup_distributed(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
@@ -81,8 +113,8 @@ def setup_distributed(coordinator: Optional[str] = None, num_processes: Optional
     start-up.
 
     Raises:
-      DistributedError: bad settings, or the coordinator/peers not reached within connect_s
-        (the message names the coordinator).
+      InputError: bad settings. DistributedError: the coordinator/peers not reached within
+        connect_s (the message names the coordinator).
     """
     global _INITIALIZED
     if _INITIALIZED:
@@ -93,16 +125,29 @@ def setup_distributed(coordinator: Optional[str] = None, num_processes: Optional
         return
     heartbeat_s = int(os.environ.get("VMC_HEARTBEAT_SECONDS", heartbeat_s))
     connect_s = int(os.environ.get("VMC_CONNECT_SECONDS", connect_s))
-    where = kwargs.get("coordinator_address", "from SLURM")
+    plan = launch_plan(coordinator, num_processes, process_id)
+    what = (f"coordinator {plan['coordinator_address']} (process {plan['process_id']} of "
+            f"{plan['num_processes']}, {plan['source']})")
+
+    def give_up():
+        # JAX aborts the process (no Python exception) when the coordinator or a peer never
+        # answers; say why in one line first and exit 1
+        sys.stderr.write(f"error: could not start the distributed runtime with {what} within "
+                         f"{connect_s} s: is every process started, and the address reachable?\n")
+        sys.stderr.flush()
+        os._exit(1)
+    timer = threading.Timer(connect_s, give_up)
+    timer.daemon = True
+    timer.start()
     try:
-        jax.distributed.initialize(**kwargs, initialization_timeout=connect_s,
+        jax.distributed.initialize(**kwargs, initialization_timeout=connect_s + 30,
                                    heartbeat_timeout_seconds=heartbeat_s)
     except Exception as err:   # noqa: BLE001 - JAX raises several types here
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise DistributedError(
-            f"could not start the distributed runtime with coordinator {where} "
-            f"(process {kwargs.get('process_id', '?')} of {kwargs.get('num_processes', '?')}) "
-            f"within {connect_s} s: {first}") from None
+        raise DistributedError(f"could not start the distributed runtime with {what}: "
+                               f"{first}") from None
+    finally:
+        timer.cancel()
     _INITIALIZED = True
 
 
