@@ -106,7 +106,7 @@ def test_two_processes_match_one_and_only_process_0_writes(reference, tmp_path):
 @pytest.mark.parametrize("first,then", [((2, 2), (1, 4)), ((1, 4), (2, 2))])
 def test_checkpoint_moves_between_layouts(reference, tmp_path, first, then):
     out = tmp_path / "run"
-    _wait(_launch(out, 3, *first))
+    _wait(_launch(out, 3, *first, extra=["--set", "eval.steps=0"]))
     _wait(_launch(out, 6, *then, extra=["--resume"]))
     _same_run(reference, out)
 
