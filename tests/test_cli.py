@@ -373,13 +373,13 @@ def test_signal_landing_in_a_gc_callback_still_interrupts():
         if phase == "start" and not fired:
             fired.append(True)
             os.kill(os.getpid(), signal.SIGTERM)   # the handler raises inside this callback
-    gc.callbacks.append(callback)
-    try:
-        with pytest.raises(Interrupted) as err, _RaiseOnSignal():
+    t0 = time.time()
+    with pytest.raises(Interrupted) as err, _RaiseOnSignal():
+        gc.callbacks.append(callback)
+        try:
             gc.collect()
-            t0 = time.time()
             while time.time() - t0 < 10:
                 pass
-    finally:
-        gc.callbacks.remove(callback)
+        finally:
+            gc.callbacks.remove(callback)
     assert fired and err.value.signum == signal.SIGTERM and time.time() - t0 < 5

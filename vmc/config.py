@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import re
-import typing
 from typing import Any, Optional
 
 import yaml
 
+from vmc.config_parse import _build, _merge, _parse_override, number  # noqa: F401
 from vmc.errors import InputError, did_you_mean
 from vmc.system import Molecule, make_molecule
 
@@ -201,137 +200,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 _MOLECULE_KEYS = {f.name for f in dataclasses.fields(MoleculeConfig)}
-
-
-# A decimal number as people write it: 1e-3, 1E3, -2.5, .5, 3., +1.0e-10 (YAML 1.1, which
-# PyYAML implements, reads the forms without a dot, like 1e-3, as strings).
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-def number(value):
-    """`value` as a float if it is a string holding a decimal number ('1e-3'), else itself.
-
-    Only plain decimal notation counts: 'nan', 'inf', '0x10' or '1_000' stay strings (and
-    fail where a number is expected, naming the field).
-    """
-    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-        return float(value)
-    return value
-
-
-def _numeric_positions(atoms):
-    """Atoms with numeric-string coordinates ('1e-3') as floats; anything else unchanged
-    (vmc.system validates it)."""
-    if not isinstance(atoms, (list, tuple)):
-        return atoms
-    out = []
-    for atom in atoms:
-        if isinstance(atom, dict) and isinstance(atom.get("position"), (list, tuple)):
-            atom = {**atom, "position": [number(c) for c in atom["position"]]}
-        out.append(atom)
-    return out
-
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
-
-
-def _coerce(path: str, value, tp, meta):
-    """Check `value` against the annotation `tp` and metadata; return the coerced value."""
-    origin = typing.get_origin(tp)
-    if origin is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(path, value, args[0], {**meta, "optional": True})
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise InputError(f"{path}: expected a mapping of {sorted(f.name for f in dataclasses.fields(tp))}, got {value!r}")
-        return _build(tp, value, path)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise InputError(f"{path}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError(f"{path}: expected an integer, got {value!r}")
-    elif tp is float:
-        value = number(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InputError(f"{path}: expected a number, got {value!r}")
-        value = float(value)
-        if value != value or value in (float("inf"), float("-inf")):
-            raise InputError(f"{path}: expected a finite number, got {value!r}")
-    elif tp is str:
-        if not isinstance(value, str):
-            raise InputError(f"{path}: expected a string, got {value!r}")
-    elif tp is tuple:
-        if path == "molecule.atoms":
-            value = _numeric_positions(value)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and "hidden" in path:
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise InputError(f"{path}: expected a list, got {value!r}")
-        if "hidden" in path:
-            if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                                    for v in value):
-                raise InputError(f"{path}: expected a non-empty list of positive integers, got {value!r}")
-        return tuple(value)
-    choices, lo, hi = meta.get("choices"), meta.get("lo"), meta.get("hi")
-    gt, lt = meta.get("gt"), meta.get("lt")
-    if choices is not None and value not in choices:
-        raise InputError(f"{path}: {value!r} is not valid; valid: {', '.join(map(str, choices))}"
-                         + did_you_mean(value, map(str, choices)))
-    if lo is not None and value < lo:
-        raise InputError(f"{path}: {value!r} is too small; valid: >= {lo}")
-    if hi is not None and value > hi:
-        raise InputError(f"{path}: {value!r} is too large; valid: <= {hi}")
-    if gt is not None and value <= gt:
-        raise InputError(f"{path}: {value!r} is too small; valid: > {gt}"
-                         + (" or null" if meta.get("optional") else ""))
-    if lt is not None and value >= lt:
-        raise InputError(f"{path}: {value!r} is too large; valid: < {lt}")
-    return value
-
-
-def _build(cls, data: dict, prefix: str):
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if key not in fields:
-            raise InputError(f"{path}: unknown setting; valid keys in "
-                             f"{prefix or 'the top level'}: {', '.join(fields)}"
-                             + did_you_mean(key, fields))
-        kwargs[key] = _coerce(path, value, hints[key], fields[key].metadata)
-    return cls(**kwargs)
-
-
-def _merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def _parse_override(item: str) -> dict:
-    if "=" not in item:
-        raise InputError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=0.1")
-    key, raw = item.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    parts = key.strip().split(".")
-    if not all(parts):
-        raise InputError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=0.1")
-    for p in reversed(parts):
-        value = {p: value}
-    return value
 
 
 def default_steps(n_electrons: int) -> int:
