@@ -73,8 +73,10 @@ class Phases:
     def see(self, line: str) -> str | None:
         """Update from one log line; return the name of a phase this line starts."""
         s = self.steps
-        if line.startswith("hartree-fock:"):
+        if re.match(r"pretrain: \S+ energy", line):   # the HF line, then the steps
             new = "pretraining" if self.fresh else "setup"
+        elif line.startswith("hartree-fock:"):
+            new = "setup"
         elif re.match(r"pretrain: \d+ steps", line):
             new = "burn-in"
         elif re.match(r"\S+: \d+ up \+ \d+ down electrons", line):
