@@ -3,40 +3,30 @@
 Guarantee: ``train.h5`` and ``eval.h5`` open with plain h5py after a SIGKILL at any moment
 and while a run writes them; rows appended after the last completed flush may be lost.
 
-Stats (``StatsWriter``), appended in place. Each column is a 1-D chunked dataset holding one
-single chunk whose length (the capacity, a power of two >= 1024 rows) exceeds the row count;
-the dataset's shape is the row count (readers never see the spare room). A flush of k rows
-writes k values into the chunk beyond the visible rows, then the new shapes: on disk that is
-raw data outside every dataset's extent followed by one in-place rewrite of each column's
-dataspace message (the 8-byte length). Nothing is allocated, no index or superblock field
-changes, so a kill between any two writes leaves each column either at its old or at its
-new length with every visible value written. After a kill in the middle of a flush the
-columns may differ in length by that flush: ``read_stats`` and the next writer cut them to
-the shortest. The chunk cache is off for these writes (``rdcc_nbytes=0``), so a flush
-writes only the new rows: O(rows appended), independent of the file size.
+Stats (:class:`StatsWriter`) are appended in place. Each column is a 1-D dataset stored as
+one chunk whose length (the capacity, a power of two >= 1024 rows) exceeds the row count;
+the dataset's shape is the row count. A flush writes the new values into the chunk past
+the visible rows, then each column's new length (one in-place rewrite of its dataspace
+message): nothing is allocated, no index or superblock field changes, so a kill between
+any two writes leaves each column at its old or new length with every visible value
+written. After a kill mid-flush columns may differ by that flush; ``read_stats`` and the
+next writer cut them to the shortest. The chunk cache is off (``rdcc_nbytes=0``), so a
+flush writes only the new rows: O(rows appended), whatever the file size. Anything that
+allocates (a new file, group or column, growth past the capacity, a cut to zero rows, an
+older layout) rebuilds the file into a temporary file and ``os.replace``-s it (atomic);
+growth doubles the capacity, so rebuilds cost amortized O(1) per row. Stats are not
+fsync-ed (a SIGKILL keeps the page cache; power loss may lose the latest flushes).
 
-Everything that allocates (a new file, group or column, growth past the capacity, a cut
-to zero rows, an older file's layout) rebuilds the file instead: a fresh temporary file in
-the same folder, then ``os.replace``, which is atomic. Growth doubles the capacity, so the
-rebuild copies happen at 1024, 2048, 4096, ... rows: amortized O(1) per row. Stats files
-are not fsync-ed (a SIGKILL keeps the page cache; power loss may lose the latest flushes).
+Not SWMR: after a SIGKILL its superblock flags make plain h5py refuse the file and h5py
+has no h5clear. Not a plain resize of 1024-row chunks: a kill inside a flush that
+allocates a chunk can leave an index pointing past the stored end of file, or a length
+over an unindexed chunk. ``scripts/kill_resume.py --syscalls`` kills a writer at every
+write syscall and checks this scheme.
 
-Why not HDF5's SWMR mode: after a SIGKILL its superblock flags make plain h5py refuse the
-file ("file is already open for write"), and h5py has no h5clear. Why not a plain in-place
-resize of 1024-row chunks: a kill inside the flush that allocates a chunk can leave a chunk
-index pointing past the stored end of file, or a length covering an unindexed chunk
-(scripts/kill_resume.py --syscalls kills at every write syscall and checks this scheme).
-
-Evaluation groups (``write_group``) are copied and replaced atomically (rare and small), and
-fsync-ed.
-
-Temporary files ``.<name>.<host>.<pid>.<random>.tmp`` are held under an exclusive flock by
-their writer from creation to rename. A leftover is removed only when its lock is free and
-either it was made on this host by this or a dead process, or (other hosts, e.g. a requeued
-job on another node) it has not been modified for ``TEMP_GRACE_S``.
-
-Readers open read-only with ``locking=False`` and retry briefly on a transient failure.
-This module imports no JAX so that readers (``vmc analyze``) start fast.
+Evaluation groups (:func:`write_group`) are copied, fsync-ed and replaced atomically.
+Temporary files are locked by their writer and removed only when abandoned (see
+``vmc._tempfiles``). Readers open with ``locking=False`` and retry briefly on a transient
+failure. This module imports no JAX so that readers (``vmc analyze``) start fast.
 """
 
 from __future__ import annotations
