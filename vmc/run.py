@@ -120,7 +120,8 @@ def train_run(cfg: Config, run_dir: pathlib.Path, *, resume: bool = False,
             log(f"resume: no checkpoint yet in {run_dir} (stopped before the first one); "
                 f"starting from the beginning")
             resume = False
-            (run_dir / "train.h5").unlink(missing_ok=True)  # rows of that attempt (no repeats)
+            if parallel.is_writer():   # (before the barrier below: before any write)
+                (run_dir / "train.h5").unlink(missing_ok=True)  # that attempt's rows
     checked = check_run_input(cfg, resume=resume, init_from=init_from, log=log)
     parallel.barrier("vmc-input-checked")   # every process checked before process 0 writes
     with _RaiseOnSignal(), DirectoryGuard(run_dir):
