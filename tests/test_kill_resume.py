@@ -24,7 +24,7 @@ def test_run_survives_kills_and_resumes(tmp_path):
     rng = np.random.default_rng(7)
     out, env = tmp_path / "run", kr.child_env()
     plan = [("stats_flush@2", None, 0.0),             # 2nd flush (step 40): in place, mid-columns
-            (None, f"step {10 * rng.integers(1, 5)}", rng.uniform(0.0, 0.05)),  # mid-steps
+            (None, f"step {10 * rng.integers(1, 5)}", rng.uniform(0.0, 0.01)),  # mid-steps
             ("checkpoint_write@1", None, 0.0),        # temp complete, not renamed
             (None, "start-up", rng.uniform(0.5, 3.0)),
             (None, "evaluation", rng.uniform(0.0, 1.0))]
@@ -34,8 +34,9 @@ def test_run_survives_kills_and_resumes(tmp_path):
         r = kr.run_once(out, STEPS, e, target, delay, timeout=300, pretrain=0)
         assert r["rc"] in (-signal.SIGKILL, 75), "\n".join(r["tail"])
         landed.append(r["phase"])
-    assert landed[0] == landed[1] == "training steps"
-    assert landed[2] in ("training steps", "evaluation")  # (the final checkpoint at step 60)
+    assert landed[0] == "training steps"   # the flush at step 40
+    # (a kill late in training can land in the final checkpoint, labelled evaluation)
+    assert {landed[1], landed[2]} <= {"training steps", "evaluation"}
     final = kr.run_once(out, STEPS, env, timeout=300, pretrain=0)
     assert final["rc"] == 0, "\n".join(final["tail"])
     assert kr.verify(out, STEPS, pretrain=0) == []
