@@ -60,7 +60,7 @@ def test_row_keys_are_fixed_and_values_scalar(tmp_path):
         read_stats(tmp_path / "absent.h5")
 
 
-def test_new_column_on_fresh_file_and_clear_error_on_resume(tmp_path):
+def test_new_column_on_fresh_file_and_on_resume_of_an_older_run(tmp_path):
     p = tmp_path / "train.h5"
     with StatsWriter(p, group="pretrain") as w:  # another group already in the file
         w.append({"step": 0, "loss": 2.0})
@@ -71,8 +71,16 @@ def test_new_column_on_fresh_file_and_clear_error_on_resume(tmp_path):
     assert read_stats(p, "pretrain")["loss"].tolist() == [2.0]
     w = StatsWriter(p)  # resumed: the columns come from the file
     assert w.keys == ("bad_walkers", "c0", "c1", "c2", "step")
-    with pytest.raises(ValueError, match="unexpected \\['nonfinite'\\].*/stats in"):
-        w.append({**_row(3), "bad_walkers": 0.0, "nonfinite": 1.0})
+    # a column added by a newer version: the older rows read NaN there
+    w.append({**_row(3), "bad_walkers": 0.0, "nonfinite": 1.0})
+    w.close()
+    s = read_stats(p)
+    assert s["step"].tolist() == [0, 1, 2, 3]
+    assert np.isnan(s["nonfinite"][:3]).all() and s["nonfinite"][3] == 1.0
+    assert read_stats(p, "pretrain")["loss"].tolist() == [2.0]
+    w = StatsWriter(p)  # a row missing a column of the file is still refused
+    with pytest.raises(ValueError, match="missing \\['nonfinite'\\].*/stats in"):
+        w.append({**_row(4), "bad_walkers": 0.0})
 
 
 def test_resume_truncate_and_continue(tmp_path):

@@ -153,6 +153,13 @@ def read_stats(path, group: str = "stats") -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------------- stats table
+def _with_new_columns(old: dict, cols: dict) -> dict:
+    """`old` columns plus NaN-filled columns for the keys only `cols` has (an older run's
+    file meeting rows of a newer version)."""
+    n = min((len(v) for v in old.values()), default=0)
+    return {**{k: np.full(n, np.nan) for k in cols if k not in old}, **old}
+
+
 def _dtype(name: str) -> type:
     return np.int64 if name == _STEP else np.float64
 
@@ -233,6 +240,10 @@ class StatsWriter:
             if bad:
                 raise ValueError(f"stats names must be non-empty without '/': {bad}")
             self._keys = keys
+        elif set(keys) > set(self._keys):
+            # a column added by a newer version (resuming an older run): the rows written
+            # before it read NaN there; the next flush rebuilds the file once
+            self._keys = keys
         elif keys != self._keys:
             missing = sorted(set(self._keys) - set(keys))
             extra = sorted(set(keys) - set(self._keys))
@@ -259,9 +270,12 @@ class StatsWriter:
         cols = {k: np.array([r[k] for r in self._rows], dtype=_dtype(k)) for k in self._keys}
         kill = _kill_due("stats_flush")
         if not self._append_in_place(cols, kill):
-            self._rebuild(lambda old: cols if old is None else
-                          {k: np.concatenate([old[k], v]) for k, v in self._check(old, cols)},
-                          kill)
+            def edit(old):
+                if old is None:
+                    return cols
+                old = _with_new_columns(old, cols)
+                return {k: np.concatenate([old[k], v]) for k, v in self._check(old, cols)}
+            self._rebuild(edit, kill)
         self._rows = []
 
     def _check(self, have, cols: dict[str, np.ndarray]):
@@ -280,6 +294,8 @@ class StatsWriter:
             if self.group not in f:
                 return False
             g = f[self.group]
+            if set(g.keys()) < set(cols):
+                return False          # new columns: rebuild once (see append)
             self._check(g.keys(), cols)
             ds = {k: g[k] for k in sorted(cols)}
             n = min(d.shape[0] for d in ds.values())
