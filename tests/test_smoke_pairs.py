@@ -5,8 +5,9 @@ refused by design refused with exit code 2 and one line.
 The He atom (systems/He.yaml) with a tiny network, float32 as in a default run (float64
 switched on as the CLI does). The trainable ansätze start untrained, so their energies only
 have to be physical: finite, not below the exact energy by more than the noise
-(variational principle), and bound (below He⁺ + e⁻ at -2 Ha would be too much to ask of an
-untrained 1-determinant net; below 0 is not). The 'hf' ansatz has no parameters: `vmc run`
+(variational principle), and below -0.3 Ha (untrained they sit at -0.7 to -1.1 Ha, above
+He⁺ + e⁻ at -2 Ha; a wavefunction that binds nothing or a broken energy fails). The 'hf'
+ansatz has no parameters: `vmc run`
 skips training (no update for any solver), and its VMC energy must match PySCF's
 Hartree–Fock energy in the same basis. Compilations are shared where the code allows: one
 burn-in step and one initial state per ansatz; the subprocess runs use the same persistent
