@@ -9,7 +9,7 @@ does not depend on the device or process count beyond round-off.
 
 Process 0 owns the run directory: `is_writer()` gates every file write (the gate wraps only
 the write; every process joins every collective). Host-side decisions (a signal, a time
-limit, a due checkpoint) are agreed by all processes with `any_process`.
+limit, a due checkpoint) are agreed by all processes with `any_processes`.
 """
 
 from __future__ import annotations
@@ -156,17 +156,9 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-def any_process(flag: bool) -> bool:
-    """True when `flag` is True on any process (one tiny collective; free in one process).
-    Every process must call it at the same point."""
-    if jax.process_count() == 1:
-        return bool(flag)
-    from jax.experimental import multihost_utils
-    return bool(np.any(multihost_utils.process_allgather(np.asarray([bool(flag)]))))
-
-
 def any_processes(flags: list) -> list:
-    """Element-wise `any_process` of several booleans in one collective."""
+    """For each flag, True when it is True on any process: one tiny collective (free in one
+    process). Every process must call it at the same point."""
     if jax.process_count() == 1:
         return [bool(f) for f in flags]
     from jax.experimental import multihost_utils
