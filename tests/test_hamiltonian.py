@@ -205,3 +205,22 @@ def test_kinetic_from_logabs_of_a_shifted_gaussian(x64, laplacian):
 def test_unknown_laplacian_is_rejected():
     with pytest.raises(ValueError, match="laplacian"):
         make_local_energy(lambda p, x: (1.0, 0.0), H, "backward")
+
+
+# ---------------------------------------------------------------- walker chunks
+
+@pytest.mark.parametrize("n_devices", [1, 2])
+def test_local_energy_in_walker_chunks_equals_all_at_once(x64, n_devices):
+    """E_L of 10 LiH walkers in chunks of 3 (per device, remainder chunk included) is the
+    vmap's E_L walker by walker: a chunking that mixed up walkers or dropped the remainder
+    would differ by far more than rounding."""
+    from vmc.hamiltonian import over_walkers
+    ansatz = make_ansatz(AnsatzConfig(hidden_one=(8, 8), hidden_two=(4, 4), determinants=2),
+                         LIH, jnp.float64)
+    params = random_params(ansatz, 3)
+    e_l = make_local_energy(ansatz.log_psi, LIH)
+    walkers = jnp.asarray(np.random.default_rng(0).normal(size=(10, 4, 3)) + [[[1.0, 0, 0]]])
+    want = np.asarray(jax.jit(over_walkers(e_l))(params, walkers))
+    got = np.asarray(jax.jit(over_walkers(e_l, 3, n_devices))(params, walkers))
+    assert np.all(np.isfinite(want)) and np.ptp(want) > 0.1
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)

@@ -74,9 +74,8 @@ def _setup_jax(args=None, cfg=None):
     os.environ.setdefault("OMP_NUM_THREADS", "1")   # keep PySCF's threads off JAX's cores
     import jax
     jax.config.update("jax_enable_x64", True)
-    cache = os.environ.get("VMC_JAX_CACHE")
-    if cache:
-        jax.config.update("jax_compilation_cache_dir", cache)
+    from vmc.compile_cache import enable
+    enable(cfg.run.compile_cache if cfg is not None else "auto")
     from vmc.parallel import DEFAULT_HEARTBEAT_S, setup_distributed
     heartbeat = cfg.run.heartbeat_seconds if cfg is not None else DEFAULT_HEARTBEAT_S
     setup_distributed(getattr(args, "coordinator", None), getattr(args, "num_processes", None),

@@ -95,6 +95,9 @@ class SamplerConfig:
 class HamiltonianConfig:
     """Local energy settings."""
     laplacian: str = _field("forward", choices=("forward", "hessian"))
+    # walkers per device whose E_L is evaluated at once (None: all); bounds the memory of the
+    # forward Laplacian, which grows as walkers x electrons^2 (scripts/profile_step.py --memory)
+    chunk_walkers: Optional[int] = _field(None, lo=1)
 
 
 SOLVERS = ("sample", "dense", "adam", "cg", "kfac", "kfac-cg", "spring")
@@ -126,6 +129,7 @@ class PretrainConfig:
     basis: str = "cc-pvdz"
     method: str = _field("auto", choices=("auto", "rhf", "rohf", "uhf"))
     lr: float = _field(3e-3, lo=0.0)
+    moves: int = _field(1, lo=1)   # Metropolis moves per step, network and HF alternating
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +159,9 @@ class RunConfig:
     max_bad_walkers: float = _field(0.05, lo=0.0, hi=1.0)
     # several processes: a process that stops answering for this long ends the others
     heartbeat_seconds: int = _field(30, lo=5)
+    # JAX's persistent compilation cache: "auto" (the user cache folder, see
+    # vmc.compile_cache), "off", or a folder; the environment variable VMC_JAX_CACHE wins
+    compile_cache: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ or, as the reference it is tested against, from a Hessian diagonal by jvp-of-gra
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import folx
 import jax
@@ -93,3 +93,35 @@ def make_local_energy(log_psi: Callable, molecule, laplacian: str = "forward",
         return kinetic + potential_energy(x, atoms, charges, e_nn)
 
     return local_energy
+
+
+def over_walkers(fn: Callable, chunk: Optional[int] = None, n_devices: int = 1) -> Callable:
+    """A per-configuration `fn(params, x (n_electrons, 3))` made batched over walkers.
+
+    Args:
+      fn: one configuration -> a scalar or array (e.g. the local energy, hartree).
+      chunk: None: all walkers at once (`vmap`); else at most `chunk` walkers of each device
+        at a time (`lax.map` over chunks of a `vmap`), so the memory of the intermediate
+        values (the forward Laplacian's Jacobians grow as n_walkers · n_electrons²) is
+        bounded by the chunk, at the cost of a sequential loop. The results are the same
+        up to rounding (each walker's computation is independent).
+      n_devices: devices the walker axis is split over (chunks are taken per device, so no
+        walker moves between devices).
+    Returns:
+      (params, walkers (n_walkers, n_electrons, 3)) -> (n_walkers, ...).
+    """
+    plain = jax.vmap(fn, in_axes=(None, 0))
+    if chunk is None:
+        return plain
+
+    def batched(params, walkers):
+        n_w = walkers.shape[0]
+        per = n_w // n_devices
+        if per <= chunk:
+            return plain(params, walkers)
+        w = walkers.reshape((n_devices, per) + walkers.shape[1:])
+        out = jax.vmap(lambda wd: jax.lax.map(lambda x: fn(params, x), wd,
+                                              batch_size=chunk))(w)
+        return out.reshape((n_w,) + out.shape[2:])
+
+    return batched

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import vmc
 from vmc import checkpoint as ckpt, parallel
 from vmc.config import dump_yaml
 from vmc.train import StepStats, TrainState
@@ -165,6 +166,9 @@ def run_loop(step_fn: Callable, state: TrainState, *, start: int, steps: int, tr
                 log(f"warning: step {t}: pmove {stats['pmove']:.3f}: walkers are stuck")
             seconds = time.time() - tic
             writer.append(_row(t, stats, rejected, seconds))
+            if t == start:
+                log(f"first training step: {seconds:.1f} s with compilation; "
+                    f"{time.time() - vmc.START_TIME:.1f} s from process start")
             t += 1
             if progress is not None:
                 progress.update(1)

@@ -34,7 +34,8 @@ UNTRAINED = ("hf",)
 RESUMABLE = ("name", "molecule.reference.", "optim.steps", "sampler.walkers", "eval.",
              "run.log_every", "run.progress", "run.checkpoint_every", "run.checkpoint_minutes",
              "run.keep_checkpoints", "run.max_minutes", "run.max_bad_steps",
-             "run.max_bad_walkers", "run.heartbeat_seconds")
+             "run.max_bad_walkers", "run.heartbeat_seconds", "run.compile_cache",
+             "hamiltonian.chunk_walkers")
 
 _RUN_FILES = ("config.yaml", "train.h5", "checkpoints", "summary.json")
 

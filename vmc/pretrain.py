@@ -14,10 +14,15 @@ over the K determinants k and the orbital blocks b the ansatz returns:
   HF orbitals, down electrons × the last n_down columns the down HF orbitals, and the
   off-diagonal spin blocks are fitted to ZERO (as in FermiNet).
 
-Every determinant k is fitted to the same target. The walkers alternate Metropolis moves
-under |ψ_HF|² and under |ψ_net|² (the first ⌈moves/2⌉ moves of each step under HF, the rest
-under the network, one shared adaptive width), so the fit covers the regions both densities
-visit; the walkers are kept and VMC burn-in starts from them.
+Every determinant k is fitted to the same target. Each step makes `pretrain.moves`
+Metropolis moves (default 1, as FermiNet's pretraining), split between |ψ_net|² and |ψ_HF|²:
+step t makes ⌊(m + [t even])/2⌋ under the network and the rest under Hartree–Fock (m = 1:
+the network on even steps, HF on odd ones), one shared adaptive width, so the fit covers the
+regions both densities visit; the walkers are kept and VMC burn-in starts from them. The
+network's moves start from the log|ψ| of the loss's own forward pass (the orbitals and
+log|ψ| come from one pass, `Ansatz.orbitals_and_log_psi`), so they cost one network
+evaluation per move and no refresh; the HF moves refresh log|ψ_HF| (cheap). The Adam update
+comes after the moves, which are therefore exact moves under |ψ_net(θ_t)|².
 
 `pretrain` is the host loop (progress bar, train.h5 group "pretrain" with rows {step, loss});
 `make_pretrain_step` builds the pure jit-compiled step.
@@ -35,7 +40,7 @@ import jax.numpy as jnp
 import optax
 
 from vmc import parallel
-from vmc.sampler import MCMCState, make_sampler
+from vmc.sampler import MCMCState, adapt_width, make_moves, make_sampler
 
 GROUP = "pretrain"
 
@@ -86,42 +91,68 @@ def pretrain_loss(orbitals: Callable, hf, n_up: int, params, walkers) -> jax.Arr
       orbitals: (params, x (n, 3)) -> list of (K, m_b, m_b) (`Ansatz.orbitals`).
       walkers: (n_walkers, n, 3) bohr.
     """
-    def one(x):
-        mats = orbitals(params, x)
-        targets = hf_targets(hf, x.astype(mats[0].dtype), n_up, [m.shape for m in mats])
-        return sum(jnp.sum((m - t[None]) ** 2) for m, t in zip(mats, targets))
+    return _loss_and_logabs(lambda p, x: (orbitals(p, x), None), hf, n_up, params, walkers)[0]
 
-    return jnp.mean(jax.vmap(one)(walkers))
+
+def _loss_and_logabs(orbitals_and_log_psi: Callable, hf, n_up: int, params, walkers):
+    """(pretraining loss, (n_walkers,) log|ψ_net| or None) from one forward pass."""
+    def one(x):
+        mats, psi = orbitals_and_log_psi(params, x)
+        targets = hf_targets(hf, x.astype(mats[0].dtype), n_up, [m.shape for m in mats])
+        loss = sum(jnp.sum((m - t[None]) ** 2) for m, t in zip(mats, targets))
+        return loss, None if psi is None else psi[1]
+
+    losses, logabs = jax.vmap(one)(walkers)
+    return jnp.mean(losses), logabs
 
 
 def make_pretrain_step(setup, hf, lr: float):
     """The jit-compiled pretraining step and the Adam transformation.
 
     Returns:
-      (tx, step) with `step(state: PretrainState, key) -> (state, loss, pmove)`: ⌈m/2⌉
-      Metropolis moves under |ψ_HF|², ⌊m/2⌋ under |ψ_net|² (m = sampler.moves, at least one
-      of each), then one Adam step on the loss at the moved walkers.
+      (tx, step) with `step(state: PretrainState, key, t) -> (state, loss, pmove)`: the loss,
+      its gradient and log|ψ_net| at the walkers from one forward pass; m = pretrain.moves
+      Metropolis moves, ⌊(m + [t even])/2⌋ under |ψ_net|² with the current parameters, the
+      rest under |ψ_HF|²; the width adapted to the step's acceptance; then one Adam step.
+      The loss is the one at the walkers the step started from.
     """
     from vmc.hf import hf_log_psi
 
     s = setup.cfg.sampler
-    moves_hf = max(1, (s.moves + 1) // 2)
-    moves_net = max(1, s.moves // 2)
-    _, hf_step = make_sampler(lambda p, x: hf_log_psi(hf, x), moves_hf, s.target_pmove,
-                              s.adapt_rate)
-    _, net_step = make_sampler(setup.ansatz.log_psi, moves_net, s.target_pmove, s.adapt_rate)
+    m = int(setup.cfg.pretrain.moves)
+    net_moves = make_moves(setup.ansatz.log_psi)
+    hf_fn = lambda p, x: hf_log_psi(hf, x)  # noqa: E731
+    hf_moves = make_moves(hf_fn)
+    hf_logabs = jax.vmap(lambda x: hf_fn(None, x)[1])
     tx = optax.adam(lr)
     n_up = setup.molecule.n_up
-    loss_fn = lambda p, w: pretrain_loss(setup.ansatz.orbitals, hf, n_up, p, w)
 
-    def step(state: PretrainState, key):
-        k_hf, k_net = jax.random.split(key)
-        mcmc, pm_hf = hf_step(None, state.mcmc, k_hf)
-        mcmc, pm_net = net_step(state.params, mcmc, k_net)
-        loss, grad = jax.value_and_grad(loss_fn)(state.params, mcmc.walkers)
+    def with_logabs(p, w):
+        return jax.value_and_grad(
+            lambda q: _loss_and_logabs(setup.ansatz.orbitals_and_log_psi, hf, n_up, q, w),
+            has_aux=True)(p)
+
+    def without_logabs(p, w):   # a step with no network move (m = 1, odd t)
+        loss, grad = jax.value_and_grad(
+            lambda q: pretrain_loss(setup.ansatz.orbitals, hf, n_up, q, w))(p)
+        return (loss, jnp.zeros(w.shape[0], loss.dtype)), grad
+
+    def step(state: PretrainState, key, t):
+        k_net, k_hf = jax.random.split(key)
+        n_net = (m + (t % 2 == 0).astype(jnp.int32)) // 2
+        (loss, logabs), grad = jax.lax.cond(n_net > 0, with_logabs, without_logabs,
+                                            state.params, state.mcmc.walkers)
+        width = state.mcmc.width
+        x, _, acc_net = net_moves(state.params, state.mcmc.walkers,
+                                  logabs.astype(state.mcmc.logabs.dtype), width, k_net, n_net)
+        x, _, acc_hf = hf_moves(None, x, hf_logabs(x).astype(x.dtype), width, k_hf, m - n_net)
+        pmove = (acc_net + acc_hf) / m
         updates, opt_state = tx.update(grad, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        pmove = (moves_hf * pm_hf + moves_net * pm_net) / (moves_hf + moves_net)
+        # log|ψ| is left stale (the walkers' values under HF or old params): `pretrain`
+        # refreshes it for the network once at the end
+        mcmc = MCMCState(x, state.mcmc.logabs,
+                         adapt_width(width, pmove, s.target_pmove, s.adapt_rate))
         return PretrainState(params, opt_state, mcmc), loss, pmove
 
     return tx, jax.jit(step)
@@ -166,7 +197,7 @@ def pretrain(setup, state, key, run_dir, log: Callable = print):
     first = loss = pmove = float("nan")
     try:
         for t in range(steps):
-            pstate, loss_t, pmove_t = step(pstate, jax.random.fold_in(key, t))
+            pstate, loss_t, pmove_t = step(pstate, jax.random.fold_in(key, t), t)
             loss = float(loss_t)
             first = loss if t == 0 else first
             writer.append({"step": t, "loss": loss})

@@ -89,6 +89,17 @@ class _RaiseOnSignal(SignalFlag):
         raise Interrupted(signum)
 
 
+def _drain() -> None:
+    """Wait for the computations still in flight (asynchronous dispatch): a process that
+    exits while XLA still runs one can crash in its teardown."""
+    import jax
+    for a in jax.live_arrays():
+        try:
+            a.block_until_ready()
+        except Exception:   # a deleted or donated buffer
+            pass
+
+
 def _interrupted_message(err: Interrupted, phase: str, again: str = "`--resume`") -> str:
     import signal
     name = signal.Signals(err.signum).name
@@ -130,6 +141,7 @@ def train_run(cfg: Config, run_dir: pathlib.Path, *, resume: bool = False,
             return _train_run(cfg, run_dir, resume, init_from, log, wall_start, phase,
                               checked)
         except Interrupted as err:
+            _drain()
             log(_interrupted_message(err, phase[0]))
             return EXIT_INTERRUPTED
 
@@ -312,6 +324,7 @@ def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
         try:
             return _eval_run(cfg, run_dir, steps, walkers, seed, burn_in, log, wall_start)
         except Interrupted as err:
+            _drain()
             log(_interrupted_message(err, "evaluation", again="`vmc eval`"))
             return EXIT_INTERRUPTED
 

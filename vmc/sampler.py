@@ -82,6 +82,43 @@ def init_walkers(key, molecule: Molecule, n_walkers: int, spread: float = 1.0,
     return centres[None] + spread * noise
 
 
+def make_moves(log_psi: Callable) -> Callable:
+    """Metropolis moves from a known log|ψ| (no refresh), a traced number of them.
+
+    Args:
+      log_psi: (params, x (n_electrons, 3)) -> (sign, logabs) for one configuration.
+    Returns:
+      moves(params, x (n_w, n, 3), logabs (n_w,), width (), key, n) -> (x, logabs,
+      accepted): `n` (an int, may be traced; 0 allowed) all-electron moves x' = x + width·ξ,
+      each accepted with min(1, |ψ(x')|²/|ψ(x)|²); accepted: () float32, the sum over the
+      moves of the accepted share. A non-finite proposal is never accepted; a walker whose
+      own log|ψ| is not finite takes any finite proposal, so it cannot stay stuck.
+    """
+    batched_logabs = jax.vmap(lambda p, x: log_psi(p, x)[1], in_axes=(None, 0))
+
+    def moves(params, x, logabs, width, key, n):
+        def one(i, carry):
+            x, logabs, accepted = carry
+            k_prop, k_acc = jax.random.split(jax.random.fold_in(key, i))
+            proposal = x + width * jax.random.normal(k_prop, x.shape, x.dtype)
+            logabs_new = batched_logabs(params, proposal)
+            log_ratio = 2.0 * (logabs_new - logabs)
+            u = jax.random.uniform(k_acc, logabs.shape, x.dtype)
+            accept = jnp.isfinite(logabs_new) & ((jnp.log(u) < log_ratio)
+                                                 | ~jnp.isfinite(logabs))
+            x = jnp.where(accept[:, None, None], proposal, x)
+            logabs = jnp.where(accept, logabs_new, logabs)
+            return x, logabs, accepted + jnp.mean(accept.astype(jnp.float32))
+        return jax.lax.fori_loop(0, n, one, (x, logabs, jnp.zeros((), jnp.float32)))
+
+    return moves
+
+
+def adapt_width(width, pmove, target_pmove: float, adapt_rate: float):
+    """log σ += rate·(pmove − target): the proposal width after a step, bohr."""
+    return width * jnp.exp(adapt_rate * (pmove - target_pmove)).astype(width.dtype)
+
+
 def make_sampler(log_psi: Callable, moves: int, target_pmove: float = 0.5,
                  adapt_rate: float = 1.0):
     """Build the batched sampler functions.
@@ -101,29 +138,13 @@ def make_sampler(log_psi: Callable, moves: int, target_pmove: float = 0.5,
         return MCMCState(walkers, batched_logabs(params, walkers),
                          jnp.asarray(width, walkers.dtype))
 
-    def one_move(params, carry, key):
-        x, logabs, width, accepted = carry
-        k_prop, k_acc = jax.random.split(key)
-        proposal = x + width * jax.random.normal(k_prop, x.shape, x.dtype)
-        logabs_new = batched_logabs(params, proposal)
-        log_ratio = 2.0 * (logabs_new - logabs)
-        u = jax.random.uniform(k_acc, logabs.shape, x.dtype)
-        # A non-finite proposal is never accepted; a walker whose own log|ψ| is not finite
-        # (after a parameter update) takes any finite proposal, so it cannot stay stuck.
-        accept = jnp.isfinite(logabs_new) & ((jnp.log(u) < log_ratio)
-                                             | ~jnp.isfinite(logabs))
-        x = jnp.where(accept[:, None, None], proposal, x)
-        logabs = jnp.where(accept, logabs_new, logabs)
-        return (x, logabs, width, accepted + jnp.mean(accept.astype(jnp.float32))), None
+    run_moves = make_moves(log_psi)
 
     def step(params, state: MCMCState, key):
         logabs = batched_logabs(params, state.walkers)
-        carry = (state.walkers, logabs, state.width, jnp.zeros((), jnp.float32))
-        keys = jax.random.split(key, moves)
-        (x, logabs, width, accepted), _ = jax.lax.scan(
-            lambda c, k: one_move(params, c, k), carry, keys)
+        x, logabs, accepted = run_moves(params, state.walkers, logabs, state.width, key, moves)
         pmove = accepted / moves
-        new_width = width * jnp.exp(adapt_rate * (pmove - target_pmove)).astype(width.dtype)
-        return MCMCState(x, logabs, new_width), pmove
+        return MCMCState(x, logabs, adapt_width(state.width, pmove, target_pmove,
+                                                adapt_rate)), pmove
 
     return init_state, step

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from vmc.ansatz import Ansatz, count_params, make_ansatz
-from vmc.hamiltonian import make_local_energy
+from vmc.hamiltonian import make_local_energy, over_walkers
 from vmc.optim import Optimizer, make_optimizer
 from vmc.sampler import MCMCState, init_walkers, make_sampler
 from vmc.system import Molecule
@@ -60,8 +60,10 @@ class Setup:
 
     @property
     def batched_local_energy(self) -> Callable:
-        """(params, walkers (n_w, n, 3)) -> (n_w,) E_L."""
-        return jax.vmap(self.local_energy, in_axes=(None, 0))
+        """(params, walkers (n_w, n, 3)) -> (n_w,) E_L, hartree; in chunks of
+        `hamiltonian.chunk_walkers` walkers per device when set (`vmc.hamiltonian.over_walkers`)."""
+        return over_walkers(self.local_energy, self.cfg.hamiltonian.chunk_walkers,
+                            jax.device_count())
 
 
 def build(cfg, hf=None) -> Setup:

@@ -3,26 +3,31 @@
     params = ansatz.init(key)
     sign, logabs = ansatz.log_psi(params, x)     # x: (n_electrons, 3) bohr, spin up first
     mats = ansatz.orbitals(params, x)            # orbital matrices (for pretraining)
+    mats, (sign, logabs) = ansatz.orbitals_and_log_psi(params, x)   # both, one pass
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vmc.ansatz.common import psi_from_orbitals
 from vmc.system import Molecule
 
 
 class Ansatz(NamedTuple):
     """A wavefunction: `init(key) -> params`, `log_psi(params, x) -> (sign, logabs)`,
-    `orbitals(params, x) -> list of (K, m, m)`; `module` is the flax module (or None)."""
+    `orbitals(params, x) -> list of (K, m, m)`; `module` is the flax module (or None);
+    `orbitals_and_log_psi(params, x) -> (orbitals, (sign, logabs))` from one forward pass
+    (pretraining's loss and its Metropolis moves share it)."""
     init: Callable[[jax.Array], Any]
     log_psi: Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
     orbitals: Callable[[Any, jax.Array], list]
     module: Any
+    orbitals_and_log_psi: Optional[Callable] = None
 
 
 def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
@@ -77,7 +82,13 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
     def orbitals(params, x):
         return module.apply(params, x, method=module.orbitals)
 
-    return Ansatz(init, log_psi, orbitals, module)
+    def orbitals_and_log_psi(params, x):
+        def both(m, y):
+            mats = m.orbitals(y)
+            return mats, psi_from_orbitals(m, mats, y)
+        return module.apply(params, x, method=both)
+
+    return Ansatz(init, log_psi, orbitals, module, orbitals_and_log_psi)
 
 
 def count_params(params) -> int:

@@ -166,3 +166,17 @@ def log_sum_det(mats, precision: str = "float64"):
     total = jnp.sum(sign * jnp.exp(logdet - logmax))
     return (jnp.sign(total).astype(out_dtype),
             (jnp.log(jnp.abs(total)) + logmax).astype(out_dtype))
+
+
+def psi_from_orbitals(module, mats, x):
+    """(sign, log|ψ|) of one configuration from its orbital matrices (`module.orbitals(x)`):
+    log|Σ_k det_k| in `module.det_precision`, plus the Jastrow factor when `module.jastrow`.
+
+    Args:
+      module: a bound FermiNet or Psiformer; mats: its orbital matrices at x;
+      x: (n_electrons, 3) bohr.
+    """
+    sign, logabs = log_sum_det(mats, module.det_precision)
+    if module.jastrow:
+        logabs = logabs + module.jastrow_factor(x.astype(module.dtype))
+    return sign, logabs

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vmc.ansatz.common import (Envelope, Jastrow, electron_features, log_sum_det,
+from vmc.ansatz.common import (Envelope, Jastrow, electron_features, psi_from_orbitals,
                                orbital_matrices, spin_blocks)
 
 
@@ -110,7 +110,4 @@ class FermiNet(nn.Module):
 
     def __call__(self, x):
         """(sign, log|ψ|) of one configuration x: (n_electrons, 3) bohr."""
-        sign, logabs = log_sum_det(self.orbitals(x), self.det_precision)
-        if self.jastrow:
-            logabs = logabs + self.jastrow_factor(x.astype(self.dtype))
-        return sign, logabs
+        return psi_from_orbitals(self, self.orbitals(x), x)

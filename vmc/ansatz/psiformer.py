@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vmc.ansatz.common import Envelope, Jastrow, log_sum_det, orbital_matrices
+from vmc.ansatz.common import Envelope, Jastrow, psi_from_orbitals, orbital_matrices
 
 
 def rescaled_features(x, atoms):
@@ -160,7 +160,4 @@ class Psiformer(nn.Module):
 
     def __call__(self, x):
         """(sign, log|ψ|) of one configuration x: (n_electrons, 3) bohr."""
-        sign, logabs = log_sum_det(self.orbitals(x), self.det_precision)
-        if self.jastrow:
-            logabs = logabs + self.jastrow_factor(x.astype(self.dtype))
-        return sign, logabs
+        return psi_from_orbitals(self, self.orbitals(x), x)
