@@ -125,3 +125,23 @@ def test_log_sum_det_is_stable_for_huge_and_tiny_determinants(x64):
     # and the gradient with respect to the matrices stays finite
     grad = jax.jit(jax.grad(lambda bs: log_sum_det(bs)[1]))([jnp.asarray(b * 1e60) for b in blocks])
     assert all(np.all(np.isfinite(np.asarray(g))) for g in grad)
+
+
+@pytest.mark.parametrize("name,jastrow", [("ferminet", False), ("psiformer", True)])
+def test_orbitals_and_log_psi_is_one_pass_of_both(x64, name, jastrow):
+    """Pretraining takes the orbitals and log|ψ| from one pass: they must be exactly
+    `orbitals` and `log_psi` (with the Jastrow factor, which the orbitals alone lack)."""
+    mol = MOLECULES["LiH"]()
+    cfg = AnsatzConfig(name=name, hidden_one=(8, 8), hidden_two=(4, 4), determinants=2,
+                       heads=2, head_dim=4, layers=2, jastrow=jastrow)
+    ansatz = make_ansatz(cfg, mol, jnp.float64)
+    params = random_params(ansatz, seed=2)
+    for x in _walkers(mol, 3, seed=4):
+        mats, (sign, logabs) = ansatz.orbitals_and_log_psi(params, x)
+        want_sign, want_logabs = ansatz.log_psi(params, x)
+        for m, w in zip(mats, ansatz.orbitals(params, x)):
+            np.testing.assert_allclose(m, w, rtol=1e-12)
+        assert float(sign) == float(want_sign)
+        np.testing.assert_allclose(logabs, want_logabs, rtol=1e-12)
+        if jastrow:   # the Jastrow factor is in: log|Σ det| of the orbitals alone differs
+            assert abs(float(log_sum_det(mats)[1] - logabs)) > 1e-6
