@@ -1,0 +1,91 @@
+"""Training-step time of this checkout against another commit, side by side (issue #13).
+
+    python scripts/bench_step.py                          # against 3cba5f0, Li and N
+    python scripts/bench_step.py --base 3cba5f0 --systems Li --steps 300 --rounds 3
+
+For each system, `vmc run systems/X.yaml` at FermiNet's Li benchmark network ((128,16)×3,
+8 determinants, 256 walkers, 10 moves per step, KFAC, no pretraining, no evaluation) runs
+once per round for each checkout, alternating (base, this, base, this, ...); the base commit
+is exported with `git archive` into a temporary folder and put first on PYTHONPATH. A run's
+step time is the median of train.h5's `step_time` over steps 20 … end (compilation left
+out); the table gives each checkout's best median over the rounds and the ratio
+this/base. Runs share the machine with nothing else only if you make it so: the
+alternation spreads any load over both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BENCHMARK = ("ansatz.hidden_one=[128,128,128]", "ansatz.hidden_two=[16,16,16]",
+             "ansatz.determinants=8", "sampler.walkers=256", "sampler.moves=10",
+             "optim.solver=kfac", "pretrain.steps=0", "eval.steps=0", "run.progress=false",
+             "run.log_every=100000", "run.checkpoint_every=100000")
+
+
+def export(commit: str, dest: pathlib.Path) -> pathlib.Path:
+    """`git archive commit vmc` unpacked under dest; returns dest."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "vmc"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+def median_step(run_dir: pathlib.Path, skip: int = 20) -> float:
+    import h5py
+    with h5py.File(run_dir / "train.h5", "r") as f:
+        t = f["stats/step_time"][:]
+    return statistics.median(t[skip:])
+
+
+def one_run(src: pathlib.Path, system: str, steps: int, out: pathlib.Path) -> float:
+    env = {**os.environ, "PYTHONPATH": str(src), "JAX_PLATFORMS": os.environ.get(
+        "JAX_PLATFORMS", "cpu")}
+    cmd = [sys.executable, "-m", "vmc.cli", "run", str(ROOT / "systems" / f"{system}.yaml"),
+           "--out", str(out), "--set", f"optim.steps={steps}"]
+    for s in BENCHMARK:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    return median_step(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--base", default="3cba5f0")
+    p.add_argument("--systems", nargs="+", default=["Li", "N"])
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        base_src = export(args.base, (tmp / "base").resolve())
+        (tmp / "base").mkdir(exist_ok=True)
+        sources = {"base": base_src, "this": ROOT}
+        for system in args.systems:
+            times = {"base": [], "this": []}
+            for r in range(args.rounds):
+                for name, src in sources.items():
+                    t = one_run(src, system, args.steps, tmp / f"{system}-{name}-{r}")
+                    times[name].append(t)
+                    print(f"{system} round {r} {name}: median step {t:.4f} s", file=sys.stderr,
+                          flush=True)
+            rows.append((system, min(times["base"]), min(times["this"])))
+    print(f"| system | {args.base} s/step | this s/step | this/base |")
+    print("|---|---|---|---|")
+    for system, b, t in rows:
+        print(f"| {system} | {b:.4f} | {t:.4f} | {t / b:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
