@@ -49,7 +49,7 @@ def table(summaries: list[dict]) -> str:
             "target |error|, stderr (mHa) | wall (s) | steps | eval steps | params |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
-        err, se = s["error_mha"], 1000 * s["energy_stderr_ha"]
+        err, se = s["deviation_mha"], 1000 * s["energy_stderr_ha"]
         tgt = TARGETS.get(s["system"])
         target = ""
         if tgt:

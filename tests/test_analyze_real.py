@@ -30,13 +30,13 @@ def test_analyze_recomputes_summary_from_hdf5(tmp_path):
                          env=env, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     (result,) = json.loads(out.stdout)
-    assert result["energy"] == pytest.approx(summary["energy_ha"], rel=0, abs=1e-12)
-    assert result["stderr"] == pytest.approx(summary["energy_stderr_ha"], rel=1e-9)
+    assert result["energy_ha"] == pytest.approx(summary["energy_ha"], rel=0, abs=1e-12)
+    assert result["energy_stderr_ha"] == pytest.approx(summary["energy_stderr_ha"], rel=1e-9)
     assert result["tau"] == pytest.approx(summary["tau"], rel=1e-9)
-    assert result["train_tail_energy"] == pytest.approx(summary["train_energy_ha"], abs=1e-12)
-    assert result["train_tail_stderr"] == pytest.approx(summary["train_energy_stderr_ha"],
+    assert result["train_energy_ha"] == pytest.approx(summary["train_energy_ha"], abs=1e-12)
+    assert result["train_energy_stderr_ha"] == pytest.approx(summary["train_energy_stderr_ha"],
                                                         rel=1e-9)
-    assert result["deviation_mha"] == pytest.approx(summary["error_mha"], abs=1e-9)
+    assert result["deviation_mha"] == pytest.approx(summary["deviation_mha"], abs=1e-9)
     assert result["deviation_label"] == "error"
     for png in ("training.png", "variance.png", "sampler.png"):
         assert (run / png).stat().st_size > 10_000

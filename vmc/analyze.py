@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import itertools
 import json
 import math
@@ -139,9 +138,14 @@ def format_value_error(value: Optional[float], err: Optional[float]) -> str:
 
 def _row(s: RunSummary) -> list[str]:
     dev = "—" if s.deviation_mha is None else f"{s.deviation_mha:+.2f}"
+    low = ">=" if s.plateau is False else ""   # no plateau: the error bar is a lower bound
     if s.deviation_mha is not None and s.stderr:
-        dev += f" ± {1e3 * s.stderr:.2f}"
-    return [pathlib.Path(s.run_dir).name, s.name, format_value_error(s.energy, s.stderr),
+        dev += f" ± {low}{1e3 * s.stderr:.2f}"
+    energy = format_value_error(s.energy, s.stderr)
+    if low and "(" in energy:
+        energy = energy.replace("(", "(>=")
+    flagged = "" if not s.flags else " !"
+    return [pathlib.Path(s.run_dir).name, s.name, energy + flagged,
             "—" if s.tau is None else f"{s.tau:.1f}",
             "—" if s.block_size is None else str(s.block_size),
             "—" if s.variance is None else f"{s.variance:.3g}",
@@ -172,9 +176,12 @@ def _notes(s: RunSummary) -> list[str]:
         out.append("no evaluation and fewer than 16 finite training energies: no energy"
                    if s.train_steps else "no evaluation and no training steps: no energy "
                    "(`vmc eval` evaluates the checkpoint)")
-    if s.plateau is False:
-        out.append("reblocking found no plateau: the series is too short for its correlation; "
-                   "the error bar is a lower bound")
+    for skipped in s.skipped:
+        out.append(f"eval.h5 group left out: {skipped}")
+    if s.skipped and s.group:
+        out.append(f"the estimate is from {s.group}, the newest usable evaluation")
+    for flag in s.flags:
+        out.append(f"WARNING ({flag.code}): {flag.line()}")
     if s.evals and s.estimator == "eval" and s.evals[-1].nonfinite_samples:
         last = s.evals[-1]
         out.append(f"{last.nonfinite_samples} non-finite local energies left out of "
@@ -259,11 +266,14 @@ def _run(args) -> int:
                 for r, s in zip(runs, summaries)]
         print(json.dumps(objs, indent=2))
     elif args.csv:
-        fields = [f.name for f in dataclasses.fields(RunSummary) if f.name != "evals"]
-        w = csv.DictWriter(sys.stdout, fieldnames=fields + ["n_evals"], lineterminator="\n")
+        rows = [s.to_dict() for s in summaries]
+        fields = [k for k in rows[0] if k not in ("evals", "flags", "skipped")]
+        w = csv.DictWriter(sys.stdout, fieldnames=fields + ["n_evals", "flags"],
+                           lineterminator="\n")
         w.writeheader()
-        for s in summaries:
-            w.writerow({k: getattr(s, k) for k in fields} | {"n_evals": len(s.evals)})
+        for s, row in zip(summaries, rows):
+            w.writerow({k: row[k] for k in fields} | {
+                "n_evals": len(s.evals), "flags": " ".join(f.code for f in s.flags)})
     else:
         print_table(summaries)
     if not args.no_plots:

@@ -277,7 +277,17 @@ def config_from_dict(data: dict, *, name: str = "molecule", preset: Optional[str
         merged = _merge(merged, _parse_override(item))
     cfg = _build(Config, merged, "")
     molecule = cfg.build_molecule()
-    return _resolve_defaults(cfg, molecule.n_electrons)
+    return _one_electron_reference(_resolve_defaults(cfg, molecule.n_electrons), molecule)
+
+
+def _one_electron_reference(cfg: Config, molecule: Molecule) -> Config:
+    """A one-electron atom or ion without a reference gets its exact energy, −Z²/2 Ha."""
+    if molecule.n_electrons != 1 or len(molecule.symbols) != 1 or \
+            cfg.molecule.reference.energy is not None:
+        return cfg
+    z = float(molecule.charges[0])
+    ref = Reference(energy=-0.5 * z * z, source="exact: -Z^2/2 for one electron", kind="exact")
+    return dataclasses.replace(cfg, molecule=dataclasses.replace(cfg.molecule, reference=ref))
 
 
 def load_config(path, *, preset: Optional[str] = None,

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 import vmc
-from vmc import analysis, checkpoint as ckpt, h5io, parallel
+from vmc import checkpoint as ckpt, h5io, parallel
 from vmc.config import Config, dump_yaml
 from vmc.errors import InputError
 from vmc.evaluate import evaluate, resize_walkers
@@ -27,26 +27,11 @@ from vmc.precheck import (RESUMABLE, DirectoryGuard, check_resume_config, check_
 from vmc.sampler import MCMCState
 from vmc.stages import count as _count, progress_bar as _progress, restore as _restore
 from vmc.stages import run_keys, train, without_training
+from vmc.summary import provenance, write_summary  # noqa: F401
 from vmc.train import Setup, build, init_state
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 75
 EXACT_KINDS = ("exact", "estimated exact")
-
-
-def provenance() -> dict:
-    """Versions and device of this process (package, git commit, jax, flax, folx)."""
-    import flax
-    import folx
-    commit = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=pathlib.Path(vmc.__file__).parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"vmc_version": vmc.__version__, "git_commit": commit, "jax_version": jax.__version__,
-            "flax_version": flax.__version__, "folx_version": getattr(folx, "__version__", None),
-            "device_kind": jax.devices()[0].device_kind, "device_count": jax.device_count(),
-            "process_count": jax.process_count()}
 
 
 class Interrupted(Exception):
@@ -197,95 +182,6 @@ def run_evaluation(setup: Setup, params, mcmc: MCMCState, run_dir: pathlib.Path,
         log(f"warning: evaluation {group}: {bad} of {steps * walkers} local energies were not "
             f"finite and were left out ({bad / (steps * walkers):.2g})")
     return group, result
-
-
-def nonfinite_entry(result, max_fraction: float) -> dict:
-    """The non-finite local energies of one evaluation, for summary.json.
-
-    Returns {nonfinite_samples, nonfinite_fraction, reliable, reliability_note}: `reliable`
-    is False when the fraction of non-finite E_L exceeds `max_fraction`
-    (`eval.max_nonfinite_fraction`), since leaving out that many samples may bias the mean.
-    """
-    total = int(result.walkers.shape[0]) * len(result.energy)
-    bad = int(np.sum(result.nonfinite)) if len(result.nonfinite) else 0
-    frac = bad / total if total else 0.0
-    reliable = frac <= max_fraction
-    note = None if reliable else (
-        f"{bad} of {total} local energies ({frac:.2g}) were not finite, above "
-        f"eval.max_nonfinite_fraction={max_fraction:g}: the estimate may be biased")
-    return {"nonfinite_samples": bad, "nonfinite_fraction": frac, "reliable": reliable,
-            "reliability_note": note}
-
-
-def write_summary(setup: Setup, run_dir: pathlib.Path, params, evaluation, *, wall_s: float,
-                  seed: int, log: Callable = print) -> dict:
-    """Write summary.json from the newest evaluation and the training tail; returns it.
-
-    evaluation: (group, EvalResult) from `run_evaluation`, or None when this call evaluated
-    nothing (eval.steps = 0): the energy fields are then null and the list of earlier
-    evaluations is kept.
-    """
-    if not parallel.is_writer():
-        return {}
-    cfg = setup.cfg
-    old = {}
-    if (run_dir / "summary.json").exists():
-        old = json.loads((run_dir / "summary.json").read_text())
-    tail, _ = analysis.train_tail(h5io.read_stats(run_dir / "train.h5"))
-    ref = cfg.molecule.reference
-    entry, variance = {}, None
-    if evaluation is not None:
-        group, result = evaluation
-        series = result.energy[np.isfinite(result.energy)]   # steps with no finite E_L out
-        rb = analysis.reblock(series) if len(series) >= 16 else None
-        energy = rb.mean if rb else float(np.mean(series)) if len(series) else None
-        entry = {"group": group, "seed": seed, "energy_ha": energy,
-                 "energy_stderr_ha": rb.stderr if rb else None,
-                 "steps": len(result.energy), "walkers": int(result.walkers.shape[0]),
-                 "block_size": rb.block_size if rb else None, "tau": rb.tau if rb else None,
-                 "plateau": rb.plateau if rb else None,
-                 **nonfinite_entry(result, cfg.eval.max_nonfinite_fraction)}
-        finite_var = result.variance[np.isfinite(result.variance)]
-        variance = float(np.mean(finite_var)) if len(finite_var) else None
-    energy = entry.get("energy_ha")
-    deviation = (None if energy is None or ref.energy is None
-                 else 1000.0 * (energy - ref.energy))
-    summary = {
-        "system": cfg.name,
-        "energy_ha": energy,
-        "energy_stderr_ha": entry.get("energy_stderr_ha"),
-        "reference_ha": ref.energy,
-        "reference_kind": ref.kind if ref.energy is not None else None,
-        "reference_source": ref.source or None,
-        "error_mha": deviation if ref.kind in EXACT_KINDS else None,
-        "deviation_mha": deviation,
-        "block_size": entry.get("block_size"), "tau": entry.get("tau"),
-        "plateau": entry.get("plateau"),
-        "variance_ha2": variance,
-        "nonfinite_samples": entry.get("nonfinite_samples"),
-        "nonfinite_fraction": entry.get("nonfinite_fraction"),
-        "reliable": entry.get("reliable"),
-        "reliability_note": entry.get("reliability_note"),
-        "train_energy_ha": tail.mean if tail else None,
-        "train_energy_stderr_ha": tail.stderr if tail else None,
-        "train_steps": cfg.optim.steps, "eval_steps": entry.get("steps", 0),
-        "walkers": cfg.sampler.walkers, "n_params": _count(params),
-        "n_up": setup.molecule.n_up, "n_down": setup.molecule.n_down,
-        "ansatz": cfg.ansatz.name, "solver": cfg.optim.solver,
-        "dtype": "float64" if cfg.run.x64 else "float32", "seed": cfg.run.seed,
-        "wall_s": wall_s,
-        **provenance(),
-        "evaluations": old.get("evaluations", []) + ([entry] if entry else []),
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    err = "" if deviation is None else f", {'error' if ref.kind in EXACT_KINDS else 'difference'} {deviation:+.3f} mHa"
-    if energy is not None:
-        refs = "" if ref.energy is None else f" (reference {ref.energy})"
-        log(f"energy {energy:.6f} Ha ± {1000 * (entry.get('energy_stderr_ha') or float('nan')):.3f} mHa"
-            f"{err}{refs}; wall {wall_s:.0f} s")
-    if entry.get("reliable") is False:
-        log(f"warning: estimate marked unreliable: {entry['reliability_note']}")
-    return summary
 
 
 def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
