@@ -100,7 +100,7 @@ def _summary_json(tmp_path, eval_energy, train_energy):
     result = EvalResult(eval_energy, np.full(m, 0.03), np.full(m, 0.5), np.zeros((256, 2, 3)),
                         0.2, 1.0, np.zeros(m))
     lines = []
-    write_summary(setup, run, {"w": np.zeros(3)}, ("eval_000", result), wall_s=1.0, seed=1,
+    write_summary(setup, run, {"w": np.zeros(3)}, ("eval_000", result, 1), wall_s=1.0,
                   log=lines.append)
     return json.loads((run / "summary.json").read_text()), lines
 

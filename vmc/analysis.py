@@ -377,13 +377,13 @@ def summarize(run_dir) -> RunSummary:
         n_s = last.steps
         series = ev.energy[np.isfinite(ev.energy)]
         flags = energy_flags(series, reblock(series), train_tail_series(run.stats),
-                             eval_steps=last.steps)
+                             eval_steps=last.steps, run_dir=str(run.run_dir))
     elif tail is not None:
         head.update(estimator="train tail", energy=tail.mean, stderr=tail.stderr, tau=tail.tau,
                     block_size=tail.block_size, plateau=tail.plateau,
                     variance=_finite_mean(run.stats.get("variance", np.zeros(0))[cut]))
         n_s = cut.stop - cut.start
-        flags = energy_flags(None, tail, None)
+        flags = energy_flags(None, tail, None, run_dir=str(run.run_dir))
     ref = run.reference
     cmp = dict.fromkeys(("deviation_mha", "deviation_sigma", "deviation_label",
                          "within_chemical_accuracy", "correlation_pct"))

@@ -290,16 +290,27 @@ def _one_electron_reference(cfg: Config, molecule: Molecule) -> Config:
     return dataclasses.replace(cfg, molecule=dataclasses.replace(cfg.molecule, reference=ref))
 
 
-def load_config(path, *, preset: Optional[str] = None,
-                overrides: tuple[str, ...] = ()) -> Config:
-    """Read a YAML config file and return the resolved, validated Config.
+def load_config(path, *, preset: Optional[str] = None, overrides: tuple[str, ...] = (),
+                charge: Optional[int] = None, spin: Optional[int] = None) -> Config:
+    """Read a YAML config file (or an .xyz geometry, Å) and return the resolved Config.
+
+    `charge` and `spin` (2S), when given, set molecule.charge and molecule.spin (an .xyz file
+    holds neither; default 0).
 
     Raises:
-      InputError: missing file, invalid YAML, or any invalid setting (see config_from_dict).
+      InputError: missing file, invalid YAML or xyz, or any invalid setting (see
+        config_from_dict).
     """
     path = pathlib.Path(path)
     if not path.is_file():
         raise InputError(f"config file {str(path)!r}: not found")
+    extra = tuple(f"molecule.{k}={v}" for k, v in (("charge", charge), ("spin", spin))
+                  if v is not None)
+    overrides = tuple(overrides) + extra
+    if path.suffix.lower() == ".xyz":
+        from vmc.config_parse import read_xyz
+        return config_from_dict(read_xyz(path), name=path.stem, preset=preset,
+                                overrides=overrides)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

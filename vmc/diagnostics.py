@@ -78,7 +78,7 @@ def cautious_stderr(x) -> tuple[float, float]:
 
 
 def energy_flags(eval_energy, eval_rb: Optional[ReblockResult], tail_energy=None, *,
-                 eval_steps: Optional[int] = None) -> list[Flag]:
+                 eval_steps: Optional[int] = None, run_dir: str = "RUN") -> list[Flag]:
     """The warnings that apply to one estimate.
 
     Args:
@@ -89,6 +89,7 @@ def energy_flags(eval_energy, eval_rb: Optional[ReblockResult], tail_energy=None
       tail_energy: (m,) the training tail's energies (`vmc.analysis.train_tail_series`), Ha,
         or None (no training, or no evaluation to compare with); fewer than 16: no check.
       eval_steps: evaluation steps used, for the advice (default: len(eval_energy)).
+      run_dir: the run directory named in the commands of the advice.
 
     Returns:
       list of Flag, in the order no_plateau, eval_drift, train_eval_disagree.
@@ -96,12 +97,12 @@ def energy_flags(eval_energy, eval_rb: Optional[ReblockResult], tail_energy=None
     out = []
     n = eval_steps if eval_steps is not None else (
         None if eval_energy is None else int(np.size(eval_energy)))
-    more = f"eval.steps={4 * n}" if n else "more evaluation steps"
+    longer = f"`vmc eval {run_dir} --steps {4 * n if n else 8000}`"
     if eval_rb is not None and not eval_rb.plateau:
         out.append(Flag("no_plateau",
                         f"reblocking found no plateau (tau {eval_rb.tau:.1f} steps): the error "
                         f"bar {1e3 * eval_rb.stderr:.3f} mHa is a lower bound",
-                        f"evaluate longer (`vmc eval RUN --steps {4 * n if n else 8000}`)"))
+                        f"evaluate longer ({longer})"))
     if eval_energy is not None:
         d = quarter_drift(eval_energy)
         if d is not None and d[1] > 0 and abs(d[0]) > DRIFT_SIGMA * d[1]:
@@ -110,8 +111,8 @@ def energy_flags(eval_energy, eval_rb: Optional[ReblockResult], tail_energy=None
                             f"{1e3 * d[0]:+.3f} ± {1e3 * d[1]:.3f} mHa "
                             f"({abs(d[0]) / d[1]:.1f} sigma)",
                             f"the walkers had not equilibrated: evaluate again with a longer "
-                            f"burn-in and more steps (`vmc eval RUN --burn-in 1000`, "
-                            f"{more}), or train longer"))
+                            f"burn-in and more steps ({longer[:-1]} --burn-in 1000`), or "
+                            f"train longer"))
     if (eval_energy is not None and eval_rb is not None and tail_energy is not None
             and np.size(tail_energy) >= MIN_SAMPLES):
         tail_mean, tail_se = cautious_stderr(tail_energy)
@@ -123,6 +124,6 @@ def energy_flags(eval_energy, eval_rb: Optional[ReblockResult], tail_energy=None
                             f"evaluation by {1e3 * diff:+.3f} ± {1e3 * se:.3f} mHa "
                             f"({abs(diff) / se:.1f} sigma)",
                             "the parameters were still moving or the evaluation is not "
-                            "equilibrated: train longer (`vmc resume RUN --steps N`) "
-                            f"and evaluate longer ({more})"))
+                            f"equilibrated: train longer (`vmc resume {run_dir} --steps N`) "
+                            f"and evaluate longer ({longer})"))
     return out

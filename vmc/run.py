@@ -27,6 +27,7 @@ from vmc.precheck import (RESUMABLE, DirectoryGuard, check_resume_config, check_
 from vmc.sampler import MCMCState
 from vmc.stages import count as _count, progress_bar as _progress, restore as _restore
 from vmc.stages import run_keys, train, without_training
+from vmc.runlog import attach as attach_log
 from vmc.summary import provenance, write_summary  # noqa: F401
 from vmc.train import Setup, build, init_state
 
@@ -138,6 +139,7 @@ def _train_run(cfg, run_dir, resume, init_from, log, wall_start, phase, checked)
         except OSError as err:
             raise InputError(f"--out {str(run_dir)!r}: cannot create it ({err.strerror})") from None
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    attach_log(log)   # run.log from here on (with the lines logged so far)
     if not trains(cfg):
         state, done = without_training(setup, state, run_dir, resume, keys, log, phase)
     else:
@@ -152,16 +154,44 @@ def _train_run(cfg, run_dir, resume, init_from, log, wall_start, phase, checked)
                                 walkers=cfg.eval.walkers, seed=cfg.eval.seed,
                                 burn_in=cfg.eval.burn_in, checkpoint_step=done, log=log)
     else:
-        log("evaluation skipped (eval.steps=0); `vmc eval` evaluates the final checkpoint")
+        log(f"evaluation skipped (eval.steps=0); `vmc eval {run_dir}` evaluates the final "
+            f"checkpoint; results in {run_dir}")
     write_summary(setup, run_dir, state.params, result, wall_s=time.time() - wall_start,
-                  seed=cfg.eval.seed, log=log)
+                  log=log)
     return EXIT_OK
+
+
+def used_eval_seeds(run_dir: pathlib.Path) -> dict:
+    """{seed: group} of the evaluations in run_dir/eval.h5 ({} without the file)."""
+    path = pathlib.Path(run_dir) / "eval.h5"
+    if not path.is_file():
+        return {}
+    out = {}
+    with h5io.open_read(path) as f:
+        for name in sorted(f):
+            seed = f[name].attrs.get("seed")
+            if seed is not None:
+                out.setdefault(int(seed), name)
+    return out
+
+
+def fresh_seed(run_dir: pathlib.Path, seed: int, log: Callable = print) -> int:
+    """`seed`, or the next seed above every one in eval.h5 when `seed` is already there (an
+    evaluation with a used seed of the same checkpoint would repeat it bit for bit)."""
+    used = used_eval_seeds(run_dir)
+    if seed not in used:
+        return seed
+    new = max(used) + 1
+    log(f"evaluation: seed {seed} was used by {used[seed]} in eval.h5; using seed {new}")
+    return new
 
 
 def run_evaluation(setup: Setup, params, mcmc: MCMCState, run_dir: pathlib.Path, *, steps: int,
                    walkers: int, seed: int, burn_in: int, checkpoint_step: int,
                    log: Callable = print):
-    """Frozen-parameter evaluation into a new eval.h5 group; returns (group, EvalResult)."""
+    """Frozen-parameter evaluation into a new eval.h5 group; returns (group, EvalResult,
+    seed). A seed already in eval.h5 is replaced by a fresh one (`fresh_seed`)."""
+    seed = fresh_seed(run_dir, seed, log)
     start_walkers = resize_walkers(parallel.to_host(mcmc.walkers), walkers)
     bar = _progress(setup.cfg, steps + burn_in, "eval")
     result = evaluate(setup, params, start_walkers, float(mcmc.width), steps=steps,
@@ -176,12 +206,13 @@ def run_evaluation(setup: Setup, params, mcmc: MCMCState, run_dir: pathlib.Path,
                           "pmove": result.pmove, "nonfinite": result.nonfinite},
                          {"seed": seed, "walkers": walkers, "steps": steps, "burn_in": burn_in,
                           "checkpoint_step": checkpoint_step, "seconds": result.seconds})
-    log(f"evaluation {group}: {steps} steps x {walkers} walkers in {result.seconds:.1f} s")
+    log(f"evaluation {group}: {steps} steps x {walkers} walkers, seed {seed}, in "
+        f"{result.seconds:.1f} s")
     bad = int(np.sum(result.nonfinite))
     if bad:
         log(f"warning: evaluation {group}: {bad} of {steps * walkers} local energies were not "
             f"finite and were left out ({bad / (steps * walkers):.2g})")
-    return group, result
+    return group, result, seed
 
 
 def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
@@ -204,6 +235,10 @@ def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
                              + (" (reblocking needs 16 samples)" if lo == 16 else ""))
     if cfg.eval.steps == 0 and steps is None:
         steps = 2000
+    used = used_eval_seeds(run_dir)
+    if seed is not None and seed in used:
+        raise InputError(f"--seed: {seed} was used by {used[seed]} in eval.h5 (it would repeat "
+                         f"that evaluation); valid: a seed not in {sorted(used)}, or no --seed")
     with _RaiseOnSignal():
         try:
             return _eval_run(cfg, run_dir, steps, walkers, seed, burn_in, log, wall_start)
@@ -215,8 +250,10 @@ def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
 def _eval_run(cfg, run_dir, steps, walkers, seed, burn_in, log, wall_start) -> int:
     setup = build(cfg)
     state, step, _ = _restore(setup, run_dir, log, what="vmc eval")
+    attach_log(log)
     old = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
-    used = {e.get("seed") for e in old.get("evaluations", [])} | {cfg.eval.seed}
+    used = ({e.get("seed") for e in old.get("evaluations", [])} | {cfg.eval.seed}
+            | set(used_eval_seeds(run_dir)))
     if seed is None:
         seed = max(s for s in used if s is not None) + 1
     result = run_evaluation(setup, state.params, state.mcmc, run_dir,
@@ -225,5 +262,57 @@ def _eval_run(cfg, run_dir, steps, walkers, seed, burn_in, log, wall_start) -> i
                             burn_in=cfg.eval.burn_in if burn_in is None else burn_in,
                             checkpoint_step=step, log=log)
     write_summary(setup, run_dir, state.params, result, wall_s=time.time() - wall_start,
-                  seed=seed, log=log)
+                  log=log)
     return EXIT_OK
+
+
+def finished_message(cfg: Config, run_dir: pathlib.Path) -> Optional[str]:
+    """The lines `vmc resume` prints for a finished run (trained to optim.steps and, unless
+    eval.steps is 0, evaluated at that step), or None when there is something to do."""
+    paths = ckpt.list_checkpoints(run_dir / "checkpoints")
+    if not paths:
+        return None
+    step = int(paths[-1].stem.split("_")[1])
+    if step < cfg.optim.steps:
+        return None
+    evaluated = {}
+    if (run_dir / "eval.h5").is_file():
+        with h5io.open_read(run_dir / "eval.h5") as f:
+            evaluated = {k: int(f[k].attrs.get("checkpoint_step", -1)) for k in sorted(f)}
+    groups = [k for k, v in evaluated.items() if v == step]
+    if cfg.eval.steps > 0 and not groups:
+        return None
+    done = f"evaluated ({', '.join(groups)})" if groups else "not evaluated (eval.steps: 0)"
+    return (f"{run_dir}: finished: {step} of {cfg.optim.steps} steps trained, {done}; "
+            f"nothing to resume.\n"
+            f"  `vmc resume {run_dir} --steps {2 * step or 1000}` trains to step "
+            f"{2 * step or 1000} and evaluates again (with a new seed);\n"
+            f"  `vmc eval {run_dir} --steps {max(4 * cfg.eval.steps, 2000)}` adds a longer "
+            f"evaluation of the final checkpoint (with a new seed)")
+
+
+def resume_run(run_dir: pathlib.Path, *, steps: Optional[int] = None, overrides=(),
+               log: Callable = print, setup_jax: Callable = lambda cfg: None) -> int:
+    """`vmc resume RUN_DIR [--steps N]`: continue a run from its own config.yaml.
+
+    `steps` sets optim.steps (the total); `overrides` are `--set KEY=VALUE` items (only the
+    settings `--resume` may change, vmc.precheck.RESUMABLE). A finished run is left alone.
+
+    Raises:
+      InputError: not a run directory, a setting that may not change, steps below the
+        checkpoint's step.
+    """
+    from vmc.config import load_config
+    run_dir = pathlib.Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise InputError(f"run_dir {str(run_dir)!r}: no config.yaml; not a run directory")
+    if steps is not None and steps < 1:
+        raise InputError(f"--steps: {steps} is not valid; valid: >= 1 (the total step count)")
+    items = tuple(overrides) + ((f"optim.steps={steps}",) if steps is not None else ())
+    cfg = load_config(run_dir / "config.yaml", overrides=items)
+    setup_jax(cfg)
+    message = finished_message(cfg, run_dir)
+    if message is not None:
+        log(message)
+        return EXIT_OK
+    return train_run(cfg, run_dir, resume=True, log=log)

@@ -59,10 +59,10 @@ def nonfinite_entry(result, max_fraction: float) -> dict:
 
 
 def write_summary(setup, run_dir: pathlib.Path, params, evaluation, *, wall_s: float,
-                  seed: int, log: Callable = print) -> dict:
+                  log: Callable = print) -> dict:
     """Write summary.json from the newest evaluation and the training tail; returns it.
 
-    evaluation: (group, EvalResult) from `vmc.run.run_evaluation`, or None when this call
+    evaluation: (group, EvalResult, seed) from `vmc.run.run_evaluation`, or None when this call
     evaluated nothing (eval.steps = 0): the energy fields are then null and the list of
     earlier evaluations is kept. Logs the final line: energy ± error (a lower bound, '>=',
     without a reblocking plateau), the deviation from the reference, the run directory, then
@@ -79,7 +79,7 @@ def write_summary(setup, run_dir: pathlib.Path, params, evaluation, *, wall_s: f
     ref = cfg.molecule.reference
     entry, variance, flags = {}, None, []
     if evaluation is not None:
-        group, result = evaluation
+        group, result, seed = evaluation
         series = result.energy[np.isfinite(result.energy)]   # steps with no finite E_L out
         rb = analysis.reblock(series) if len(series) >= 16 else None
         energy = rb.mean if rb else float(np.mean(series)) if len(series) else None
@@ -92,7 +92,8 @@ def write_summary(setup, run_dir: pathlib.Path, params, evaluation, *, wall_s: f
         finite_var = result.variance[np.isfinite(result.variance)]
         variance = float(np.mean(finite_var)) if len(finite_var) else None
         flags = (energy_flags(series, rb, analysis.train_tail_series(stats),
-                              eval_steps=len(result.energy)) if rb else [])
+                              eval_steps=len(result.energy), run_dir=str(run_dir))
+                 if rb else [])
     energy = entry.get("energy_ha")
     deviation = (None if energy is None or ref.energy is None
                  else 1000.0 * (energy - ref.energy))
