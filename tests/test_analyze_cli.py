@@ -140,7 +140,7 @@ def test_pngs_and_figure_content(run_dir, capsys):
     run = load_run(run_dir)
     fig = plots.plot_training(run, summarize(run))
     ax = fig.axes[0]
-    assert ax.get_xlabel() == "step" and ax.get_ylabel() == "energy (Ha)"
+    assert fig.axes[-1].get_xlabel() == "step" and ax.get_ylabel() == "energy (Ha)"
     flat = [ln for ln in ax.get_lines() if np.ptp(ln.get_ydata()) == 0]
     assert any(np.allclose(ln.get_ydata(), H2_REF) for ln in flat)
     lo, hi = ax.get_ylim()  # converged part readable: the initial +0.8 Ha spike is cut off

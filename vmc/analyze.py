@@ -212,23 +212,34 @@ def print_table(summaries: Sequence[RunSummary], file=None) -> None:
             print(f"{s.run_dir}: {note}", file=file)
 
 
-def _write_plots(run: RunData, summary: RunSummary) -> None:
-    from vmc import plots
+PNGS = ("training.png", "variance.png", "sampler.png", "evaluation.png", "pretrain.png")
 
+
+def _write_plots(run: RunData, summary: RunSummary, folder: pathlib.Path) -> None:
+    """Write the PNGs of one run into `folder` (notes on stderr for those not written)."""
+    from vmc import plots, plots_eval
+
+    makers = {"training.png": lambda: plots.plot_training(run, summary),
+              "variance.png": lambda: plots.plot_variance(run),
+              "sampler.png": lambda: plots.plot_sampler(run),
+              "evaluation.png": lambda: plots_eval.plot_evaluation(run, summary),
+              "pretrain.png": lambda: plots_eval.plot_pretrain(run)}
     if not run.stats:   # e.g. the hf ansatz: nothing trained, train.h5 absent or empty
         print(f"note: {run.run_dir}: no training steps; training.png, variance.png and "
               f"sampler.png not written", file=sys.stderr)
-        return
-    for fname, make in (("training.png", lambda: plots.plot_training(run, summary)),
-                        ("variance.png", lambda: plots.plot_variance(run)),
-                        ("sampler.png", lambda: plots.plot_sampler(run))):
+        for k in ("training.png", "variance.png", "sampler.png"):
+            makers.pop(k)
+    if not run.pretrain:
+        makers.pop("pretrain.png")   # no pretraining: nothing to say
+    folder.mkdir(parents=True, exist_ok=True)
+    for fname, make in makers.items():
         try:
             fig = make()
         except ValueError as e:
             print(f"note: {fname} not written: {e}", file=sys.stderr)
             continue
-        fig.savefig(run.run_dir / fname, dpi=120)
-        print(f"wrote {run.run_dir / fname}", file=sys.stderr)
+        fig.savefig(folder / fname, dpi=120)
+        print(f"wrote {folder / fname}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -238,6 +249,10 @@ def _parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="print a JSON list, one object per run")
     fmt.add_argument("--csv", action="store_true", help="print CSV, one row per run")
     p.add_argument("--no-plots", action="store_true", help="write no PNG files")
+    p.add_argument("--plots-dir", metavar="DIR", help="write the PNGs of each run to "
+                   "DIR/<run name>/ (default: into the run directory)")
+    p.add_argument("--export", choices=("csv",), help="write train.csv (one row per step), "
+                   "eval.csv and pretrain.csv into each run directory, for pandas.read_csv")
     p.add_argument("--curve-param", metavar="NAME", help="x of the energy curve: bond_length, "
                    "r_min, r_I_J (bohr) or a dotted config path; default: automatic")
     p.add_argument("--curve-out", metavar="PATH", help="curve PNG path (default: "
@@ -276,9 +291,16 @@ def _run(args) -> int:
                 "n_evals": len(s.evals), "flags": " ".join(f.code for f in s.flags)})
     else:
         print_table(summaries)
+    if args.export == "csv":
+        from vmc.export import export_csv
+        for r in runs:
+            for path in export_csv(r):
+                print(f"wrote {path}", file=sys.stderr)
     if not args.no_plots:
         for r, s in zip(runs, summaries):
-            _write_plots(r, s)
+            folder = (pathlib.Path(args.plots_dir) / pathlib.Path(r.run_dir).resolve().name
+                      if args.plots_dir else pathlib.Path(r.run_dir))
+            _write_plots(r, s, folder)
         if curve is not None:
             from vmc import plots
 
