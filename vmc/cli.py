@@ -209,10 +209,18 @@ def _check(args) -> int:
     cfg = _load(args)
     _setup_jax()
     from vmc.check import describe
+    from vmc.errors import InputError
     from vmc.precheck import check_run_input
+    from vmc.precheck import hartree_fock
     lines = []
     checked = check_run_input(cfg, resume=False, log=lines.append)
-    print(describe(cfg, hf=checked.hf, notes=lines + ([checked.note] if checked.note else [])))
+    hf = checked.hf
+    if hf is None:   # the run needs none (no pretraining), but the energy is worth seeing
+        try:
+            hf = hartree_fock(cfg, log=lambda _: None)
+        except InputError as err:
+            lines.append(f"hartree-fock: not available ({err})")
+    print(describe(cfg, hf=hf, notes=lines))
     return 0
 
 
