@@ -95,9 +95,9 @@ def test_json_values(run_dir, capsys):
     assert obj["within_chemical_accuracy"] is True  # ~0.68 mHa above the exact energy
     assert obj["correlation_pct"] == pytest.approx(
         100 * (H2_HF - np.mean(e)) / (H2_HF - H2_REF), rel=1e-9)
-    assert [ev["group"] for ev in obj["evals"]] == ["eval_000", "eval_001"]
-    assert obj["evals"][0]["energy_ha"] == pytest.approx(np.mean(eval_energy(run_dir, "eval_000")))
-    assert obj["evals"][1]["checkpoint_step"] == 1000
+    assert [ev["group"] for ev in obj["evaluations"]] == ["eval_000", "eval_001"]
+    assert obj["evaluations"][0]["energy_ha"] == pytest.approx(np.mean(eval_energy(run_dir, "eval_000")))
+    assert obj["evaluations"][1]["checkpoint_step"] == 1000
     with h5py.File(run_dir / "train.h5", "r") as f:
         tail = f["stats/energy"][900:]
     assert obj["train_steps"] == 1000

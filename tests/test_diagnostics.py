@@ -131,7 +131,7 @@ def test_first_eval_group_with_nans_is_skipped_and_named(tmp_path, capsys):
         f["eval_000"].create_dataset("energy", data=np.full(e.size, np.nan))
         f.create_group("eval_002").create_dataset("variance", data=np.ones(3))  # no energy
     obj = _analyze_json(d, capsys)
-    assert obj["group"] == "eval_001" and [e["group"] for e in obj["evals"]] == ["eval_001"]
+    assert obj["group"] == "eval_001" and [e["group"] for e in obj["evaluations"]] == ["eval_001"]
     assert len(obj["skipped"]) == 2, obj["skipped"]
     assert {x.split(":")[0] for x in obj["skipped"]} == {"eval_000", "eval_002"}
     assert any(x.startswith("eval_000: 0 finite") for x in obj["skipped"])

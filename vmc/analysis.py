@@ -249,8 +249,9 @@ class RunSummary:
 
     def to_dict(self) -> dict:
         """Plain JSON-serialisable dict with the key names of summary.json (JSON_KEYS):
-        energy_ha, energy_stderr_ha, variance_ha2, reference_ha, train_energy_ha, ...; evals
-        as a list of dicts (group, energy_ha, ...), flags as {code, message, advice}."""
+        energy_ha, energy_stderr_ha, variance_ha2, reference_ha, train_energy_ha, ...;
+        evaluations as a list of dicts (group, energy_ha, ...), flags as {code, message,
+        advice}, skipped as lines."""
         d = dataclasses.asdict(self)
         d["evals"] = [{EVAL_KEYS.get(k, JSON_KEYS.get(k, k)): v
                        for k, v in dataclasses.asdict(e).items()} for e in self.evals]
@@ -263,7 +264,7 @@ class RunSummary:
 JSON_KEYS = {"name": "system", "energy": "energy_ha", "stderr": "energy_stderr_ha",
              "variance": "variance_ha2", "reference": "reference_ha", "hf_limit": "hf_limit_ha",
              "train_tail_energy": "train_energy_ha", "train_tail_stderr": "train_energy_stderr_ha",
-             "train_tail_plateau": "train_plateau"}
+             "train_tail_plateau": "train_plateau", "evals": "evaluations"}
 EVAL_KEYS = {"name": "group"}   # an EvalSummary's name is its eval.h5 group (summary.json)
 
 
@@ -288,16 +289,12 @@ def _summarize_eval(ev: EvalData) -> EvalSummary:
                        bad, bad / total if total else 0.0)
 
 
-def train_tail(stats: dict) -> tuple[Optional[ReblockResult], slice]:
-    """Reblock the last 10 % of training steps (at least MIN_SAMPLES steps).
-
-    Args:
-      stats: train.h5 /stats columns; uses 'energy' (n_steps,) Ha. Non-finite and rejected
-        steps (those that raised the running 'rejected' count) are skipped.
+def train_tail_series(stats: dict) -> tuple[np.ndarray, slice]:
+    """The training energies (Ha) of the last 10 % of steps (at least MIN_SAMPLES steps),
+    non-finite and rejected steps (those that raised the running 'rejected' count) left out.
 
     Returns:
-      (ReblockResult or None when fewer than MIN_SAMPLES finite energies remain, the slice of
-      steps used).
+      ((m,) energies, the slice of steps they come from).
     """
     energy = np.asarray(stats.get("energy", np.zeros(0)), dtype=np.float64)
     n = energy.size
@@ -306,20 +303,19 @@ def train_tail(stats: dict) -> tuple[Optional[ReblockResult], slice]:
     rejected = np.asarray(stats.get("rejected", np.zeros(n)), dtype=np.float64)
     if rejected.size == n and n:   # a running count: a step that raised it was rejected
         keep &= np.diff(rejected, prepend=0.0) <= 0
-    e = energy[tail][keep[tail]]
+    return energy[tail][keep[tail]], tail
+
+
+def train_tail(stats: dict) -> tuple[Optional[ReblockResult], slice]:
+    """Reblock the training tail (`train_tail_series`; stats: train.h5 /stats columns, uses
+    'energy' (n_steps,) Ha and 'rejected').
+
+    Returns:
+      (ReblockResult or None when fewer than MIN_SAMPLES finite energies remain, the slice of
+      steps used).
+    """
+    e, tail = train_tail_series(stats)
     return (reblock(e) if e.size >= MIN_SAMPLES else None), tail
-
-
-def train_tail_series(stats: dict) -> np.ndarray:
-    """(m,) the training energies (Ha) that `train_tail` reblocks: the last 10 % of steps,
-    non-finite and rejected steps left out."""
-    energy = np.asarray(stats.get("energy", np.zeros(0)), dtype=np.float64)
-    _, tail = train_tail(stats)
-    keep = np.isfinite(energy)
-    rejected = np.asarray(stats.get("rejected", np.zeros(energy.size)), dtype=np.float64)
-    if rejected.size == energy.size and energy.size:
-        keep &= np.diff(rejected, prepend=0.0) <= 0
-    return energy[tail][keep[tail]]
 
 
 def deviation_label(kind: str) -> str:
@@ -376,7 +372,7 @@ def summarize(run_dir) -> RunSummary:
                     group=last.name)
         n_s = last.steps
         series = ev.energy[np.isfinite(ev.energy)]
-        flags = energy_flags(series, reblock(series), train_tail_series(run.stats),
+        flags = energy_flags(series, reblock(series), train_tail_series(run.stats)[0],
                              eval_steps=last.steps, run_dir=str(run.run_dir))
     elif tail is not None:
         head.update(estimator="train tail", energy=tail.mean, stderr=tail.stderr, tau=tail.tau,

@@ -282,7 +282,7 @@ def _run(args) -> int:
         print(json.dumps(objs, indent=2))
     elif args.csv:
         rows = [s.to_dict() for s in summaries]
-        fields = [k for k in rows[0] if k not in ("evals", "flags", "skipped")]
+        fields = [k for k in rows[0] if k not in ("evaluations", "flags", "skipped")]
         w = csv.DictWriter(sys.stdout, fieldnames=fields + ["n_evals", "flags"],
                            lineterminator="\n")
         w.writeheader()

@@ -91,7 +91,7 @@ def write_summary(setup, run_dir: pathlib.Path, params, evaluation, *, wall_s: f
                  **nonfinite_entry(result, cfg.eval.max_nonfinite_fraction)}
         finite_var = result.variance[np.isfinite(result.variance)]
         variance = float(np.mean(finite_var)) if len(finite_var) else None
-        flags = (energy_flags(series, rb, analysis.train_tail_series(stats),
+        flags = (energy_flags(series, rb, analysis.train_tail_series(stats)[0],
                               eval_steps=len(result.energy), run_dir=str(run_dir))
                  if rb else [])
     energy = entry.get("energy_ha")
