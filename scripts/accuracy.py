@@ -46,10 +46,10 @@ def run(name: str, out: pathlib.Path) -> dict:
 
 def table(summaries: list[dict]) -> str:
     rows = ["| system | energy (Ha) | stderr (mHa) | reference (Ha) | error (mHa) | "
-            "target |error|, stderr (mHa) | wall (s) | steps | eval steps | params |",
+            "target \\|error\\|, stderr (mHa) | wall (s) | steps | eval steps | params |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
-        err, se = s["error_mha"], 1000 * s["energy_stderr_ha"]
+        err, se = s["deviation_mha"], 1000 * s["energy_stderr_ha"]
         tgt = TARGETS.get(s["system"])
         target = ""
         if tgt:

@@ -82,26 +82,26 @@ def test_json_values(run_dir, capsys):
     e = eval_energy(run_dir, "eval_001")  # the last evaluation, burn-in dropped
     r = reblock(e)
     assert obj["estimator"] == "eval" and obj["n_samples"] == N_EVAL
-    assert obj["energy"] == pytest.approx(np.mean(e), abs=1e-12)
-    assert obj["stderr"] == pytest.approx(r.stderr, rel=1e-12)
+    assert obj["energy_ha"] == pytest.approx(np.mean(e), abs=1e-12)
+    assert obj["energy_stderr_ha"] == pytest.approx(r.stderr, rel=1e-12)
     # AR(1): sigma_mean = sigma_eps / ((1 - phi) sqrt(n)); tau = (1 + phi)/(1 - phi) = 3.
-    assert obj["stderr"] == pytest.approx(SIG_EPS / ((1 - PHI) * np.sqrt(N_EVAL)), rel=0.25)
+    assert obj["energy_stderr_ha"] == pytest.approx(SIG_EPS / ((1 - PHI) * np.sqrt(N_EVAL)), rel=0.25)
     assert obj["tau"] == pytest.approx(3.0, rel=0.4)
-    assert abs(obj["energy"] - E_TRUE) < 4 * obj["stderr"]
-    assert obj["variance"] == pytest.approx(0.03)
-    assert obj["reference"] == H2_REF and obj["reference_kind"] == "exact"
+    assert abs(obj["energy_ha"] - E_TRUE) < 4 * obj["energy_stderr_ha"]
+    assert obj["variance_ha2"] == pytest.approx(0.03)
+    assert obj["reference_ha"] == H2_REF and obj["reference_kind"] == "exact"
     assert obj["deviation_label"] == "error"
     assert obj["deviation_mha"] == pytest.approx(1e3 * (np.mean(e) - H2_REF), rel=1e-9)
     assert obj["within_chemical_accuracy"] is True  # ~0.68 mHa above the exact energy
     assert obj["correlation_pct"] == pytest.approx(
         100 * (H2_HF - np.mean(e)) / (H2_HF - H2_REF), rel=1e-9)
-    assert [ev["name"] for ev in obj["evals"]] == ["eval_000", "eval_001"]
-    assert obj["evals"][0]["energy"] == pytest.approx(np.mean(eval_energy(run_dir, "eval_000")))
-    assert obj["evals"][1]["checkpoint_step"] == 1000
+    assert [ev["group"] for ev in obj["evaluations"]] == ["eval_000", "eval_001"]
+    assert obj["evaluations"][0]["energy_ha"] == pytest.approx(np.mean(eval_energy(run_dir, "eval_000")))
+    assert obj["evaluations"][1]["checkpoint_step"] == 1000
     with h5py.File(run_dir / "train.h5", "r") as f:
         tail = f["stats/energy"][900:]
     assert obj["train_steps"] == 1000
-    assert obj["train_tail_energy"] == pytest.approx(np.mean(tail), abs=1e-12)
+    assert obj["train_energy_ha"] == pytest.approx(np.mean(tail), abs=1e-12)
     assert obj["geometry_bohr"]["bond_length"] == pytest.approx(1.4)
 
 
@@ -110,7 +110,7 @@ def test_ccsdt_reference_is_a_difference(tmp_path, capsys):
     assert main([str(d), "--json", "--no-plots"]) == 0
     (obj,) = json.loads(capsys.readouterr().out)
     assert obj["deviation_label"] == "difference to CCSD(T)/CBS"
-    assert obj["deviation_mha"] == pytest.approx(1e3 * (obj["energy"] + 1.1760))
+    assert obj["deviation_mha"] == pytest.approx(1e3 * (obj["energy_ha"] + 1.1760))
     assert obj["within_chemical_accuracy"] is None and obj["correlation_pct"] is None
 
 
@@ -127,7 +127,7 @@ def test_no_eval_uses_training_tail_and_no_reference(tmp_path):
 def test_csv_and_table(run_dir, capsys):
     assert main([str(run_dir), "--csv", "--no-plots"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert len(rows) == 1 and rows[0]["name"] == "H2" and rows[0]["n_evals"] == "2"
+    assert len(rows) == 1 and rows[0]["system"] == "H2" and rows[0]["n_evals"] == "2"
     assert main([str(run_dir), "--no-plots"]) == 0
     out = capsys.readouterr().out
     assert "energy (Ha)" in out and "H2" in out and "error" in out
@@ -140,7 +140,7 @@ def test_pngs_and_figure_content(run_dir, capsys):
     run = load_run(run_dir)
     fig = plots.plot_training(run, summarize(run))
     ax = fig.axes[0]
-    assert ax.get_xlabel() == "step" and ax.get_ylabel() == "energy (Ha)"
+    assert fig.axes[-1].get_xlabel() == "step" and ax.get_ylabel() == "energy (Ha)"
     flat = [ln for ln in ax.get_lines() if np.ptp(ln.get_ydata()) == 0]
     assert any(np.allclose(ln.get_ydata(), H2_REF) for ln in flat)
     lo, hi = ax.get_ylim()  # converged part readable: the initial +0.8 Ha spike is cut off
@@ -170,8 +170,7 @@ def test_curve_over_bond_length(tmp_path, monkeypatch, capsys):
     assert ax.get_xlabel() == "bond length (Å)" and ax.get_ylabel() == "energy (Ha)"
 
 
-@pytest.mark.parametrize("setup", ["missing", "no_config", "no_h5", "bad_param", "bad_yaml",
-                                   "short_eval"])
+@pytest.mark.parametrize("setup", ["missing", "no_config", "no_h5", "bad_param", "bad_yaml"])
 def test_bad_run_dir_returns_2(tmp_path, capsys, setup):
     d = tmp_path / "r"
     args = [str(d), "--no-plots"]
@@ -186,10 +185,6 @@ def test_bad_run_dir_returns_2(tmp_path, capsys, setup):
     elif setup == "bad_yaml":
         make_run(d)
         (d / "config.yaml").write_text("name: [unclosed\n")
-    elif setup == "short_eval":
-        make_run(d)
-        with h5py.File(d / "eval.h5", "a") as f:
-            f.create_group("eval_002").create_dataset("energy", data=np.full(8, -1.0))
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
@@ -197,15 +192,14 @@ def test_bad_run_dir_returns_2(tmp_path, capsys, setup):
 
 def test_one_bad_run_does_not_hide_the_others(tmp_path, capsys):
     good, bad = make_run(tmp_path / "good"), make_run(tmp_path / "bad")
-    with h5py.File(bad / "eval.h5", "a") as f:
-        f.create_group("eval_002").create_dataset("energy", data=np.full(8, -1.0))
+    (bad / "config.yaml").unlink()
     assert main([str(good), str(bad), "--no-plots", "--json"]) == 2
     captured = capsys.readouterr()
     rows = json.loads(captured.out)
     assert [r["run_dir"] for r in rows] == [str(good)]
-    assert rows[0]["energy"] == summarize(good).energy
+    assert rows[0]["energy_ha"] == summarize(good).energy
     err = captured.err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: {bad}: ") and "16 samples" in err[0]
+    assert len(err) == 1 and err[0].startswith(f"error: {bad}: ") and "config.yaml" in err[0]
 
 
 def test_no_curve_for_different_molecules(tmp_path, monkeypatch):

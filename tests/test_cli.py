@@ -212,7 +212,7 @@ def test_run_end_to_end_on_h2(h2_run):
     assert abs(energy - H2_REFERENCE) < 0.025, summary
     assert summary["reference_ha"] == H2_REFERENCE
     assert (summary["n_up"], summary["n_down"]) == (1, 1)
-    assert abs(summary["error_mha"] - 1000 * (energy - H2_REFERENCE)) < 1e-6
+    assert abs(summary["deviation_mha"] - 1000 * (energy - H2_REFERENCE)) < 1e-6
     reloaded = load_config(out / "config.yaml")
     assert reloaded == load_config(H2, preset="tiny")
     assert reloaded.optim.steps == 300 and reloaded.sampler.walkers == 32

@@ -78,6 +78,7 @@ class RunData:
       pretrain: train.h5 /pretrain columns (step, loss), or None.
       evals: eval.h5 groups in name order; empty when there is no eval.h5.
       reference: the reference energy, or None when the config gives none.
+      unreadable: one line per eval.h5 group that could not be read (no 'energy', ...).
     """
 
     run_dir: pathlib.Path
@@ -87,6 +88,7 @@ class RunData:
     pretrain: Optional[dict]
     evals: list
     reference: Optional[Reference]
+    unreadable: tuple = ()
 
 
 def _read_group(group) -> dict:
@@ -121,6 +123,14 @@ def _load_eval(name: str, group) -> EvalData:
     return EvalData(name, get("energy"), get("variance"), get("pmove"), attrs, get("nonfinite"))
 
 
+def _try_load_eval(name: str, group):
+    """EvalData, or the one-line reason the group cannot be read."""
+    try:
+        return _load_eval(name, group)
+    except (InputError, OSError, KeyError, TypeError) as e:
+        return f"{name}: {e}"
+
+
 def load_run(run_dir) -> RunData:
     """Read config.yaml, train.h5 and eval.h5 of a run directory (format: ARCHITECTURE.md).
 
@@ -132,8 +142,8 @@ def load_run(run_dir) -> RunData:
 
     Raises:
       InputError (a ValueError): not a directory, no config.yaml, neither train.h5 nor eval.h5,
-        stats columns of unequal length or without 'step'/'energy', an eval group without
-        'energy', a non-numeric reference energy.
+        stats columns of unequal length or without 'step'/'energy', a non-numeric reference
+        energy. An eval group without 'energy' is listed in `unreadable`, not raised.
       OSError: an HDF5 file that cannot be read.
     """
     run_dir = pathlib.Path(run_dir)
@@ -163,9 +173,14 @@ def load_run(run_dir) -> RunData:
             raise InputError(f"{train}: /stats datasets must be 1-D of equal length")
     if evalf.is_file():
         with h5io.open_read(evalf) as f:
-            evals = [_load_eval(k, f[k]) for k in sorted(f) if isinstance(f[k], h5py.Group)]
+            loaded = [_try_load_eval(k, f[k]) for k in sorted(f) if isinstance(f[k], h5py.Group)]
+        evals = [e for e in loaded if isinstance(e, EvalData)]
+        unreadable = tuple(e for e in loaded if isinstance(e, str))
+    else:
+        unreadable = ()
     name = str(config.get("name") or run_dir.resolve().name)
-    return RunData(run_dir, name, config, stats, pretrain, evals, _parse_reference(config))
+    return RunData(run_dir, name, config, stats, pretrain, evals, _parse_reference(config),
+                   unreadable)
 
 
 # ------------------------------------------------------------------------------ summaries
@@ -196,7 +211,8 @@ class RunSummary:
     Energies in Ha, variance in Ha², deviation in mHa. `estimator` says where `energy` comes
     from: 'eval' (the last group of eval.h5, frozen parameters) or 'train tail' (last 10 % of
     training steps, parameters still moving) when there is no evaluation; None when neither
-    has MIN_SAMPLES finite values. deviation_mha = 1000 (energy − reference); its label is
+    has MIN_SAMPLES finite values.
+    `flags` are the warnings of `vmc.diagnostics.energy_flags` on that estimate. deviation_mha = 1000 (energy − reference); its label is
     'error' for an exact or estimated-exact reference and 'difference to CCSD(T)/CBS' (or
     'difference to reference') otherwise, where within_chemical_accuracy stays None.
     correlation_pct = 100 (E_HF − E)/(E_HF − E_ref) (fraction of correlation energy,
@@ -227,10 +243,29 @@ class RunSummary:
     within_chemical_accuracy: Optional[bool]
     correlation_pct: Optional[float]
     evals: tuple
+    flags: tuple = ()     # vmc.diagnostics.Flag: no_plateau, eval_drift, train_eval_disagree
+    skipped: tuple = ()   # one line per eval.h5 group left out (unreadable, too few values)
+    group: Optional[str] = None   # the eval.h5 group the estimate comes from
 
     def to_dict(self) -> dict:
-        """Plain JSON-serialisable dict (evals as a list of dicts)."""
-        return dataclasses.asdict(self) | {"evals": [dataclasses.asdict(e) for e in self.evals]}
+        """Plain JSON-serialisable dict with the key names of summary.json (JSON_KEYS):
+        energy_ha, energy_stderr_ha, variance_ha2, reference_ha, train_energy_ha, ...;
+        evaluations as a list of dicts (group, energy_ha, ...), flags as {code, message,
+        advice}, skipped as lines."""
+        d = dataclasses.asdict(self)
+        d["evals"] = [{EVAL_KEYS.get(k, JSON_KEYS.get(k, k)): v
+                       for k, v in dataclasses.asdict(e).items()} for e in self.evals]
+        d["flags"] = [f.to_dict() for f in self.flags]
+        d["skipped"] = list(self.skipped)
+        return {JSON_KEYS.get(k, k): v for k, v in d.items()}
+
+
+# RunSummary / EvalSummary field -> the key shared by summary.json, `analyze --json`, --csv
+JSON_KEYS = {"name": "system", "energy": "energy_ha", "stderr": "energy_stderr_ha",
+             "variance": "variance_ha2", "reference": "reference_ha", "hf_limit": "hf_limit_ha",
+             "train_tail_energy": "train_energy_ha", "train_tail_stderr": "train_energy_stderr_ha",
+             "train_tail_plateau": "train_plateau", "evals": "evaluations"}
+EVAL_KEYS = {"name": "group"}   # an EvalSummary's name is its eval.h5 group (summary.json)
 
 
 def _finite_mean(x) -> Optional[float]:
@@ -241,10 +276,10 @@ def _finite_mean(x) -> Optional[float]:
 
 def _summarize_eval(ev: EvalData) -> EvalSummary:
     energy = ev.energy[np.isfinite(ev.energy)]   # a step with no finite E_L is NaN
-    try:
-        r = reblock(energy)
-    except ValueError as e:
-        raise InputError(f"eval.h5/{ev.name}: {e}") from None
+    if energy.size < MIN_SAMPLES:
+        raise InputError(f"{ev.name}: {energy.size} finite step energies of {ev.energy.size}, "
+                         f"fewer than the {MIN_SAMPLES} reblocking needs")
+    r = reblock(energy)
     ints = [None if ev.attrs.get(k) is None else int(ev.attrs[k])
             for k in ("checkpoint_step", "seed", "walkers")]
     bad = 0 if ev.nonfinite is None else int(np.sum(ev.nonfinite))
@@ -254,16 +289,12 @@ def _summarize_eval(ev: EvalData) -> EvalSummary:
                        bad, bad / total if total else 0.0)
 
 
-def train_tail(stats: dict) -> tuple[Optional[ReblockResult], slice]:
-    """Reblock the last 10 % of training steps (at least MIN_SAMPLES steps).
-
-    Args:
-      stats: train.h5 /stats columns; uses 'energy' (n_steps,) Ha. Non-finite and rejected
-        steps (those that raised the running 'rejected' count) are skipped.
+def train_tail_series(stats: dict) -> tuple[np.ndarray, slice]:
+    """The training energies (Ha) of the last 10 % of steps (at least MIN_SAMPLES steps),
+    non-finite and rejected steps (those that raised the running 'rejected' count) left out.
 
     Returns:
-      (ReblockResult or None when fewer than MIN_SAMPLES finite energies remain, the slice of
-      steps used).
+      ((m,) energies, the slice of steps they come from).
     """
     energy = np.asarray(stats.get("energy", np.zeros(0)), dtype=np.float64)
     n = energy.size
@@ -272,8 +303,26 @@ def train_tail(stats: dict) -> tuple[Optional[ReblockResult], slice]:
     rejected = np.asarray(stats.get("rejected", np.zeros(n)), dtype=np.float64)
     if rejected.size == n and n:   # a running count: a step that raised it was rejected
         keep &= np.diff(rejected, prepend=0.0) <= 0
-    e = energy[tail][keep[tail]]
+    return energy[tail][keep[tail]], tail
+
+
+def train_tail(stats: dict) -> tuple[Optional[ReblockResult], slice]:
+    """Reblock the training tail (`train_tail_series`; stats: train.h5 /stats columns, uses
+    'energy' (n_steps,) Ha and 'rejected').
+
+    Returns:
+      (ReblockResult or None when fewer than MIN_SAMPLES finite energies remain, the slice of
+      steps used).
+    """
+    e, tail = train_tail_series(stats)
     return (reblock(e) if e.size >= MIN_SAMPLES else None), tail
+
+
+def deviation_label(kind: str) -> str:
+    """What E − E_ref is called for a reference of this kind: 'error' (exact or estimated
+    exact), 'difference to CCSD(T)/CBS' or 'difference to reference'."""
+    return ("error" if kind in EXACT_KINDS else "difference to CCSD(T)/CBS"
+            if kind == "CCSD(T)/CBS" else "difference to reference")
 
 
 def _compare(e: float, se: float, ref: Reference) -> dict:
@@ -284,8 +333,7 @@ def _compare(e: float, se: float, ref: Reference) -> dict:
         corr = 100.0 * (ref.hf_limit - e) / (ref.hf_limit - ref.energy)
     return dict(deviation_mha=1e3 * (e - ref.energy),
                 deviation_sigma=(e - ref.energy) / se if se else None,
-                deviation_label="error" if exactish else "difference to CCSD(T)/CBS"
-                if ref.kind == "CCSD(T)/CBS" else "difference to reference",
+                deviation_label=deviation_label(ref.kind),
                 within_chemical_accuracy=bool(abs(e - ref.energy) <= CHEMICAL_ACCURACY_HA)
                 if exactish else None, correlation_pct=corr)
 
@@ -300,25 +348,38 @@ def summarize(run_dir) -> RunSummary:
       RunSummary (see its docstring for units and definitions).
 
     Raises:
-      InputError (a ValueError), OSError: as `load_run`; InputError for an evaluation with
-        fewer than 16 steps or non-finite energies.
+      InputError (a ValueError), OSError: as `load_run`. An evaluation group with fewer
+        than 16 finite step energies (or unreadable) is left out and named in `skipped`; the
+        estimate is the newest usable group.
     """
+    from vmc.diagnostics import energy_flags
     run = run_dir if isinstance(run_dir, RunData) else load_run(run_dir)
-    evals = tuple(_summarize_eval(ev) for ev in run.evals)
+    good, skipped = [], list(run.unreadable)
+    for ev in run.evals:
+        try:
+            good.append((ev, _summarize_eval(ev)))
+        except InputError as e:
+            skipped.append(str(e))
+    evals = tuple(s for _, s in good)
     tail, cut = train_tail(run.stats)
     head = dict.fromkeys(("estimator", "energy", "stderr", "tau", "block_size", "plateau",
-                          "variance"))
-    n_s = 0
+                          "variance", "group"))
+    n_s, flags = 0, []
     if evals:
-        last = evals[-1]
+        ev, last = good[-1]
         head.update(estimator="eval", energy=last.energy, stderr=last.stderr, tau=last.tau,
-                    block_size=last.block_size, plateau=last.plateau, variance=last.variance)
+                    block_size=last.block_size, plateau=last.plateau, variance=last.variance,
+                    group=last.name)
         n_s = last.steps
+        series = ev.energy[np.isfinite(ev.energy)]
+        flags = energy_flags(series, reblock(series), train_tail_series(run.stats)[0],
+                             eval_steps=last.steps, run_dir=str(run.run_dir))
     elif tail is not None:
         head.update(estimator="train tail", energy=tail.mean, stderr=tail.stderr, tau=tail.tau,
                     block_size=tail.block_size, plateau=tail.plateau,
                     variance=_finite_mean(run.stats.get("variance", np.zeros(0))[cut]))
         n_s = cut.stop - cut.start
+        flags = energy_flags(None, tail, None, run_dir=str(run.run_dir))
     ref = run.reference
     cmp = dict.fromkeys(("deviation_mha", "deviation_sigma", "deviation_label",
                          "within_chemical_accuracy", "correlation_pct"))
@@ -333,4 +394,5 @@ def summarize(run_dir) -> RunSummary:
         reference=None if ref is None else ref.energy,
         reference_kind=None if ref is None else ref.kind,
         reference_source=None if ref is None else ref.source,
-        hf_limit=None if ref is None else ref.hf_limit, **cmp, evals=evals)
+        hf_limit=None if ref is None else ref.hf_limit, **cmp, evals=evals,
+        flags=tuple(flags), skipped=tuple(skipped))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import itertools
 import json
 import math
@@ -139,9 +138,14 @@ def format_value_error(value: Optional[float], err: Optional[float]) -> str:
 
 def _row(s: RunSummary) -> list[str]:
     dev = "—" if s.deviation_mha is None else f"{s.deviation_mha:+.2f}"
+    low = ">=" if s.plateau is False else ""   # no plateau: the error bar is a lower bound
     if s.deviation_mha is not None and s.stderr:
-        dev += f" ± {1e3 * s.stderr:.2f}"
-    return [pathlib.Path(s.run_dir).name, s.name, format_value_error(s.energy, s.stderr),
+        dev += f" ± {low}{1e3 * s.stderr:.2f}"
+    energy = format_value_error(s.energy, s.stderr)
+    if low and "(" in energy:
+        energy = energy.replace("(", "(>=")
+    flagged = "" if not s.flags else " !"
+    return [pathlib.Path(s.run_dir).name, s.name, energy + flagged,
             "—" if s.tau is None else f"{s.tau:.1f}",
             "—" if s.block_size is None else str(s.block_size),
             "—" if s.variance is None else f"{s.variance:.3g}",
@@ -172,9 +176,12 @@ def _notes(s: RunSummary) -> list[str]:
         out.append("no evaluation and fewer than 16 finite training energies: no energy"
                    if s.train_steps else "no evaluation and no training steps: no energy "
                    "(`vmc eval` evaluates the checkpoint)")
-    if s.plateau is False:
-        out.append("reblocking found no plateau: the series is too short for its correlation; "
-                   "the error bar is a lower bound")
+    for skipped in s.skipped:
+        out.append(f"eval.h5 group left out: {skipped}")
+    if s.skipped and s.group:
+        out.append(f"the estimate is from {s.group}, the newest usable evaluation")
+    for flag in s.flags:
+        out.append(f"WARNING ({flag.code}): {flag.line()}")
     if s.evals and s.estimator == "eval" and s.evals[-1].nonfinite_samples:
         last = s.evals[-1]
         out.append(f"{last.nonfinite_samples} non-finite local energies left out of "
@@ -205,23 +212,34 @@ def print_table(summaries: Sequence[RunSummary], file=None) -> None:
             print(f"{s.run_dir}: {note}", file=file)
 
 
-def _write_plots(run: RunData, summary: RunSummary) -> None:
-    from vmc import plots
+PNGS = ("training.png", "variance.png", "sampler.png", "evaluation.png", "pretrain.png")
 
+
+def _write_plots(run: RunData, summary: RunSummary, folder: pathlib.Path) -> None:
+    """Write the PNGs of one run into `folder` (notes on stderr for those not written)."""
+    from vmc import plots, plots_eval
+
+    makers = {"training.png": lambda: plots.plot_training(run, summary),
+              "variance.png": lambda: plots.plot_variance(run),
+              "sampler.png": lambda: plots.plot_sampler(run),
+              "evaluation.png": lambda: plots_eval.plot_evaluation(run, summary),
+              "pretrain.png": lambda: plots_eval.plot_pretrain(run)}
     if not run.stats:   # e.g. the hf ansatz: nothing trained, train.h5 absent or empty
         print(f"note: {run.run_dir}: no training steps; training.png, variance.png and "
               f"sampler.png not written", file=sys.stderr)
-        return
-    for fname, make in (("training.png", lambda: plots.plot_training(run, summary)),
-                        ("variance.png", lambda: plots.plot_variance(run)),
-                        ("sampler.png", lambda: plots.plot_sampler(run))):
+        for k in ("training.png", "variance.png", "sampler.png"):
+            makers.pop(k)
+    if not run.pretrain:
+        makers.pop("pretrain.png")   # no pretraining: nothing to say
+    folder.mkdir(parents=True, exist_ok=True)
+    for fname, make in makers.items():
         try:
             fig = make()
         except ValueError as e:
             print(f"note: {fname} not written: {e}", file=sys.stderr)
             continue
-        fig.savefig(run.run_dir / fname, dpi=120)
-        print(f"wrote {run.run_dir / fname}", file=sys.stderr)
+        fig.savefig(folder / fname, dpi=120)
+        print(f"wrote {folder / fname}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -231,6 +249,10 @@ def _parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="print a JSON list, one object per run")
     fmt.add_argument("--csv", action="store_true", help="print CSV, one row per run")
     p.add_argument("--no-plots", action="store_true", help="write no PNG files")
+    p.add_argument("--plots-dir", metavar="DIR", help="write the PNGs of each run to "
+                   "DIR/<run name>/ (default: into the run directory)")
+    p.add_argument("--export", choices=("csv",), help="write train.csv (one row per step), "
+                   "eval.csv and pretrain.csv into each run directory, for pandas.read_csv")
     p.add_argument("--curve-param", metavar="NAME", help="x of the energy curve: bond_length, "
                    "r_min, r_I_J (bohr) or a dotted config path; default: automatic")
     p.add_argument("--curve-out", metavar="PATH", help="curve PNG path (default: "
@@ -259,16 +281,26 @@ def _run(args) -> int:
                 for r, s in zip(runs, summaries)]
         print(json.dumps(objs, indent=2))
     elif args.csv:
-        fields = [f.name for f in dataclasses.fields(RunSummary) if f.name != "evals"]
-        w = csv.DictWriter(sys.stdout, fieldnames=fields + ["n_evals"], lineterminator="\n")
+        rows = [s.to_dict() for s in summaries]
+        fields = [k for k in rows[0] if k not in ("evaluations", "flags", "skipped")]
+        w = csv.DictWriter(sys.stdout, fieldnames=fields + ["n_evals", "flags"],
+                           lineterminator="\n")
         w.writeheader()
-        for s in summaries:
-            w.writerow({k: getattr(s, k) for k in fields} | {"n_evals": len(s.evals)})
+        for s, row in zip(summaries, rows):
+            w.writerow({k: row[k] for k in fields} | {
+                "n_evals": len(s.evals), "flags": " ".join(f.code for f in s.flags)})
     else:
         print_table(summaries)
+    if args.export == "csv":
+        from vmc.export import export_csv
+        for r in runs:
+            for path in export_csv(r):
+                print(f"wrote {path}", file=sys.stderr)
     if not args.no_plots:
         for r, s in zip(runs, summaries):
-            _write_plots(r, s)
+            folder = (pathlib.Path(args.plots_dir) / pathlib.Path(r.run_dir).resolve().name
+                      if args.plots_dir else pathlib.Path(r.run_dir))
+            _write_plots(r, s, folder)
         if curve is not None:
             from vmc import plots
 

@@ -1,4 +1,5 @@
-"""`vmc check`: the resolved config, spin assignment, parameter count and memory estimate."""
+"""`vmc check`: the resolved config, spin assignment, geometry in bohr, E_nn, the
+Hartree–Fock energy, the network, parameter count and memory estimate."""
 
 from __future__ import annotations
 
@@ -28,12 +29,27 @@ def memory_estimate_mb(cfg: Config, n_params: int, n_electrons: int) -> float:
     return total / 2 ** 20
 
 
+def network_size(cfg: Config) -> str:
+    """The resolved network in one line, e.g. 'ferminet: one-electron widths [32, 32, 32],
+    two-electron [8, 8, 8], 8 full determinants, isotropic envelope, no Jastrow'."""
+    a = cfg.ansatz
+    tail = (f"{a.determinants} {'full' if a.full_det else 'block-diagonal'} determinants, "
+            f"{a.envelope} envelope, {'Jastrow' if a.jastrow else 'no Jastrow'}")
+    if a.name == "ferminet":
+        return (f"ferminet: one-electron widths {list(a.hidden_one)}, two-electron "
+                f"{list(a.hidden_two)}, {tail}")
+    if a.name == "psiformer":
+        return (f"psiformer: {a.layers} layers x {a.heads} heads x {a.head_dim}, "
+                f"{'layer norm, ' if a.layer_norm else ''}{tail}")
+    return f"{a.name}: the Hartree-Fock determinant in {cfg.pretrain.basis}, no parameters"
+
+
 def describe(cfg: Config, hf=None, notes=()) -> str:
     """Text printed by `vmc check` (the config is already validated, vmc.precheck).
 
     Args:
-      hf: the Hartree–Fock result when the run needs one (reused, not recomputed).
-      notes: lines printed after the device line (e.g. the Hartree–Fock energy).
+      hf: the Hartree–Fock result (`vmc.hf.HartreeFock`), printed; None prints none.
+      notes: lines printed after the device line.
     """
     from vmc.precheck import trains
     from vmc.sampler import electron_assignment
@@ -48,7 +64,14 @@ def describe(cfg: Config, hf=None, notes=()) -> str:
     for i, sym in enumerate(mol.symbols):
         lines.append(f"  atom {i} {sym:2s} Z={int(mol.charges[i])}: "
                      f"{int(np.sum(up == i))} up, {int(np.sum(down == i))} down")
-    lines += ["", f"parameters: {n_params}",
+    lines += ["", "# geometry (bohr)"]
+    for i, sym in enumerate(mol.symbols):
+        x, y, z = (float(v) for v in mol.positions[i])
+        lines.append(f"  {i} {sym:2s} {x:12.6f} {y:12.6f} {z:12.6f}")
+    lines.append(f"nuclear repulsion E_nn: {mol.nuclear_repulsion:.6f} Ha")
+    if hf is not None:
+        lines.append(f"hartree-fock: {hf.method.upper()}/{hf.basis} energy {hf.energy:.6f} Ha")
+    lines += ["", f"network: {network_size(cfg)}", f"parameters: {n_params}",
               f"estimated memory per step: {memory_estimate_mb(cfg, n_params, mol.n_electrons):.0f} MB",
               f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}"]
     if not trains(cfg):

@@ -1,4 +1,4 @@
-"""Command line: `vmc run`, `vmc check`, `vmc eval`, `vmc analyze`.
+"""Command line: `vmc run`, `vmc resume`, `vmc check`, `vmc eval`, `vmc analyze`.
 
 Bad input prints one line `error: ...` to stderr and exits with code 2, writing nothing.
 """
@@ -19,36 +19,58 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    import vmc
     p = _Parser(prog="vmc", description="Neural-network variational Monte Carlo for molecules.")
+    p.add_argument("--version", action="version", version=f"vmc {vmc.__version__}",
+                   help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     r = sub.add_parser("run", help="train a wavefunction, evaluate it, write summary.json")
-    r.add_argument("config", help="molecule YAML file")
+    r.add_argument("config", help="molecule YAML file, or an .xyz file (Å) with --charge/--spin")
     r.add_argument("--out", help="run directory (default runs/<config stem>)")
-    r.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="KEY=VALUE", help="override a setting, e.g. optim.lr=0.1")
-    r.add_argument("--preset", help="named settings: paper (FermiNet sizes), tiny")
+    _settings_args(r)
     r.add_argument("--resume", action="store_true",
-                   help="continue from the newest valid checkpoint in --out")
+                   help="continue from the newest valid checkpoint in --out "
+                        "(`vmc resume RUN_DIR` needs no config)")
     r.add_argument("--init-from", metavar="RUN_DIR",
                    help="warm start: parameters (and walkers) from another run")
     _distributed_args(r)
+    rs = sub.add_parser("resume", help="continue a run from its own config.yaml")
+    rs.add_argument("run_dir", help="run directory written by `vmc run`")
+    rs.add_argument("--steps", type=int, metavar="N",
+                    help="train to N steps in all (optim.steps); default: the run's own")
+    rs.add_argument("--set", dest="overrides", action="append", default=[],
+                    metavar="KEY=VALUE", help="change a setting that a resume may change "
+                    "(sampler.walkers, eval.*, run.* but seed and x64, the reference)")
+    _distributed_args(rs)
     c = sub.add_parser("check", help="validate a config and print what a run would do")
-    c.add_argument("config")
-    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    c.add_argument("--preset")
+    c.add_argument("config", help="molecule YAML file, or an .xyz file (Å) with --charge/--spin")
+    _settings_args(c)
     e = sub.add_parser("eval", help="frozen-parameter evaluation of a run's newest checkpoint")
-    e.add_argument("run_dir")
-    e.add_argument("--steps", type=int)
-    e.add_argument("--walkers", type=int)
-    e.add_argument("--seed", type=int)
-    e.add_argument("--burn-in", type=int)
+    e.add_argument("run_dir", help="run directory written by `vmc run`")
+    e.add_argument("--steps", type=int, help="recorded steps (default eval.steps, or 2000 "
+                   "when that is 0); at least 16")
+    e.add_argument("--walkers", type=int, help="walkers (default eval.walkers)")
+    e.add_argument("--seed", type=int, help="random seed (default: one above every seed used "
+                   "so far); a seed already in eval.h5 is refused")
+    e.add_argument("--burn-in", type=int, help="unrecorded Metropolis steps first, with the "
+                   "width adapting (default eval.burn_in)")
     _distributed_args(e)
-    sub.add_parser("analyze", help="reblocked energies, tables and plots of runs",
-                   add_help=False)
+    sub.add_parser("analyze", help="reblocked energies, warnings, tables, CSV and plots of "
+                   "runs (`vmc analyze --help`)", add_help=False)
     li = sub.add_parser("launch-info", help="print how this process would join a multi-process "
                         "run (from the flags, VMC_* or SLURM), without starting anything")
     _distributed_args(li)
     return p
+
+
+def _settings_args(p):
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override a setting, e.g. optim.lr=0.1 "
+                   "(repeatable)")
+    p.add_argument("--preset", help="named settings: paper (FermiNet's sizes, for GPUs), "
+                   "tiny (smoke tests)")
+    p.add_argument("--charge", type=int, help="total charge (for an .xyz geometry)")
+    p.add_argument("--spin", type=int, help="2S = n_up - n_down (for an .xyz geometry)")
 
 
 def _distributed_args(p):
@@ -56,8 +78,8 @@ def _distributed_args(p):
                              "VMC_COORDINATOR, VMC_NUM_PROCESSES, VMC_PROCESS_ID)")
     g.add_argument("--coordinator", metavar="HOST:PORT",
                    help="address of process 0's coordination service")
-    g.add_argument("--num-processes", type=int, metavar="N")
-    g.add_argument("--process-id", type=int, metavar="I")
+    g.add_argument("--num-processes", type=int, metavar="N", help="processes in all")
+    g.add_argument("--process-id", type=int, metavar="I", help="this process, 0 … N-1")
 
 
 def _avoid_cpu_deadlock():
@@ -82,13 +104,6 @@ def _setup_jax(args=None, cfg=None):
                       getattr(args, "process_id", None), heartbeat_s=heartbeat)
 
 
-def _log(message: str) -> None:
-    """Console lines come from process 0 only."""
-    import jax
-    if jax.process_index() == 0:
-        print(message, flush=True)
-
-
 def main(argv=None) -> int:
     """Entry point of the `vmc` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -106,6 +121,8 @@ def main(argv=None) -> int:
             return _run(args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "resume":
+            return _resume(args)
         if args.command == "launch-info":
             import json
             from vmc.parallel import launch_plan
@@ -114,9 +131,11 @@ def main(argv=None) -> int:
             return 0
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
+        _LOGS and _LOGS[-1].error(f"error: {err}")
         return 2
     except DistributedError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
+        _LOGS and _LOGS[-1].error(f"error: {err}")
         return 1
     except Exception as err:  # noqa: BLE001
         _lost_peer(err)
@@ -139,9 +158,19 @@ def _lost_peer(err: Exception) -> None:
     os._exit(1)
 
 
+_LOGS: list = []   # the RunLog of this call (so that an error line reaches run.log too)
+
+
+def _run_log(run_dir):
+    from vmc.runlog import RunLog
+    _LOGS.append(RunLog(run_dir))
+    return _LOGS[-1]
+
+
 def _load(args):
     from vmc.config import load_config
-    return load_config(args.config, preset=args.preset, overrides=tuple(args.overrides))
+    return load_config(args.config, preset=args.preset, overrides=tuple(args.overrides),
+                       charge=args.charge, spin=args.spin)
 
 
 def _run(args) -> int:
@@ -151,7 +180,14 @@ def _run(args) -> int:
     from vmc.run import train_run
     return train_run(cfg, out, resume=args.resume,
                      init_from=pathlib.Path(args.init_from) if args.init_from else None,
-                     log=_log)
+                     log=_run_log(out))
+
+
+def _resume(args) -> int:
+    from vmc.run import resume_run
+    run_dir = pathlib.Path(args.run_dir)
+    return resume_run(run_dir, steps=args.steps, overrides=tuple(args.overrides),
+                      log=_run_log(run_dir), setup_jax=lambda cfg: _setup_jax(args, cfg))
 
 
 def _eval(args) -> int:
@@ -164,18 +200,26 @@ def _eval(args) -> int:
         check_devices({"--walkers": args.walkers} if args.walkers
                       else {"eval.walkers": cfg.eval.walkers})
     from vmc.run import eval_run
-    return eval_run(pathlib.Path(args.run_dir), steps=args.steps, walkers=args.walkers,
-                    seed=args.seed, burn_in=args.burn_in, log=_log)
+    return eval_run(run_dir, steps=args.steps, walkers=args.walkers,
+                    seed=args.seed, burn_in=args.burn_in, log=_run_log(run_dir))
 
 
 def _check(args) -> int:
     cfg = _load(args)
     _setup_jax()
     from vmc.check import describe
+    from vmc.errors import InputError
     from vmc.precheck import check_run_input
+    from vmc.precheck import hartree_fock
     lines = []
     checked = check_run_input(cfg, resume=False, log=lines.append)
-    print(describe(cfg, hf=checked.hf, notes=lines + ([checked.note] if checked.note else [])))
+    hf = checked.hf
+    if hf is None:   # the run needs none (no pretraining), but the energy is worth seeing
+        try:
+            hf = hartree_fock(cfg, log=lambda _: None)
+        except InputError as err:
+            lines.append(f"hartree-fock: not available ({err})")
+    print(describe(cfg, hf=hf, notes=lines))
     return 0
 
 

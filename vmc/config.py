@@ -284,19 +284,40 @@ def config_from_dict(data: dict, *, name: str = "molecule", preset: Optional[str
         merged = _merge(merged, _parse_override(item))
     cfg = _build(Config, merged, "")
     molecule = cfg.build_molecule()
-    return _resolve_defaults(cfg, molecule.n_electrons)
+    return _one_electron_reference(_resolve_defaults(cfg, molecule.n_electrons), molecule)
 
 
-def load_config(path, *, preset: Optional[str] = None,
-                overrides: tuple[str, ...] = ()) -> Config:
-    """Read a YAML config file and return the resolved, validated Config.
+def _one_electron_reference(cfg: Config, molecule: Molecule) -> Config:
+    """A one-electron atom or ion without a reference gets its exact energy, −Z²/2 Ha."""
+    if molecule.n_electrons != 1 or len(molecule.symbols) != 1 or \
+            cfg.molecule.reference.energy is not None:
+        return cfg
+    z = float(molecule.charges[0])
+    ref = Reference(energy=-0.5 * z * z, source="exact: -Z^2/2 for one electron", kind="exact")
+    return dataclasses.replace(cfg, molecule=dataclasses.replace(cfg.molecule, reference=ref))
+
+
+def load_config(path, *, preset: Optional[str] = None, overrides: tuple[str, ...] = (),
+                charge: Optional[int] = None, spin: Optional[int] = None) -> Config:
+    """Read a YAML config file (or an .xyz geometry, Å) and return the resolved Config.
+
+    `charge` and `spin` (2S), when given, set molecule.charge and molecule.spin (an .xyz file
+    holds neither; default 0).
 
     Raises:
-      InputError: missing file, invalid YAML, or any invalid setting (see config_from_dict).
+      InputError: missing file, invalid YAML or xyz, or any invalid setting (see
+        config_from_dict).
     """
     path = pathlib.Path(path)
     if not path.is_file():
         raise InputError(f"config file {str(path)!r}: not found")
+    extra = tuple(f"molecule.{k}={v}" for k, v in (("charge", charge), ("spin", spin))
+                  if v is not None)
+    overrides = tuple(overrides) + extra
+    if path.suffix.lower() == ".xyz":
+        from vmc.config_parse import read_xyz
+        return config_from_dict(read_xyz(path), name=path.stem, preset=preset,
+                                overrides=overrides)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

@@ -144,3 +144,35 @@ def _parse_override(item: str) -> dict:
     for p in reversed(parts):
         value = {p: value}
     return value
+
+
+def read_xyz(path) -> dict:
+    """The molecule of an .xyz file: {atoms: [{symbol, position}], units: angstrom}.
+
+    Format: a line with the atom count, a comment line, then one line per atom
+    ``Symbol x y z`` in Å (extra columns ignored).
+
+    Raises:
+      InputError: a count that does not match the atom lines, or a line that is not
+        ``Symbol x y z``, naming the file and line.
+    """
+    import pathlib
+    path = pathlib.Path(path)
+    lines = path.read_text().splitlines()
+    try:
+        n = int(lines[0].split()[0])
+    except (IndexError, ValueError):
+        raise InputError(f"{path}: line 1 must be the number of atoms (xyz format)") from None
+    atoms = []
+    for k, line in enumerate(lines[2:2 + n], start=3):
+        parts = line.split()
+        try:
+            atoms.append({"symbol": parts[0], "position": [float(v) for v in parts[1:4]]})
+            if len(parts) < 4:
+                raise ValueError
+        except (IndexError, ValueError):
+            raise InputError(f"{path}: line {k}: expected 'Symbol x y z' (Å), got "
+                             f"{line.strip()!r}") from None
+    if len(atoms) != n:
+        raise InputError(f"{path}: line 1 says {n} atoms but {len(atoms)} atom lines follow")
+    return {"atoms": atoms, "units": "angstrom"}

@@ -111,6 +111,43 @@ def _row(t: int, stats: dict, rejected: int, seconds: float) -> dict:
     return row
 
 
+class _Progress:
+    """Step times (the first step, which compiles, left out) and recent energies for the
+    console line: step/total, energy, running mean ± error, ETA."""
+
+    WINDOW = 100
+
+    def __init__(self, start: int):
+        self.start = start
+        self.energies: list = []
+        self.seconds: list = []
+
+    def add(self, t: int, energy: float, seconds: float) -> None:
+        if np.isfinite(energy):
+            self.energies = (self.energies + [energy])[-self.WINDOW:]
+        if t > self.start + 1:
+            self.seconds.append(seconds)
+
+    def line(self, t: int, steps: int, stats: dict) -> str:
+        e = np.asarray(self.energies)
+        mean = ""
+        if e.size >= 2:
+            from vmc.reblock import MIN_SAMPLES, reblock
+            se = reblock(e).stderr if e.size >= MIN_SAMPLES else e.std(ddof=1) / np.sqrt(e.size)
+            mean = f"  mean(last {e.size}) {e.mean():+.6f} ± {se:.6f} Ha"
+        rate = float(np.mean(self.seconds[-self.WINDOW:])) if self.seconds else None
+        timing = "" if rate is None else (f"  {rate:.3f} s/step  ETA "
+                                          f"{_hms(rate * (steps - t))}")
+        return (f"step {t:6d} / {steps}  E {stats['energy']:+.6f} Ha{mean}  "
+                f"var {stats['variance']:.4g} Ha²  pmove {stats['pmove']:.3f}  "
+                f"width {stats['width']:.3f} bohr{timing}")
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
 def _accepted(stats: dict, n_walkers: int, max_bad: float) -> bool:
     return bool(np.isfinite(stats["energy"]) and np.isfinite(stats["update_norm"])
                 and stats["bad_walkers"] <= max_bad * n_walkers)
@@ -143,6 +180,7 @@ def run_loop(step_fn: Callable, state: TrainState, *, start: int, steps: int, tr
     poison, poison_count = poison_steps()
     n_walkers = int(state.mcmc.walkers.shape[0])
     bad_in_row = 0
+    clock = _Progress(start)
     last_ckpt_time = start_time = time.time()
     t = start
     with SignalFlag() as flag:
@@ -173,10 +211,12 @@ def run_loop(step_fn: Callable, state: TrainState, *, start: int, steps: int, tr
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix_str(f"E={stats['energy']:.5f}", refresh=False)
+            clock.add(t, stats["energy"], seconds)
+            if t == start + 1:
+                log(f"compile: the first step ({t} of {steps}) took {seconds:.1f} s with the "
+                    f"compilation of the training step; the step times below leave it out")
             if t % r.log_every == 0 or t == steps:
-                log(f"step {t:6d}  E {stats['energy']:+.6f} Ha  var {stats['variance']:.4g}  "
-                    f"pmove {stats['pmove']:.3f}  width {stats['width']:.3f}  "
-                    f"{seconds:.3f} s/step")
+                log(clock.line(t, steps, stats))
             if bad_in_row >= r.max_bad_steps:
                 writer.flush()
                 return state, t, Outcome.DIVERGED, rejected

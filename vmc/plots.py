@@ -27,6 +27,16 @@ def _figure(**kw):
     return fig
 
 
+def integer_steps(ax) -> None:
+    """Step axis with integer ticks only (short runs would get half steps)."""
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _mean_label(w: int) -> str:
+    return f"running mean ({w} step{'s' if w != 1 else ''})"
+
+
 def running_mean(x: np.ndarray, window: int) -> np.ndarray:
     """Centred moving average over `window` samples (shorter at the ends), skipping non-finite.
 
@@ -50,7 +60,7 @@ def running_mean(x: np.ndarray, window: int) -> np.ndarray:
 
 
 def _window(n: int) -> int:
-    return max(1, min(1000, n // 50))
+    return max(1, min(1000, n // 20))
 
 
 def _converged_ylim(values: np.ndarray, extra: Sequence[float]) -> Optional[tuple]:
@@ -68,7 +78,8 @@ def _converged_ylim(values: np.ndarray, extra: Sequence[float]) -> Optional[tupl
 
 
 def plot_training(run: RunData, summary: Optional[RunSummary] = None):
-    """Training energy per step, its running mean, the reference ± chemical accuracy.
+    """Training energy per step, its running mean, the reference ± chemical accuracy; with a
+    reference, a second panel with |E − E_ref| in mHa on a log axis.
 
     Args:
       run: loaded run (`vmc.analysis.load_run`); uses stats 'step', 'energy' (Ha).
@@ -76,9 +87,11 @@ def plot_training(run: RunData, summary: Optional[RunSummary] = None):
         checkpoint step.
 
     Returns:
-      Figure with one Axes: x 'step', y 'energy (Ha)'. The reference is an axhline (label
-      'reference (<kind>)') with a ±1.6 mHa band; y-limits cover the second half of training
-      so early transients do not squash the converged part.
+      Figure: Axes 0, x 'step', y 'energy (Ha)': the reference as an axhline (label
+      'reference (<kind>)') with a ±1.6 mHa band, y-limits covering the second half of
+      training so early transients do not squash the converged part. With a reference, Axes 1
+      (shared x), y '|E − E_ref| (mHa)' log-scaled: per step, the running mean, the
+      evaluations, and the chemical-accuracy line at 1.6 mHa.
 
     Raises:
       ValueError: the run has no training stats.
@@ -89,11 +102,13 @@ def plot_training(run: RunData, summary: Optional[RunSummary] = None):
     energy = np.asarray(run.stats["energy"], dtype=np.float64)
     w = _window(energy.size)
     avg = running_mean(energy, w)
-    fig = _figure(figsize=(7.5, 5))
-    ax = fig.subplots()
-    ax.plot(step, energy, lw=0.6, color="0.7", label="energy per step")
-    ax.plot(step, avg, lw=1.6, color="C0", label=f"running mean ({w} steps)")
     ref = run.reference
+    fig = _figure(figsize=(7.5, 7.5 if ref is not None else 5))
+    axes = fig.subplots(2 if ref is not None else 1, 1, sharex=True, squeeze=False)[:, 0]
+    ax = axes[0]
+    ax.plot(step, energy, lw=0.6, color="0.7", label="energy per step")
+    if w > 1:
+        ax.plot(step, avg, lw=1.6, color="C0", label=_mean_label(w))
     if ref is not None:
         ax.axhspan(ref.energy - CHEMICAL_ACCURACY_HA, ref.energy + CHEMICAL_ACCURACY_HA,
                    color="C2", alpha=0.15, lw=0, label="±1.6 mHa (chemical accuracy)")
@@ -102,18 +117,49 @@ def plot_training(run: RunData, summary: Optional[RunSummary] = None):
     if evals:
         ax.errorbar([e.checkpoint_step for e in evals], [e.energy for e in evals],
                     yerr=[e.stderr for e in evals], fmt="o", color="C3", ms=4, capsize=3,
-                    label="evaluation")
+                    label="evaluation (1σ)")
     lim = _converged_ylim(avg, [ref.energy if ref else None]
                           + [e.energy for e in evals])
     if lim:
         ax.set_ylim(*lim)
     ax.ticklabel_format(axis="y", useOffset=False)
-    ax.set_xlabel("step")
     ax.set_ylabel(ENERGY_LABEL)
     ax.set_title(f"{run.name}: training energy")
-    ax.grid(alpha=0.3)
+    if ref is not None:
+        _error_panel(axes[1], step, energy, avg, w, ref, evals)
+    for a in axes:
+        a.grid(alpha=0.3, which="both")
+        integer_steps(a)
+    axes[-1].set_xlabel("step")
     fig.legend(loc="outside lower center", ncols=3, fontsize="small", frameon=False)
     return fig
+
+
+def _error_panel(ax, step, energy, avg, w, ref, evals) -> None:
+    """|E − E_ref| in mHa, log axis, with the chemical-accuracy line."""
+    with np.errstate(invalid="ignore"):
+        per = 1e3 * np.abs(energy - ref.energy)
+        mean = 1e3 * np.abs(avg - ref.energy)
+    floor = 1e-3   # mHa: zero differences would vanish from a log axis
+    ax.plot(step, np.maximum(per, floor), lw=0.5, color="0.75")
+    if w > 1:
+        ax.plot(step, np.maximum(mean, floor), lw=1.6, color="C0")
+    ax.axhline(1e3 * CHEMICAL_ACCURACY_HA, color="C2", lw=1.2, ls="--")
+    ax.text(step[0], 1e3 * CHEMICAL_ACCURACY_HA, " chemical accuracy 1.6 mHa", color="C2",
+            va="bottom", fontsize="small")
+    if evals:
+        d = [max(1e3 * abs(e.energy - ref.energy), floor) for e in evals]
+        ax.errorbar([e.checkpoint_step for e in evals], d,
+                    yerr=[[min(1e3 * e.stderr, x - floor / 2) for e, x in zip(evals, d)],
+                          [1e3 * e.stderr for e in evals]],
+                    fmt="o", color="C3", ms=4, capsize=3)
+    ax.set_yscale("log")
+    finite = per[np.isfinite(per) & (per > 0)]
+    if finite.size:
+        ax.set_ylim(max(floor, min(0.3, 0.5 * np.percentile(finite, 1))),
+                    2 * max(np.max(finite), 10.0))
+    label = "error" if ref.kind in EXACT_KINDS else "E − E_ref"
+    ax.set_ylabel(f"|{label}| (mHa)" if label == "error" else "|E − E_ref| (mHa)")
 
 
 def plot_variance(run: RunData):
@@ -137,7 +183,9 @@ def plot_variance(run: RunData):
     fig = _figure(figsize=(7.5, 4.5))
     ax = fig.subplots()
     ax.plot(step, var, lw=0.6, color="0.7", label="per step")
-    ax.plot(step, running_mean(var, w), lw=1.6, color="C1", label=f"running mean ({w} steps)")
+    if w > 1:
+        ax.plot(step, running_mean(var, w), lw=1.6, color="C1", label=_mean_label(w))
+    integer_steps(ax)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("variance of E_L (Ha²)")
@@ -154,7 +202,8 @@ def plot_sampler(run: RunData):
       run: loaded run; uses stats 'step', 'pmove' (fraction) and 'width' (bohr) if present.
 
     Returns:
-      Figure with two Axes sharing x: 'acceptance rate' (target 0.5 drawn) and 'width (bohr)'.
+      Figure with two Axes sharing x: 'acceptance rate' (the target, config
+      sampler.target_pmove, default 0.5, drawn) and 'width (bohr)'.
 
     Raises:
       ValueError: neither 'pmove' nor 'width' in the training stats.
@@ -166,7 +215,9 @@ def plot_sampler(run: RunData):
     a1, a2 = fig.subplots(2, 1, sharex=True)
     if "pmove" in run.stats:
         a1.plot(step, run.stats["pmove"], lw=0.8, color="C0")
-    a1.axhline(0.5, color="k", lw=0.8, ls=":", label="target 0.5")
+    target = float((run.config.get("sampler") or {}).get("target_pmove", 0.5))
+    a1.axhline(target, color="k", lw=0.8, ls=":", label=f"target {target:g} "
+               "(sampler.target_pmove)")
     a1.set_ylim(0, 1)
     a1.set_ylabel("acceptance rate")
     a1.legend(loc="lower right", fontsize="small")
@@ -176,6 +227,7 @@ def plot_sampler(run: RunData):
     a2.set_xlabel("step")
     for a in (a1, a2):
         a.grid(alpha=0.3)
+        integer_steps(a)
     a1.set_title(f"{run.name}: sampler")
     return fig
 

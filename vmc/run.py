@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 import vmc
-from vmc import analysis, checkpoint as ckpt, h5io, parallel
+from vmc import checkpoint as ckpt, h5io, parallel
 from vmc.config import Config, dump_yaml
 from vmc.errors import InputError
 from vmc.evaluate import evaluate, resize_walkers
@@ -27,26 +27,12 @@ from vmc.precheck import (RESUMABLE, DirectoryGuard, check_resume_config, check_
 from vmc.sampler import MCMCState
 from vmc.stages import count as _count, progress_bar as _progress, restore as _restore
 from vmc.stages import run_keys, train, without_training
+from vmc.runlog import attach as attach_log
+from vmc.summary import provenance, write_summary  # noqa: F401
 from vmc.train import Setup, build, init_state
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 75
 EXACT_KINDS = ("exact", "estimated exact")
-
-
-def provenance() -> dict:
-    """Versions and device of this process (package, git commit, jax, flax, folx)."""
-    import flax
-    import folx
-    commit = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=pathlib.Path(vmc.__file__).parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"vmc_version": vmc.__version__, "git_commit": commit, "jax_version": jax.__version__,
-            "flax_version": flax.__version__, "folx_version": getattr(folx, "__version__", None),
-            "device_kind": jax.devices()[0].device_kind, "device_count": jax.device_count(),
-            "process_count": jax.process_count()}
 
 
 class Interrupted(Exception):
@@ -165,6 +151,7 @@ def _train_run(cfg, run_dir, resume, init_from, log, wall_start, phase, checked)
         except OSError as err:
             raise InputError(f"--out {str(run_dir)!r}: cannot create it ({err.strerror})") from None
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    attach_log(log)   # run.log from here on (with the lines logged so far)
     if not trains(cfg):
         state, done = without_training(setup, state, run_dir, resume, keys, log, phase)
     else:
@@ -179,16 +166,44 @@ def _train_run(cfg, run_dir, resume, init_from, log, wall_start, phase, checked)
                                 walkers=cfg.eval.walkers, seed=cfg.eval.seed,
                                 burn_in=cfg.eval.burn_in, checkpoint_step=done, log=log)
     else:
-        log("evaluation skipped (eval.steps=0); `vmc eval` evaluates the final checkpoint")
+        log(f"evaluation skipped (eval.steps=0); `vmc eval {run_dir}` evaluates the final "
+            f"checkpoint; results in {run_dir}")
     write_summary(setup, run_dir, state.params, result, wall_s=time.time() - wall_start,
-                  seed=cfg.eval.seed, log=log)
+                  log=log)
     return EXIT_OK
+
+
+def used_eval_seeds(run_dir: pathlib.Path) -> dict:
+    """{seed: group} of the evaluations in run_dir/eval.h5 ({} without the file)."""
+    path = pathlib.Path(run_dir) / "eval.h5"
+    if not path.is_file():
+        return {}
+    out = {}
+    with h5io.open_read(path) as f:
+        for name in sorted(f):
+            seed = f[name].attrs.get("seed")
+            if seed is not None:
+                out.setdefault(int(seed), name)
+    return out
+
+
+def fresh_seed(run_dir: pathlib.Path, seed: int, log: Callable = print) -> int:
+    """`seed`, or the next seed above every one in eval.h5 when `seed` is already there (an
+    evaluation with a used seed of the same checkpoint would repeat it bit for bit)."""
+    used = used_eval_seeds(run_dir)
+    if seed not in used:
+        return seed
+    new = max(used) + 1
+    log(f"evaluation: seed {seed} was used by {used[seed]} in eval.h5; using seed {new}")
+    return new
 
 
 def run_evaluation(setup: Setup, params, mcmc: MCMCState, run_dir: pathlib.Path, *, steps: int,
                    walkers: int, seed: int, burn_in: int, checkpoint_step: int,
                    log: Callable = print):
-    """Frozen-parameter evaluation into a new eval.h5 group; returns (group, EvalResult)."""
+    """Frozen-parameter evaluation into a new eval.h5 group; returns (group, EvalResult,
+    seed). A seed already in eval.h5 is replaced by a fresh one (`fresh_seed`)."""
+    seed = fresh_seed(run_dir, seed, log)
     start_walkers = resize_walkers(parallel.to_host(mcmc.walkers), walkers)
     bar = _progress(setup.cfg, steps + burn_in, "eval")
     result = evaluate(setup, params, start_walkers, float(mcmc.width), steps=steps,
@@ -203,101 +218,13 @@ def run_evaluation(setup: Setup, params, mcmc: MCMCState, run_dir: pathlib.Path,
                           "pmove": result.pmove, "nonfinite": result.nonfinite},
                          {"seed": seed, "walkers": walkers, "steps": steps, "burn_in": burn_in,
                           "checkpoint_step": checkpoint_step, "seconds": result.seconds})
-    log(f"evaluation {group}: {steps} steps x {walkers} walkers in {result.seconds:.1f} s")
+    log(f"evaluation {group}: {steps} steps x {walkers} walkers, seed {seed}, in "
+        f"{result.seconds:.1f} s")
     bad = int(np.sum(result.nonfinite))
     if bad:
         log(f"warning: evaluation {group}: {bad} of {steps * walkers} local energies were not "
             f"finite and were left out ({bad / (steps * walkers):.2g})")
-    return group, result
-
-
-def nonfinite_entry(result, max_fraction: float) -> dict:
-    """The non-finite local energies of one evaluation, for summary.json.
-
-    Returns {nonfinite_samples, nonfinite_fraction, reliable, reliability_note}: `reliable`
-    is False when the fraction of non-finite E_L exceeds `max_fraction`
-    (`eval.max_nonfinite_fraction`), since leaving out that many samples may bias the mean.
-    """
-    total = int(result.walkers.shape[0]) * len(result.energy)
-    bad = int(np.sum(result.nonfinite)) if len(result.nonfinite) else 0
-    frac = bad / total if total else 0.0
-    reliable = frac <= max_fraction
-    note = None if reliable else (
-        f"{bad} of {total} local energies ({frac:.2g}) were not finite, above "
-        f"eval.max_nonfinite_fraction={max_fraction:g}: the estimate may be biased")
-    return {"nonfinite_samples": bad, "nonfinite_fraction": frac, "reliable": reliable,
-            "reliability_note": note}
-
-
-def write_summary(setup: Setup, run_dir: pathlib.Path, params, evaluation, *, wall_s: float,
-                  seed: int, log: Callable = print) -> dict:
-    """Write summary.json from the newest evaluation and the training tail; returns it.
-
-    evaluation: (group, EvalResult) from `run_evaluation`, or None when this call evaluated
-    nothing (eval.steps = 0): the energy fields are then null and the list of earlier
-    evaluations is kept.
-    """
-    if not parallel.is_writer():
-        return {}
-    cfg = setup.cfg
-    old = {}
-    if (run_dir / "summary.json").exists():
-        old = json.loads((run_dir / "summary.json").read_text())
-    tail, _ = analysis.train_tail(h5io.read_stats(run_dir / "train.h5"))
-    ref = cfg.molecule.reference
-    entry, variance = {}, None
-    if evaluation is not None:
-        group, result = evaluation
-        series = result.energy[np.isfinite(result.energy)]   # steps with no finite E_L out
-        rb = analysis.reblock(series) if len(series) >= 16 else None
-        energy = rb.mean if rb else float(np.mean(series)) if len(series) else None
-        entry = {"group": group, "seed": seed, "energy_ha": energy,
-                 "energy_stderr_ha": rb.stderr if rb else None,
-                 "steps": len(result.energy), "walkers": int(result.walkers.shape[0]),
-                 "block_size": rb.block_size if rb else None, "tau": rb.tau if rb else None,
-                 "plateau": rb.plateau if rb else None,
-                 **nonfinite_entry(result, cfg.eval.max_nonfinite_fraction)}
-        finite_var = result.variance[np.isfinite(result.variance)]
-        variance = float(np.mean(finite_var)) if len(finite_var) else None
-    energy = entry.get("energy_ha")
-    deviation = (None if energy is None or ref.energy is None
-                 else 1000.0 * (energy - ref.energy))
-    summary = {
-        "system": cfg.name,
-        "energy_ha": energy,
-        "energy_stderr_ha": entry.get("energy_stderr_ha"),
-        "reference_ha": ref.energy,
-        "reference_kind": ref.kind if ref.energy is not None else None,
-        "reference_source": ref.source or None,
-        "error_mha": deviation if ref.kind in EXACT_KINDS else None,
-        "deviation_mha": deviation,
-        "block_size": entry.get("block_size"), "tau": entry.get("tau"),
-        "plateau": entry.get("plateau"),
-        "variance_ha2": variance,
-        "nonfinite_samples": entry.get("nonfinite_samples"),
-        "nonfinite_fraction": entry.get("nonfinite_fraction"),
-        "reliable": entry.get("reliable"),
-        "reliability_note": entry.get("reliability_note"),
-        "train_energy_ha": tail.mean if tail else None,
-        "train_energy_stderr_ha": tail.stderr if tail else None,
-        "train_steps": cfg.optim.steps, "eval_steps": entry.get("steps", 0),
-        "walkers": cfg.sampler.walkers, "n_params": _count(params),
-        "n_up": setup.molecule.n_up, "n_down": setup.molecule.n_down,
-        "ansatz": cfg.ansatz.name, "solver": cfg.optim.solver,
-        "dtype": "float64" if cfg.run.x64 else "float32", "seed": cfg.run.seed,
-        "wall_s": wall_s,
-        **provenance(),
-        "evaluations": old.get("evaluations", []) + ([entry] if entry else []),
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    err = "" if deviation is None else f", {'error' if ref.kind in EXACT_KINDS else 'difference'} {deviation:+.3f} mHa"
-    if energy is not None:
-        refs = "" if ref.energy is None else f" (reference {ref.energy})"
-        log(f"energy {energy:.6f} Ha ± {1000 * (entry.get('energy_stderr_ha') or float('nan')):.3f} mHa"
-            f"{err}{refs}; wall {wall_s:.0f} s")
-    if entry.get("reliable") is False:
-        log(f"warning: estimate marked unreliable: {entry['reliability_note']}")
-    return summary
+    return group, result, seed
 
 
 def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
@@ -320,6 +247,10 @@ def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
                              + (" (reblocking needs 16 samples)" if lo == 16 else ""))
     if cfg.eval.steps == 0 and steps is None:
         steps = 2000
+    used = used_eval_seeds(run_dir)
+    if seed is not None and seed in used:
+        raise InputError(f"--seed: {seed} was used by {used[seed]} in eval.h5 (it would repeat "
+                         f"that evaluation); valid: a seed not in {sorted(used)}, or no --seed")
     with _RaiseOnSignal():
         try:
             return _eval_run(cfg, run_dir, steps, walkers, seed, burn_in, log, wall_start)
@@ -332,8 +263,10 @@ def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
 def _eval_run(cfg, run_dir, steps, walkers, seed, burn_in, log, wall_start) -> int:
     setup = build(cfg)
     state, step, _ = _restore(setup, run_dir, log, what="vmc eval")
+    attach_log(log)
     old = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
-    used = {e.get("seed") for e in old.get("evaluations", [])} | {cfg.eval.seed}
+    used = ({e.get("seed") for e in old.get("evaluations", [])} | {cfg.eval.seed}
+            | set(used_eval_seeds(run_dir)))
     if seed is None:
         seed = max(s for s in used if s is not None) + 1
     result = run_evaluation(setup, state.params, state.mcmc, run_dir,
@@ -342,5 +275,57 @@ def _eval_run(cfg, run_dir, steps, walkers, seed, burn_in, log, wall_start) -> i
                             burn_in=cfg.eval.burn_in if burn_in is None else burn_in,
                             checkpoint_step=step, log=log)
     write_summary(setup, run_dir, state.params, result, wall_s=time.time() - wall_start,
-                  seed=seed, log=log)
+                  log=log)
     return EXIT_OK
+
+
+def finished_message(cfg: Config, run_dir: pathlib.Path) -> Optional[str]:
+    """The lines `vmc resume` prints for a finished run (trained to optim.steps and, unless
+    eval.steps is 0, evaluated at that step), or None when there is something to do."""
+    paths = ckpt.list_checkpoints(run_dir / "checkpoints")
+    if not paths:
+        return None
+    step = int(paths[-1].stem.split("_")[1])
+    if step < cfg.optim.steps:
+        return None
+    evaluated = {}
+    if (run_dir / "eval.h5").is_file():
+        with h5io.open_read(run_dir / "eval.h5") as f:
+            evaluated = {k: int(f[k].attrs.get("checkpoint_step", -1)) for k in sorted(f)}
+    groups = [k for k, v in evaluated.items() if v == step]
+    if cfg.eval.steps > 0 and not groups:
+        return None
+    done = f"evaluated ({', '.join(groups)})" if groups else "not evaluated (eval.steps: 0)"
+    return (f"{run_dir}: finished: {step} of {cfg.optim.steps} steps trained, {done}; "
+            f"nothing to resume.\n"
+            f"  `vmc resume {run_dir} --steps {2 * step or 1000}` trains to step "
+            f"{2 * step or 1000} and evaluates again (with a new seed);\n"
+            f"  `vmc eval {run_dir} --steps {max(4 * cfg.eval.steps, 2000)}` adds a longer "
+            f"evaluation of the final checkpoint (with a new seed)")
+
+
+def resume_run(run_dir: pathlib.Path, *, steps: Optional[int] = None, overrides=(),
+               log: Callable = print, setup_jax: Callable = lambda cfg: None) -> int:
+    """`vmc resume RUN_DIR [--steps N]`: continue a run from its own config.yaml.
+
+    `steps` sets optim.steps (the total); `overrides` are `--set KEY=VALUE` items (only the
+    settings `--resume` may change, vmc.precheck.RESUMABLE). A finished run is left alone.
+
+    Raises:
+      InputError: not a run directory, a setting that may not change, steps below the
+        checkpoint's step.
+    """
+    from vmc.config import load_config
+    run_dir = pathlib.Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise InputError(f"run_dir {str(run_dir)!r}: no config.yaml; not a run directory")
+    if steps is not None and steps < 1:
+        raise InputError(f"--steps: {steps} is not valid; valid: >= 1 (the total step count)")
+    items = tuple(overrides) + ((f"optim.steps={steps}",) if steps is not None else ())
+    cfg = load_config(run_dir / "config.yaml", overrides=items)
+    setup_jax(cfg)
+    message = finished_message(cfg, run_dir)
+    if message is not None:
+        log(message)
+        return EXIT_OK
+    return train_run(cfg, run_dir, resume=True, log=log)

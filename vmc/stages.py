@@ -45,7 +45,10 @@ def progress_bar(cfg, total: int, desc: str):
 def _bar_log(bar, log):
     if bar is None:
         return log
-    return lambda msg: bar.write(msg)
+    def write(msg):
+        with bar.external_write_mode():
+            log(msg)
+    return write
 
 
 def restore(setup: Setup, run_dir: pathlib.Path, log,

@@ -1,0 +1,110 @@
+"""`vmc resume RUN_DIR`: a run continues from its own config.yaml; a finished run is left
+alone; no evaluation reuses a seed of eval.h5; run.log holds the console with timestamps."""
+
+import json
+import re
+import shutil
+
+import h5py
+import jax
+import numpy as np
+import pytest
+
+from vmc import checkpoint as ckpt, h5io
+from vmc.cli import main
+
+H2 = """atoms:
+  - {symbol: H, position: [0.0, 0.0, -0.7]}
+  - {symbol: H, position: [0.0, 0.0, 0.7]}
+reference: {energy: -1.1744757142, kind: exact, source: Pachucki 2010}
+"""
+
+
+def _call(argv):
+    before = jax.config.jax_enable_x64
+    try:
+        with jax.enable_x64(True):
+            return main([str(a) for a in argv])
+    finally:
+        jax.config.update("jax_enable_x64", before)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """8 float64 steps with checkpoints at 4 and 8 (settings outside the preset, so that a
+    resume without config.yaml could not know them) and a 16-step evaluation."""
+    d = tmp_path_factory.mktemp("resume")
+    cfg = d / "h2.yaml"
+    cfg.write_text(H2)
+    run = d / "run"
+    assert _call(["run", cfg, "--out", run, "--preset", "tiny", "--set", "run.x64=true",
+                  "--set", "optim.steps=8", "--set", "run.checkpoint_every=4",
+                  "--set", "sampler.walkers=16", "--set", "eval.steps=16",
+                  "--set", "sampler.burn_in=0"]) == 0
+    return run
+
+
+def test_run_log_holds_the_final_line(finished, capsys):
+    log = (finished / "run.log").read_text().splitlines()
+    final = [line for line in log if "results in" in line]
+    assert final and str(finished) in final[-1] and "energy " in final[-1]
+    assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", line) for line in log)
+    assert any(re.search(r"step +8 / 8 .* Ha", line) for line in log)
+    assert any(line.split(" ", 1)[1].startswith("compile: ") for line in log)
+
+
+def test_resume_with_only_the_directory(finished, tmp_path, capsys):
+    """Drop the step-8 checkpoint and the evaluation: the run looks stopped at step 4.
+    `vmc resume RUN` trains steps 4..7 again bit for bit and evaluates."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    want = ckpt.read_tree_raw(ckpt.checkpoint_path(run / "checkpoints", 8), "params")
+    ckpt.checkpoint_path(run / "checkpoints", 8).unlink()
+    (run / "eval.h5").unlink()
+    (run / "summary.json").unlink()
+    capsys.readouterr()
+    assert _call(["resume", run]) == 0
+    out = capsys.readouterr().out
+    assert "resume: from ckpt_000004.h5 (step 4)" in out and "results in" in out
+    np.testing.assert_array_equal(h5io.read_stats(run / "train.h5")["step"], np.arange(8))
+    got = ckpt.read_tree_raw(ckpt.checkpoint_path(run / "checkpoints", 8), "params")
+    for a, b in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got)):
+        np.testing.assert_array_equal(a, b)
+    s = json.loads((run / "summary.json").read_text())
+    assert s["walkers"] == 16 and s["eval_steps"] == 16 and np.isfinite(s["energy_ha"])
+
+
+def test_finished_run_is_left_alone_and_never_reuses_a_seed(finished, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    capsys.readouterr()
+    assert _call(["resume", run]) == 0
+    out = capsys.readouterr().out
+    assert "finished: 8 of 8 steps trained, evaluated (eval_000)" in out
+    assert f"vmc resume {run} --steps 16" in out and f"vmc eval {run}" in out
+    with h5py.File(run / "eval.h5") as f:
+        assert list(f) == ["eval_000"]
+        seed0 = int(f["eval_000"].attrs["seed"])
+    # `vmc run --resume` of a finished run evaluates again, with a fresh seed
+    cfg = tmp_path / "h2.yaml"
+    cfg.write_text(H2)
+    assert _call(["run", cfg, "--out", run, "--resume", "--preset", "tiny",
+                  "--set", "run.x64=true", "--set", "optim.steps=8",
+                  "--set", "run.checkpoint_every=4", "--set", "sampler.walkers=16",
+                  "--set", "eval.steps=16", "--set", "sampler.burn_in=0"]) == 0
+    assert f"seed {seed0} was used by eval_000" in capsys.readouterr().out
+    with h5py.File(run / "eval.h5") as f:
+        seeds = [int(f[g].attrs["seed"]) for g in f]
+        e0, e1 = f["eval_000/energy"][()], f["eval_001/energy"][()]
+    assert len(set(seeds)) == 2 and not np.array_equal(e0, e1)
+    # an explicit used seed is refused before anything is written
+    assert _call(["eval", run, "--seed", seeds[1], "--steps", "16"]) == 2
+    assert "--seed: " in capsys.readouterr().err
+    with h5py.File(run / "eval.h5") as f:
+        assert len(f) == 2
+
+
+def test_resume_of_no_run_directory_is_bad_input(tmp_path, capsys):
+    assert _call(["resume", tmp_path / "nothing"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: run_dir") and err.count("\n") == 1

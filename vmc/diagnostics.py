@@ -1,0 +1,129 @@
+"""Warnings about an energy estimate that its error bar alone does not show.
+
+Three checks, shared by `vmc run` (final line, summary.json) and `vmc analyze` (table notes,
+``--json``), each with what to do about it:
+
+* ``no_plateau``: reblocking found no plateau (`vmc.reblock.reblock`), so the series is too
+  short for its correlation time and the error bar is a lower bound;
+* ``eval_drift``: the mean of the first quarter of the evaluation differs from the mean of
+  its last quarter by more than DRIFT_SIGMA combined (reblocked) standard errors: the chain
+  had not equilibrated, or the walkers are stuck;
+* ``train_eval_disagree``: the training tail (last 10 % of steps, parameters still moving)
+  and the evaluation differ by more than DISAGREE_SIGMA combined standard errors (a series
+  without a reblocking plateau counts with its largest blocked error, `cautious_stderr`).
+
+Energies in hartree (Ha); differences are reported in mHa. No file handling here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import numpy as np
+
+from vmc.reblock import MIN_SAMPLES, ReblockResult, blocking_levels, reblock
+
+DRIFT_SIGMA = 3.0
+DISAGREE_SIGMA = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """One warning: a stable `code`, a one-line `message` with the numbers, and `advice`."""
+
+    code: str
+    message: str
+    advice: str
+
+    def to_dict(self) -> dict:
+        """{code, message, advice} for JSON."""
+        return dataclasses.asdict(self)
+
+    def line(self) -> str:
+        """'message; advice' for a console line or a table note."""
+        return f"{self.message}; {self.advice}"
+
+
+def quarter_drift(energy) -> Optional[tuple[float, float]]:
+    """Difference of the last and first quarter means of a series and its standard error.
+
+    Args:
+      energy: (n,) per-step energies, Ha; non-finite entries are dropped first.
+
+    Returns:
+      (mean(last quarter) − mean(first quarter), its reblocked standard error), both Ha; None
+      when a quarter has fewer than MIN_SAMPLES (16) samples.
+    """
+    x = np.asarray(energy, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    q = x.size // 4
+    if q < MIN_SAMPLES:
+        return None
+    first, last = reblock(x[:q]), reblock(x[-q:])
+    return last.mean - first.mean, math.hypot(first.stderr, last.stderr)
+
+
+def cautious_stderr(x) -> tuple[float, float]:
+    """(mean, standard error) of a series for a comparison: the reblocked error when
+    reblocking finds a plateau, else the largest blocked error over the levels with at least
+    4 blocks (the no-plateau error bar is a lower bound; this one is less optimistic)."""
+    r = reblock(x)
+    if r.plateau:
+        return r.mean, r.stderr
+    lv = blocking_levels(x)
+    ok = lv.n_blocks >= 4
+    return r.mean, max(r.stderr, float(np.max(lv.stderr[ok])))
+
+
+def energy_flags(eval_energy, eval_rb: Optional[ReblockResult], tail_energy=None, *,
+                 eval_steps: Optional[int] = None, run_dir: str = "RUN") -> list[Flag]:
+    """The warnings that apply to one estimate.
+
+    Args:
+      eval_energy: (n,) per-step walker-mean energies of the evaluation, Ha, or None when the
+        estimate is not an evaluation (then only ``no_plateau`` of `eval_rb` is checked).
+      eval_rb: the reblocked estimate (evaluation, or the training tail when there is no
+        evaluation), or None.
+      tail_energy: (m,) the training tail's energies (`vmc.analysis.train_tail_series`), Ha,
+        or None (no training, or no evaluation to compare with); fewer than 16: no check.
+      eval_steps: evaluation steps used, for the advice (default: len(eval_energy)).
+      run_dir: the run directory named in the commands of the advice.
+
+    Returns:
+      list of Flag, in the order no_plateau, eval_drift, train_eval_disagree.
+    """
+    out = []
+    n = eval_steps if eval_steps is not None else (
+        None if eval_energy is None else int(np.size(eval_energy)))
+    longer = f"`vmc eval {run_dir} --steps {4 * n if n else 8000}`"
+    if eval_rb is not None and not eval_rb.plateau:
+        out.append(Flag("no_plateau",
+                        f"reblocking found no plateau (tau {eval_rb.tau:.1f} steps): the error "
+                        f"bar {1e3 * eval_rb.stderr:.3f} mHa is a lower bound",
+                        f"evaluate longer ({longer})"))
+    if eval_energy is not None:
+        d = quarter_drift(eval_energy)
+        if d is not None and d[1] > 0 and abs(d[0]) > DRIFT_SIGMA * d[1]:
+            out.append(Flag("eval_drift",
+                            f"the evaluation drifts: last quarter minus first quarter "
+                            f"{1e3 * d[0]:+.3f} ± {1e3 * d[1]:.3f} mHa "
+                            f"({abs(d[0]) / d[1]:.1f} sigma)",
+                            f"the walkers had not equilibrated: evaluate again with a longer "
+                            f"burn-in and more steps ({longer[:-1]} --burn-in 1000`), or "
+                            f"train longer"))
+    if (eval_energy is not None and eval_rb is not None and tail_energy is not None
+            and np.size(tail_energy) >= MIN_SAMPLES):
+        tail_mean, tail_se = cautious_stderr(tail_energy)
+        diff = tail_mean - eval_rb.mean
+        se = math.hypot(tail_se, cautious_stderr(eval_energy)[1])
+        if se > 0 and abs(diff) > DISAGREE_SIGMA * se:
+            out.append(Flag("train_eval_disagree",
+                            f"the training tail ({tail_mean:.6f} Ha) differs from the "
+                            f"evaluation by {1e3 * diff:+.3f} ± {1e3 * se:.3f} mHa "
+                            f"({abs(diff) / se:.1f} sigma)",
+                            "the parameters were still moving or the evaluation is not "
+                            f"equilibrated: train longer (`vmc resume {run_dir} --steps N`) "
+                            f"and evaluate longer ({longer})"))
+    return out
