@@ -204,9 +204,6 @@ def run_loop(step_fn: Callable, state: TrainState, *, start: int, steps: int, tr
                 log(f"warning: step {t}: pmove {stats['pmove']:.3f}: walkers are stuck")
             seconds = time.time() - tic
             writer.append(_row(t, stats, rejected, seconds))
-            if t == start:
-                log(f"first training step: {seconds:.1f} s with compilation; "
-                    f"{time.time() - vmc.START_TIME:.1f} s from process start")
             t += 1
             if progress is not None:
                 progress.update(1)
@@ -214,7 +211,9 @@ def run_loop(step_fn: Callable, state: TrainState, *, start: int, steps: int, tr
             clock.add(t, stats["energy"], seconds)
             if t == start + 1:
                 log(f"compile: the first step ({t} of {steps}) took {seconds:.1f} s with the "
-                    f"compilation of the training step; the step times below leave it out")
+                    f"compilation of the training step, done "
+                    f"{time.time() - vmc.START_TIME:.1f} s after process start; the step times "
+                    f"below leave it out")
             if t % r.log_every == 0 or t == steps:
                 log(clock.line(t, steps, stats))
             if bad_in_row >= r.max_bad_steps:
