@@ -17,7 +17,7 @@ Fractions are of ``step`` (the parts overlap inside the fused step, so they need
 to 1). Pretraining: one pretraining step (`vmc.pretrain.make_pretrain_step`), ms per step.
 Every timing is the median of `--repeats` calls after compilation and one warm call; compile
 times are the first call's. Memory: with `--memory`, the peak RSS of a child process that
-builds the state and runs 3 steps, for each `--memory-walkers` batch (on a GPU: the device's
+builds the state and runs 4 steps (the last 2 timed), for each `--memory-walkers` batch (on a GPU: the device's
 peak bytes in use).
 
     python scripts/profile_step.py                       # default + benchmark network, Li
@@ -206,11 +206,11 @@ def _memory_child(system, network, solver, walkers, chunk):
     state = init_state(setup, jax.random.PRNGKey(0))
     step_fn = make_train_step(setup)
     tic = time.perf_counter()
-    for t in range(3):
+    for t in range(4):   # calls 1 and 2 compile (the second for the output's layout)
         state, stats = step_fn(state, jax.random.PRNGKey(t), jnp.asarray(t),
                                jnp.asarray(0, jnp.int32))
         _block(state)
-        if t == 0:
+        if t == 1:
             tic = time.perf_counter()
     step_s = (time.perf_counter() - tic) / 2
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

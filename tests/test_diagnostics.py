@@ -162,3 +162,45 @@ def test_energy_flags_unit():
     assert energy_flags(x, reblock(x), None) == []
     assert energy_flags(None, reblock(x), x + 1.0) == []   # no evaluation: no compare
     assert [f.code for f in energy_flags(x, reblock(x), x + 1.0)] == ["train_eval_disagree"]
+
+
+# ---------------------------------------------------------------- training detectors
+
+def _training_series(n=4000, seed=0):
+    """A converging training run: energy relaxing onto −14.6 Ha with AR(1) noise (τ ≈ 5
+    steps, σ ≈ 3 mHa per step), variance ~0.2 Ha² with ±30 % scatter."""
+    from vmc.diagnostics import training_flags  # noqa: F401  (import check)
+    rng = np.random.default_rng(seed)
+    noise = np.zeros(n)
+    for i in range(1, n):
+        noise[i] = 0.8 * noise[i - 1] + 0.6 * 3e-3 * rng.normal()
+    steps = np.arange(n)
+    energy = -14.6 + 0.5 * np.exp(-steps / 300) + noise
+    variance = 0.2 * (1 + 0.3 * rng.random(n)) + 2.0 * np.exp(-steps / 200)
+    return {"step": steps, "energy": energy, "variance": variance,
+            "rejected": np.zeros(n)}
+
+
+def test_training_detectors_stay_quiet_on_a_clean_converging_run():
+    from vmc.diagnostics import training_flags
+    for seed in range(3):
+        assert training_flags(_training_series(seed=seed)) == []
+
+
+def test_training_detectors_trip_on_a_variance_spike_and_an_uphill_stretch():
+    from vmc.diagnostics import energy_rise, training_flags, variance_spikes
+    s = _training_series()
+    s["variance"][1200] = 15.0                         # one step at ~60x the running median
+    s["variance"][300] = 50.0                          # before step 500: not counted
+    hits, ratios = variance_spikes(s["variance"], s["step"])
+    assert list(hits) == [1200] and ratios[0] > 40
+    assert [f.code for f in training_flags(s)] == ["variance_spike"]
+    s["energy"][2000:2300] += 0.02                     # 20 mHa uphill for 300 steps
+    rise = energy_rise(s["energy"], s["step"])
+    assert rise is not None and 2090 <= rise[0] <= 2300 and 0.012 < rise[1] < 0.028
+    assert [f.code for f in training_flags(s)] == ["variance_spike", "energy_rise"]
+    # a rejected step's row (running count goes up) is skipped, its spike with it
+    s2 = _training_series()
+    s2["variance"][1200] = 15.0
+    s2["rejected"][1200:] = 1
+    assert training_flags(s2) == []

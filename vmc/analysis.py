@@ -352,7 +352,7 @@ def summarize(run_dir) -> RunSummary:
         than 16 finite step energies (or unreadable) is left out and named in `skipped`; the
         estimate is the newest usable group.
     """
-    from vmc.diagnostics import energy_flags
+    from vmc.diagnostics import energy_flags, training_flags
     run = run_dir if isinstance(run_dir, RunData) else load_run(run_dir)
     good, skipped = [], list(run.unreadable)
     for ev in run.evals:
@@ -380,6 +380,7 @@ def summarize(run_dir) -> RunSummary:
                     variance=_finite_mean(run.stats.get("variance", np.zeros(0))[cut]))
         n_s = cut.stop - cut.start
         flags = energy_flags(None, tail, None, run_dir=str(run.run_dir))
+    flags = list(flags) + training_flags(run.stats, str(run.run_dir))
     ref = run.reference
     cmp = dict.fromkeys(("deviation_mha", "deviation_sigma", "deviation_label",
                          "within_chemical_accuracy", "correlation_pct"))

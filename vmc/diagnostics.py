@@ -12,6 +12,16 @@ Three checks, shared by `vmc run` (final line, summary.json) and `vmc analyze` (
   and the evaluation differ by more than DISAGREE_SIGMA combined standard errors (a series
   without a reblocking plateau counts with its largest blocked error, `cautious_stderr`).
 
+Two more watch the training itself (`training_flags`, from train.h5's per-step columns),
+after step TRAIN_AFTER (500):
+
+* ``variance_spike``: a step whose (unclipped) E_L variance exceeds SPIKE_FACTOR (10) times
+  the median variance of the SPIKE_WINDOW (200) steps before it;
+* ``energy_rise``: a RISE_WINDOW (100)-step mean energy more than RISE_SIGMA (5) combined
+  standard errors above the lowest such mean before it (consecutive windows; their
+  standard error from reblocking the steps after step 500, see `energy_rise`): training
+  went uphill.
+
 Energies in hartree (Ha); differences are reported in mHa. No file handling here.
 """
 
@@ -27,6 +37,11 @@ from vmc.reblock import MIN_SAMPLES, ReblockResult, blocking_levels, reblock
 
 DRIFT_SIGMA = 3.0
 DISAGREE_SIGMA = 3.0
+TRAIN_AFTER = 500
+SPIKE_FACTOR = 10.0
+SPIKE_WINDOW = 200
+RISE_WINDOW = 100
+RISE_SIGMA = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,4 +141,110 @@ def energy_flags(eval_energy, eval_rb: Optional[ReblockResult], tail_energy=None
                             "the parameters were still moving or the evaluation is not "
                             f"equilibrated: train longer (`vmc resume {run_dir} --steps N`) "
                             f"and evaluate longer ({longer})"))
+    return out
+
+
+def variance_spikes(variance, steps=None, after: int = TRAIN_AFTER,
+                    factor: float = SPIKE_FACTOR, window: int = SPIKE_WINDOW):
+    """Steps whose variance exceeds `factor` × the median of the `window` steps before them.
+
+    Args:
+      variance: (n,) per-step E_L variance over the walkers, Ha² (non-finite rows: skipped,
+        e.g. rejected steps).
+      steps: (n,) step numbers (default 0 … n−1); only steps > `after` are checked.
+    Returns:
+      (step numbers (k,), ratios variance / running median (k,)).
+    """
+    v = np.asarray(variance, np.float64)
+    s = np.arange(v.size) if steps is None else np.asarray(steps)
+    ok = np.isfinite(v)
+    v, s = v[ok], s[ok]
+    hit_steps, ratios = [], []
+    for i in range(window, v.size):
+        if s[i] <= after:
+            continue
+        med = float(np.median(v[i - window:i]))
+        if med > 0 and v[i] > factor * med:
+            hit_steps.append(int(s[i]))
+            ratios.append(float(v[i] / med))
+    return np.asarray(hit_steps, int), np.asarray(ratios)
+
+
+def energy_rise(energy, steps=None, after: int = TRAIN_AFTER, window: int = RISE_WINDOW,
+                sigma: float = RISE_SIGMA):
+    """The worst rise of a `window`-step mean energy above the lowest earlier one.
+
+    The series is cut into consecutive windows of `window` steps. The windows ending after
+    step `after` give the noise of one window mean robustly, from the median absolute
+    difference of consecutive means (σ_w = 1.4826 · median|Δ| / √2; a slow trend or one
+    uphill stretch hardly moves it). A window ending after step `after` trips when its mean
+    exceeds the lowest earlier window mean by more than `sigma` · √2 · σ_w.
+
+    Args:
+      energy: (n,) per-step mean energies, Ha (non-finite rows skipped).
+      steps: (n,) step numbers (default 0 … n−1).
+    Returns:
+      None when nothing trips, else (step at the window's end, rise Ha, rise / (√2 σ_w)).
+    """
+    e = np.asarray(energy, np.float64)
+    s = np.arange(e.size) if steps is None else np.asarray(steps)
+    ok = np.isfinite(e)
+    e, s = e[ok], s[ok]
+    n_w = e.size // window
+    if n_w < 2:
+        return None
+    means = e[:n_w * window].reshape(n_w, window).mean(axis=1)
+    ends = s[:n_w * window].reshape(n_w, window)[:, -1]
+    late = means[ends > after]
+    if late.size < 5:
+        return None
+    se = 1.4826 * float(np.median(np.abs(np.diff(late)))) / math.sqrt(2.0)
+    err = math.sqrt(2.0) * se
+    if not err > 0:
+        return None
+    worst = None
+    for i in range(1, n_w):
+        if ends[i] <= after:
+            continue
+        rise = means[i] - np.min(means[:i])
+        if rise > sigma * err and (worst is None or rise / err > worst[2]):
+            worst = (int(ends[i]), float(rise), float(rise / err))
+    return worst
+
+
+def training_flags(stats: Optional[dict], run_dir: str = "RUN") -> list[Flag]:
+    """``variance_spike`` and ``energy_rise`` on a training series (see the module docstring).
+
+    Args:
+      stats: train.h5's /stats columns (step, energy, variance; optional rejected, a running
+        count: rejected steps are skipped), or None / empty.
+    Returns:
+      list of Flag (empty when both detectors stay quiet).
+    """
+    if not stats or "energy" not in stats or len(stats["energy"]) == 0:
+        return []
+    step = np.asarray(stats["step"])
+    energy = np.asarray(stats["energy"], np.float64)
+    variance = np.asarray(stats.get("variance", np.full(energy.shape, np.nan)), np.float64)
+    if "rejected" in stats:
+        rej = np.asarray(stats["rejected"])
+        bad = np.diff(np.concatenate([[0.0], rej])) > 0
+        energy = np.where(bad, np.nan, energy)
+        variance = np.where(bad, np.nan, variance)
+    out = []
+    hits, ratios = variance_spikes(variance, step)
+    if hits.size:
+        out.append(Flag("variance_spike",
+                        f"training: {hits.size} step(s) after step {TRAIN_AFTER} with a "
+                        f"variance over {SPIKE_FACTOR:g}x its {SPIKE_WINDOW}-step median "
+                        f"(first at step {hits[0]}, worst {ratios.max():.0f}x)",
+                        "the optimization is unstable there: lower optim.lr or raise "
+                        "optim.damping, and compare the energy before and after the spikes"))
+    rise = energy_rise(energy, step)
+    if rise is not None:
+        out.append(Flag("energy_rise",
+                        f"training went uphill: the {RISE_WINDOW}-step mean energy ending at "
+                        f"step {rise[0]} is {1e3 * rise[1]:.2f} mHa ({rise[2]:.1f} sigma) "
+                        f"above its lowest earlier value",
+                        f"lower optim.lr, or restart from an earlier checkpoint of {run_dir}"))
     return out

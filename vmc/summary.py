@@ -18,7 +18,7 @@ import numpy as np
 
 import vmc
 from vmc import analysis, h5io, parallel
-from vmc.diagnostics import energy_flags
+from vmc.diagnostics import energy_flags, training_flags
 from vmc.stages import count as _count
 
 EXACT_KINDS = analysis.EXACT_KINDS
@@ -94,6 +94,7 @@ def write_summary(setup, run_dir: pathlib.Path, params, evaluation, *, wall_s: f
         flags = (energy_flags(series, rb, analysis.train_tail_series(stats)[0],
                               eval_steps=len(result.energy), run_dir=str(run_dir))
                  if rb else [])
+    flags = list(flags) + training_flags(stats, str(run_dir))
     energy = entry.get("energy_ha")
     deviation = (None if energy is None or ref.energy is None
                  else 1000.0 * (energy - ref.energy))
