@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--walkers", type=int)
     e.add_argument("--seed", type=int)
     e.add_argument("--burn-in", type=int)
+    e.add_argument("--observables", metavar="LIST",
+                   help="comma-separated, beside the energy: s2, dipole, density, forces "
+                   "(default: the run's eval.observables)")
     _distributed_args(e)
     sub.add_parser("analyze", help="reblocked energies, tables and plots of runs",
                    add_help=False)
@@ -166,7 +169,8 @@ def _eval(args) -> int:
                       else {"eval.walkers": cfg.eval.walkers})
     from vmc.run import eval_run
     return eval_run(pathlib.Path(args.run_dir), steps=args.steps, walkers=args.walkers,
-                    seed=args.seed, burn_in=args.burn_in, log=_log)
+                    seed=args.seed, burn_in=args.burn_in, log=_log,
+                    observables=args.observables)
 
 
 def _check(args) -> int:

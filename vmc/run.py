@@ -175,23 +175,44 @@ def _train_run(cfg, run_dir, resume, init_from, log, wall_start, phase, checked)
 
 def run_evaluation(setup: Setup, params, mcmc: MCMCState, run_dir: pathlib.Path, *, steps: int,
                    walkers: int, seed: int, burn_in: int, checkpoint_step: int,
-                   log: Callable = print):
-    """Frozen-parameter evaluation into a new eval.h5 group; returns (group, EvalResult)."""
+                   log: Callable = print, observables=None):
+    """Frozen-parameter evaluation into a new eval.h5 group; returns (group, EvalResult).
+
+    observables: names to sample beside the energy (default `eval.observables`); their
+    per-step columns go into the same group (vmc.obs_report.COLUMNS)."""
+    ev = setup.cfg.eval
+    names = tuple(ev.observables if observables is None else observables)
     start_walkers = resize_walkers(parallel.to_host(mcmc.walkers), walkers)
     bar = _progress(setup.cfg, steps + burn_in, "eval")
     result = evaluate(setup, params, start_walkers, float(mcmc.width), steps=steps,
                       burn_in=burn_in, key=jax.random.PRNGKey(seed),
-                      progress=(lambda i, n: bar.update(1)) if bar else None)
+                      progress=(lambda i, n: bar.update(1)) if bar else None,
+                      observables=names)
+    obs_attrs = {}
+    if names:
+        obs_attrs = {"observables": ",".join(names), "s2_max_pairs": ev.s2_max_pairs}
+        if "density" in names:
+            obs_attrs.update(density_bins=ev.density_bins, density_rmax=ev.density_rmax,
+                             density_centre=np.asarray(ev.density_centre or [], np.float64))
     if bar is not None:
         bar.close()
     group = h5io.next_group_name(run_dir / "eval.h5")
     if parallel.is_writer():
         h5io.write_group(run_dir / "eval.h5", group,
                          {"energy": result.energy, "variance": result.variance,
-                          "pmove": result.pmove, "nonfinite": result.nonfinite},
+                          "pmove": result.pmove, "nonfinite": result.nonfinite,
+                          **result.observables},
                          {"seed": seed, "walkers": walkers, "steps": steps, "burn_in": burn_in,
-                          "checkpoint_step": checkpoint_step, "seconds": result.seconds})
-    log(f"evaluation {group}: {steps} steps x {walkers} walkers in {result.seconds:.1f} s")
+                          "checkpoint_step": checkpoint_step, "seconds": result.seconds,
+                          **obs_attrs})
+    log(f"evaluation {group}: {steps} steps x {walkers} walkers in {result.seconds:.1f} s"
+        + (f" (with {', '.join(names)})" if names else ""))
+    for name in names:
+        key = f"{name}_nonfinite"
+        bad = int(np.sum(result.observables.get(key, 0)))
+        if bad:
+            log(f"warning: evaluation {group}: {bad} of {steps * walkers} {name} samples were "
+                f"not finite and were left out ({bad / (steps * walkers):.2g})")
     bad = int(np.sum(result.nonfinite))
     if bad:
         log(f"warning: evaluation {group}: {bad} of {steps * walkers} local energies were not "
@@ -245,6 +266,14 @@ def write_summary(setup: Setup, run_dir: pathlib.Path, params, evaluation, *, wa
                  "block_size": rb.block_size if rb else None, "tau": rb.tau if rb else None,
                  "plateau": rb.plateau if rb else None,
                  **nonfinite_entry(result, cfg.eval.max_nonfinite_fraction)}
+        if result.observables:
+            from vmc.obs_report import format_lines, summarize_observables
+            attrs = {"walkers": int(result.walkers.shape[0]),
+                     "density_rmax": cfg.eval.density_rmax,
+                     "density_centre": list(cfg.eval.density_centre)}
+            entry["observables"] = summarize_observables(result.observables, attrs)
+            for line in format_lines(entry["observables"]):
+                log(line)
         finite_var = result.variance[np.isfinite(result.variance)]
         variance = float(np.mean(finite_var)) if len(finite_var) else None
     energy = entry.get("energy_ha")
@@ -274,6 +303,7 @@ def write_summary(setup: Setup, run_dir: pathlib.Path, params, evaluation, *, wa
         "ansatz": cfg.ansatz.name, "solver": cfg.optim.solver,
         "dtype": "float64" if cfg.run.x64 else "float32", "seed": cfg.run.seed,
         "wall_s": wall_s,
+        "observables": entry.get("observables"),
         **provenance(),
         "evaluations": old.get("evaluations", []) + ([entry] if entry else []),
     }
@@ -290,8 +320,12 @@ def write_summary(setup: Setup, run_dir: pathlib.Path, params, evaluation, *, wa
 
 def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
              walkers: Optional[int] = None, seed: Optional[int] = None,
-             burn_in: Optional[int] = None, log: Callable = print) -> int:
+             burn_in: Optional[int] = None, log: Callable = print,
+             observables: Optional[str] = None) -> int:
     """`vmc eval`: evaluate the newest valid checkpoint with a fresh seed; update summary.json.
+
+    observables: comma-separated names (vmc.obs_report.OBSERVABLES) to sample beside the
+    energy; None: the run's `eval.observables`.
 
     Raises:
       InputError: not a run directory, or no valid checkpoint.
@@ -308,6 +342,14 @@ def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
                              + (" (reblocking needs 16 samples)" if lo == 16 else ""))
     if cfg.eval.steps == 0 and steps is None:
         steps = 2000
+    if observables is not None:
+        import dataclasses
+        from vmc.obs_report import parse_observables
+        names = parse_observables(observables, "--observables")
+        if "forces" in names:
+            from vmc.observables import check_forces_supported
+            check_forces_supported(cfg.molecule)
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, observables=names))
     with _RaiseOnSignal():
         try:
             return _eval_run(cfg, run_dir, steps, walkers, seed, burn_in, log, wall_start)
