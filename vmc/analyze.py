@@ -181,6 +181,9 @@ def _notes(s: RunSummary) -> list[str]:
                    f"{last.name} (fraction {last.nonfinite_fraction:.2g})"
                    + (f": above {limit:g}, the estimate is UNRELIABLE"
                       if last.nonfinite_fraction > (limit := _nonfinite_limit(s)) else ""))
+    if s.evals and s.estimator == "eval" and s.evals[-1].observables:
+        from vmc.obs_report import format_lines
+        out.extend(f"{s.evals[-1].name}: {line}" for line in format_lines(s.evals[-1].observables))
     if s.within_chemical_accuracy is not None:
         out.append("within chemical accuracy (1.6 mHa)" if s.within_chemical_accuracy
                    else "outside chemical accuracy (1.6 mHa)")
@@ -208,6 +211,12 @@ def print_table(summaries: Sequence[RunSummary], file=None) -> None:
 def _write_plots(run: RunData, summary: RunSummary) -> None:
     from vmc import plots
 
+    if summary.evals and summary.evals[-1].observables and \
+            "density" in summary.evals[-1].observables:
+        fig = plots.plot_density(summary.evals[-1].observables["density"],
+                                 f"{run.name} ({summary.evals[-1].name})")
+        fig.savefig(run.run_dir / "density.png", dpi=120)
+        print(f"wrote {run.run_dir / 'density.png'}", file=sys.stderr)
     if not run.stats:   # e.g. the hf ansatz: nothing trained, train.h5 absent or empty
         print(f"note: {run.run_dir}: no training steps; training.png, variance.png and "
               f"sampler.png not written", file=sys.stderr)

@@ -244,8 +244,10 @@ def _resolve_defaults(cfg: Config, n_electrons: int) -> Config:
         raise InputError(f"ansatz.hidden_two: {len(ansatz.hidden_two)} layers but "
                          f"ansatz.hidden_one has {len(ansatz.hidden_one)}; valid: lists of "
                          f"the same length, e.g. [32, 32, 32] and [8, 8, 8]")
-    from vmc.obs_report import parse_observables
+    from vmc.obs_report import check_forces_supported, parse_observables
     ev = dataclasses.replace(ev, observables=parse_observables(ev.observables))
+    if "forces" in ev.observables:
+        check_forces_supported(cfg.molecule)
     if ev.density_centre and (len(ev.density_centre) != 3 or not all(
             isinstance(c, (int, float)) and not isinstance(c, bool) for c in ev.density_centre)):
         raise InputError(f"eval.density_centre: {list(ev.density_centre)!r} is not valid; "

@@ -43,6 +43,18 @@ def parse_observables(value, field: str = "eval.observables") -> tuple[str, ...]
     return tuple(n for n in OBSERVABLES if n in names)
 
 
+def check_forces_supported(molecule_cfg) -> None:
+    """Forces need ∂V/∂R_I of every term of the Hamiltonian: refuse pseudopotentials.
+
+    Raises:
+      InputError: the molecule uses an ECP (none exist yet; the check keeps the rule).
+    """
+    if getattr(molecule_cfg, "ecp", None):
+        raise InputError("eval.observables: forces are not available with pseudopotentials "
+                         "(molecule.ecp) until the ECP's own derivative is in; valid: s2, "
+                         "dipole, density")
+
+
 def reblock_series(x) -> Optional[dict]:
     """{mean, stderr, tau, plateau} of the finite steps of a (steps,) series, None if fewer
     than MIN_SAMPLES are finite."""
@@ -138,7 +150,7 @@ def summarize_observables(cols: dict, attrs: dict) -> dict:
             "radial_outside_share": float(np.nanmean(cols["density_radial_outside"])) / n_el,
             "axial_edges_bohr": zedges.tolist(), "axial": _lists(mz / dz, ez / dz),
             "axial_outside_share": float(np.nanmean(cols["density_axial_outside"])) / n_el,
-            "centre_bohr": list(attrs.get("density_centre", [])) or None}
+            "centre_bohr": [float(c) for c in np.ravel(attrs.get("density_centre", []))] or None}
     return out
 
 

@@ -27,19 +27,8 @@ import numpy as np
 
 from vmc.errors import InputError
 
-from vmc.obs_report import AU_TO_DEBYE, OBSERVABLES, parse_observables  # noqa: F401
-
-
-def check_forces_supported(molecule_cfg) -> None:
-    """Forces need ∂V/∂R_I of every term of the Hamiltonian: refuse pseudopotentials.
-
-    Raises:
-      InputError: the molecule uses an ECP (none exist yet; the check keeps the rule).
-    """
-    if getattr(molecule_cfg, "ecp", None):
-        raise InputError("eval.observables: forces are not available with pseudopotentials "
-                         "(molecule.ecp) until the ECP's own derivative is in; valid: s2, "
-                         "dipole, density")
+from vmc.obs_report import (AU_TO_DEBYE, OBSERVABLES, check_forces_supported,  # noqa: F401
+                             parse_observables)
 
 
 def centre_of_charge(positions, charges) -> np.ndarray:

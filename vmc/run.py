@@ -347,7 +347,7 @@ def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
         from vmc.obs_report import parse_observables
         names = parse_observables(observables, "--observables")
         if "forces" in names:
-            from vmc.observables import check_forces_supported
+            from vmc.obs_report import check_forces_supported
             check_forces_supported(cfg.molecule)
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, observables=names))
     with _RaiseOnSignal():
