@@ -65,6 +65,36 @@ def resize_walkers(walkers, n_walkers: int):
     return walkers[idx]
 
 
+def make_record_step(setup, params, observables=()):
+    """The jitted recorded evaluation step `(state, key, poison) -> (state, row, obs)`.
+
+    Frozen-width Metropolis moves, the local energies, then the observables on the same
+    walkers (vmc.observables.make_observables). row: (4,) float64 [mean E_L (Ha), variance
+    (Ha²), pmove, non-finite count]; obs: {name: per-step array}. `poison` (test-only) makes
+    the E_L of the first `poison` walkers NaN.
+    """
+    s = setup.cfg.sampler
+    _, frozen_step = make_sampler(setup.ansatz.log_psi, s.moves, s.target_pmove, 0.0)
+    batched_e_l = setup.batched_local_energy
+    obs_fn = None
+    if observables:
+        from vmc.observables import make_observables
+        obs_fn = make_observables(setup, tuple(observables), setup.cfg.eval)
+
+    @jax.jit
+    def record(state, k, poison):
+        state, pmove = frozen_step(params, state, k)
+        e = batched_e_l(params, state.walkers)
+        e = jnp.where(jnp.arange(e.shape[0]) < poison, jnp.nan, e)
+        good = jnp.isfinite(e)
+        mean, var, bad = walker_mean(e, good)
+        obs = {} if obs_fn is None else obs_fn(params, state.walkers, e, good,
+                                               jax.random.fold_in(k, 1 << 20))
+        return state, jnp.stack([mean, var, pmove.astype(jnp.float64), bad]), obs
+
+    return record
+
+
 def evaluate(setup, params, walkers, width, *, steps: int, burn_in: int, key,
              progress=None, observables=None) -> EvalResult:
     """Sample |ψ|² with frozen parameters and record the local energy per step.
@@ -84,28 +114,12 @@ def evaluate(setup, params, walkers, width, *, steps: int, burn_in: int, key,
     s = setup.cfg.sampler
     init_mcmc, adapt_step = make_sampler(setup.ansatz.log_psi, s.moves, s.target_pmove,
                                          s.adapt_rate)
-    _, frozen_step = make_sampler(setup.ansatz.log_psi, s.moves, s.target_pmove, 0.0)
-    batched_e_l = setup.batched_local_energy
     names = tuple(setup.cfg.eval.observables if observables is None else observables)
-    obs_fn = None
-    if names:
-        from vmc.observables import make_observables
-        obs_fn = make_observables(setup, names, setup.cfg.eval)
+    record = make_record_step(setup, params, names)
 
     @jax.jit
     def burn(state, k):
         return adapt_step(params, state, k)
-
-    @jax.jit
-    def record(state, k, poison):
-        state, pmove = frozen_step(params, state, k)
-        e = batched_e_l(params, state.walkers)
-        e = jnp.where(jnp.arange(e.shape[0]) < poison, jnp.nan, e)
-        good = jnp.isfinite(e)
-        mean, var, bad = walker_mean(e, good)
-        obs = {} if obs_fn is None else obs_fn(params, state.walkers, e, good,
-                                               jax.random.fold_in(k, 1 << 20))
-        return state, jnp.stack([mean, var, pmove.astype(jnp.float64), bad]), obs
 
     poison, poison_count = eval_poison()
 
