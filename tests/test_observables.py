@@ -98,6 +98,17 @@ def test_s2_rhf_singlet_is_zero(x64):
     assert abs(s2["mean"]) < 1e-6 and s2["stderr"] < 1e-6
 
 
+def test_s2_random_pair_subset_is_unbiased(x64):
+    """Be RHF (4 up-down pairs): S²ψ = 0 pointwise for a singlet (the all-pairs estimate is 0
+    at every sample, as for H₂ above), so a random subset of 1 pair per walker is 0 on average
+    (its mean over the pair choice is the full sum) with a non-zero spread."""
+    be = [{"symbol": "Be", "position": [0.0, 0.0, 0.0]}]
+    setup = _hf_setup(be, extra=("eval.s2_max_pairs=1", "pretrain.basis=sto-3g"))
+    sub = _run(setup, ("s2",), 64, 32, burn_in=10)["s2"]
+    print(f"Be <S2> one random pair: {sub['mean']:.4f} ± {sub['stderr']:.4f}")
+    assert 1e-3 < sub["stderr"] < 0.1 and abs(sub["mean"]) <= 3 * sub["stderr"]
+
+
 def test_s2_trained_he_is_zero(x64):
     """The trained He FermiNet (tests/data/he_trained.h5; full determinants, so ψ is not
     symmetric in r1, r2 by construction) is a singlet."""
