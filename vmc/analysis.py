@@ -55,6 +55,8 @@ class EvalData:
       attrs: group attributes (seed, walkers, steps, burn_in, checkpoint_step) as Python scalars.
       nonfinite: (n_steps,) float64 walkers whose E_L was not finite and was left out, or
         None (files written before the count existed).
+      observables: {column: (n_steps, ...) float64} of the observables sampled with the
+        energy (vmc.obs_report.COLUMNS); empty when none was.
     """
 
     name: str
@@ -63,6 +65,7 @@ class EvalData:
     pmove: Optional[np.ndarray]
     attrs: dict
     nonfinite: Optional[np.ndarray] = None
+    observables: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +123,10 @@ def _load_eval(name: str, group) -> EvalData:
     if not (cut > 0 and n == int(attrs.get("steps", -1)) + cut):
         cut = 0
     get = lambda k: None if k not in data else np.asarray(data[k][cut:], dtype=np.float64)
-    return EvalData(name, get("energy"), get("variance"), get("pmove"), attrs, get("nonfinite"))
+    from vmc.obs_report import observable_columns
+    obs = {k: get(k) for k in observable_columns(data)}
+    return EvalData(name, get("energy"), get("variance"), get("pmove"), attrs, get("nonfinite"),
+                    obs)
 
 
 def _try_load_eval(name: str, group):
@@ -202,6 +208,7 @@ class EvalSummary:
     pmove: Optional[float]
     nonfinite_samples: int = 0        # local energies left out as not finite
     nonfinite_fraction: float = 0.0   # of steps × walkers
+    observables: Optional[dict] = None   # vmc.obs_report.summarize_observables, or None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,9 +291,16 @@ def _summarize_eval(ev: EvalData) -> EvalSummary:
             for k in ("checkpoint_step", "seed", "walkers")]
     bad = 0 if ev.nonfinite is None else int(np.sum(ev.nonfinite))
     total = (ints[2] or 0) * int(ev.energy.size)
+    obs = None
+    if ev.observables:
+        from vmc.obs_report import summarize_observables
+        try:
+            obs = summarize_observables(ev.observables, ev.attrs)
+        except ValueError as e:
+            raise InputError(f"eval.h5/{ev.name}: {e}") from None
     return EvalSummary(ev.name, *ints, int(ev.energy.size), r.mean, r.stderr, r.tau,
                        r.block_size, r.plateau, _finite_mean(ev.variance), _finite_mean(ev.pmove),
-                       bad, bad / total if total else 0.0)
+                       bad, bad / total if total else 0.0, obs)
 
 
 def train_tail_series(stats: dict) -> tuple[np.ndarray, slice]:

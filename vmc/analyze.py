@@ -188,6 +188,9 @@ def _notes(s: RunSummary) -> list[str]:
                    f"{last.name} (fraction {last.nonfinite_fraction:.2g})"
                    + (f": above {limit:g}, the estimate is UNRELIABLE"
                       if last.nonfinite_fraction > (limit := _nonfinite_limit(s)) else ""))
+    if s.evals and s.estimator == "eval" and s.evals[-1].observables:
+        from vmc.obs_report import format_lines
+        out.extend(f"{s.evals[-1].name}: {line}" for line in format_lines(s.evals[-1].observables))
     if s.within_chemical_accuracy is not None:
         out.append("within chemical accuracy (1.6 mHa)" if s.within_chemical_accuracy
                    else "outside chemical accuracy (1.6 mHa)")
@@ -240,6 +243,11 @@ def _write_plots(run: RunData, summary: RunSummary, folder: pathlib.Path) -> Non
             continue
         fig.savefig(folder / fname, dpi=120)
         print(f"wrote {folder / fname}", file=sys.stderr)
+    ev = summary.evals[-1] if summary.evals else None
+    if ev is not None and getattr(ev, "observables", None) and "density" in ev.observables:
+        fig = plots.plot_density(ev.observables["density"], f"{run.name} ({ev.name})")
+        fig.savefig(folder / "density.png", dpi=120)
+        print(f"wrote {folder / 'density.png'}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:

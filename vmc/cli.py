@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
                    "so far); a seed already in eval.h5 is refused")
     e.add_argument("--burn-in", type=int, help="unrecorded Metropolis steps first, with the "
                    "width adapting (default eval.burn_in)")
+    e.add_argument("--observables", metavar="LIST",
+                   help="comma-separated, beside the energy: s2, dipole, density, forces "
+                   "(default: the run's eval.observables)")
     _distributed_args(e)
     sub.add_parser("analyze", help="reblocked energies, warnings, tables, CSV and plots of "
                    "runs (`vmc analyze --help`)", add_help=False)
@@ -201,7 +204,8 @@ def _eval(args) -> int:
                       else {"eval.walkers": cfg.eval.walkers})
     from vmc.run import eval_run
     return eval_run(run_dir, steps=args.steps, walkers=args.walkers,
-                    seed=args.seed, burn_in=args.burn_in, log=_run_log(run_dir))
+                    seed=args.seed, burn_in=args.burn_in, log=_run_log(run_dir),
+                    observables=args.observables)
 
 
 def _check(args) -> int:

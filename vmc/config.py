@@ -141,6 +141,13 @@ class EvalConfig:
     seed: Optional[int] = None        # None: run.seed + 1
     # above this share of non-finite local energies the summary marks the estimate unreliable
     max_nonfinite_fraction: float = _field(1e-4, lo=0.0, hi=1.0)
+    # observables beyond the energy (vmc.observables): any of s2, dipole, density, forces
+    observables: tuple = ()
+    s2_max_pairs: int = _field(16, lo=1)   # more up-down pairs: an unbiased random subset
+    density_bins: int = _field(40, lo=1)
+    density_rmax: float = _field(6.0, gt=0.0)   # radial grid [0, r_max), axial [-r_max, r_max), bohr
+    density_centre: tuple = ()                  # [x, y, z] bohr; empty: centre of nuclear charge
+    observables_chunk: Optional[int] = _field(None, lo=1)   # walkers per chunk (None: all at once)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,6 +251,14 @@ def _resolve_defaults(cfg: Config, n_electrons: int) -> Config:
         raise InputError(f"ansatz.hidden_two: {len(ansatz.hidden_two)} layers but "
                          f"ansatz.hidden_one has {len(ansatz.hidden_one)}; valid: lists of "
                          f"the same length, e.g. [32, 32, 32] and [8, 8, 8]")
+    from vmc.obs_report import check_forces_supported, parse_observables
+    ev = dataclasses.replace(ev, observables=parse_observables(ev.observables))
+    if "forces" in ev.observables:
+        check_forces_supported(cfg.molecule)
+    if ev.density_centre and (len(ev.density_centre) != 3 or not all(
+            isinstance(c, (int, float)) and not isinstance(c, bool) for c in ev.density_centre)):
+        raise InputError(f"eval.density_centre: {list(ev.density_centre)!r} is not valid; "
+                         f"valid: [] (centre of nuclear charge) or three numbers (bohr)")
     if 0 < ev.steps < 16:
         raise InputError(f"eval.steps: {ev.steps} is not valid; valid: 0 (no evaluation) or "
                          f">= 16 (reblocking needs 16 samples)")

@@ -80,6 +80,8 @@ def _coerce(path: str, value, tp, meta):
     elif tp is tuple:
         if path == "molecule.atoms":
             value = _numeric_positions(value)
+        if path == "eval.observables" and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
         if isinstance(value, (int, float)) and not isinstance(value, bool) and "hidden" in path:
             value = [value]
         if not isinstance(value, (list, tuple)):

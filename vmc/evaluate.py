@@ -26,6 +26,8 @@ class EvalResult(NamedTuple):
     walkers: (n_walkers, n_electrons, 3) bohr at the end; width: final proposal width, bohr;
     nonfinite: (steps,) number of walkers whose E_L was not finite (left out of the step's
     mean; a step with no finite E_L has NaN energy).
+    observables: {name: (steps, ...) float64} per-step walker means from
+    `vmc.observables.make_observables` (empty when none was asked for).
     """
     energy: np.ndarray
     variance: np.ndarray
@@ -34,6 +36,7 @@ class EvalResult(NamedTuple):
     width: float
     seconds: float
     nonfinite: np.ndarray = np.zeros(0)
+    observables: dict = {}
 
 
 def eval_poison() -> tuple[set[int] | str, int]:
@@ -62,8 +65,38 @@ def resize_walkers(walkers, n_walkers: int):
     return walkers[idx]
 
 
+def make_record_step(setup, params, observables=()):
+    """The jitted recorded evaluation step `(state, key, poison) -> (state, row, obs)`.
+
+    Frozen-width Metropolis moves, the local energies, then the observables on the same
+    walkers (vmc.observables.make_observables). row: (4,) float64 [mean E_L (Ha), variance
+    (Ha²), pmove, non-finite count]; obs: {name: per-step array}. `poison` (test-only) makes
+    the E_L of the first `poison` walkers NaN.
+    """
+    s = setup.cfg.sampler
+    _, frozen_step = make_sampler(setup.ansatz.log_psi, s.moves, s.target_pmove, 0.0)
+    batched_e_l = setup.batched_local_energy
+    obs_fn = None
+    if observables:
+        from vmc.observables import make_observables
+        obs_fn = make_observables(setup, tuple(observables), setup.cfg.eval)
+
+    @jax.jit
+    def record(state, k, poison):
+        state, pmove = frozen_step(params, state, k)
+        e = batched_e_l(params, state.walkers)
+        e = jnp.where(jnp.arange(e.shape[0]) < poison, jnp.nan, e)
+        good = jnp.isfinite(e)
+        mean, var, bad = walker_mean(e, good)
+        obs = {} if obs_fn is None else obs_fn(params, state.walkers, e, good,
+                                               jax.random.fold_in(k, 1 << 20))
+        return state, jnp.stack([mean, var, pmove.astype(jnp.float64), bad]), obs
+
+    return record
+
+
 def evaluate(setup, params, walkers, width, *, steps: int, burn_in: int, key,
-             progress=None) -> EvalResult:
+             progress=None, observables=None) -> EvalResult:
     """Sample |ψ|² with frozen parameters and record the local energy per step.
 
     The proposal width adapts during burn-in and is frozen afterwards, so the recorded chain
@@ -75,24 +108,18 @@ def evaluate(setup, params, walkers, width, *, steps: int, burn_in: int, key,
       steps: recorded steps (each `sampler.moves` Metropolis moves); burn_in: unrecorded steps.
       key: PRNG key; step t uses fold_in(key, t).
       progress: optional callable(i, total) for a progress display.
+      observables: names (vmc.observables.OBSERVABLES) sampled in the same jitted step on
+        the same walkers; default `setup.cfg.eval.observables`.
     """
     s = setup.cfg.sampler
     init_mcmc, adapt_step = make_sampler(setup.ansatz.log_psi, s.moves, s.target_pmove,
                                          s.adapt_rate)
-    _, frozen_step = make_sampler(setup.ansatz.log_psi, s.moves, s.target_pmove, 0.0)
-    batched_e_l = setup.batched_local_energy
+    names = tuple(setup.cfg.eval.observables if observables is None else observables)
+    record = make_record_step(setup, params, names)
 
     @jax.jit
     def burn(state, k):
         return adapt_step(params, state, k)
-
-    @jax.jit
-    def record(state, k, poison):
-        state, pmove = frozen_step(params, state, k)
-        e = batched_e_l(params, state.walkers)
-        e = jnp.where(jnp.arange(e.shape[0]) < poison, jnp.nan, e)
-        mean, var, bad = walker_mean(e, jnp.isfinite(e))
-        return state, jnp.stack([mean, var, pmove.astype(jnp.float64), bad])
 
     poison, poison_count = eval_poison()
 
@@ -102,14 +129,17 @@ def evaluate(setup, params, walkers, width, *, steps: int, burn_in: int, key,
         state, _ = burn(state, jax.random.fold_in(key, t))
         if progress:
             progress(t + 1, burn_in + steps)
-    rows = []
+    rows, obs_rows = [], []
     for t in range(steps):
         hit = poison == "all" or (isinstance(poison, set) and t in poison)
-        state, row = record(state, jax.random.fold_in(key, burn_in + t),
-                            jnp.asarray(poison_count if hit else 0, jnp.int32))
+        state, row, obs = record(state, jax.random.fold_in(key, burn_in + t),
+                                 jnp.asarray(poison_count if hit else 0, jnp.int32))
         rows.append(row)
+        obs_rows.append(obs)
         if progress:
             progress(burn_in + t + 1, burn_in + steps)
     out = np.asarray(jnp.stack(rows)) if rows else np.zeros((0, 4))
+    series = ({k: np.asarray(jnp.stack([o[k] for o in obs_rows]), np.float64)
+               for k in obs_rows[0]} if obs_rows else {})
     return EvalResult(out[:, 0], out[:, 1], out[:, 2], to_host(state.walkers),
-                      float(state.width), time.time() - start, out[:, 3])
+                      float(state.width), time.time() - start, out[:, 3], series)

@@ -253,10 +253,27 @@ def eval_aos(hf: HartreeFock, x: jax.Array) -> jax.Array:
     return _eval_cart(hf, x) @ jnp.asarray(hf.cart2sph, x.dtype)
 
 
-def _eval_cart(hf: HartreeFock, x: jax.Array) -> jax.Array:
-    """(n, n_cart) cartesian functions χ_cart (before the cart→sph transform)."""
+def shell_atoms(hf: HartreeFock, positions) -> np.ndarray:
+    """Index of the nucleus (n_shells,) that each shell of `hf` sits on.
+
+    Args:
+      positions: (n_atoms, 3) nuclear positions, bohr, of the molecule `hf` was run for.
+    Raises:
+      ValueError: a shell centre more than 1e-6 bohr from every nucleus.
+    """
+    pos = np.asarray(positions, np.float64)
+    d = np.linalg.norm(hf.shell_center[:, None, :] - pos[None, :, :], axis=-1)
+    idx = np.argmin(d, axis=1) if d.size else np.zeros(0, np.int64)
+    if d.size and np.max(d[np.arange(len(idx)), idx]) > 1e-6:
+        raise ValueError("hf: a basis shell is not centred on a nucleus")
+    return idx.astype(np.int64)
+
+
+def _eval_cart(hf: HartreeFock, x: jax.Array, centers=None) -> jax.Array:
+    """(n, n_cart) cartesian functions χ_cart (before the cart→sph transform); `centers`
+    (n_shells, 3) bohr replaces hf.shell_center (traced, for derivatives in the nuclei)."""
     dtype = x.dtype
-    centers = jnp.asarray(hf.shell_center, dtype)
+    centers = jnp.asarray(hf.shell_center if centers is None else centers, dtype)
     l_max = int(hf.shell_l.max()) if hf.shell_l.size else 0
     cart_shell, powers = _cart_powers(hf.shell_l)
     n_shells = hf.shell_l.shape[0]
@@ -279,7 +296,7 @@ def _eval_cart(hf: HartreeFock, x: jax.Array) -> jax.Array:
     return jax.vmap(one)(x)                                         # (n, n_cart)
 
 
-def eval_orbitals(hf: HartreeFock, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+def eval_orbitals(hf: HartreeFock, x: jax.Array, centers=None) -> tuple[jax.Array, jax.Array]:
     """Occupied Hartree–Fock orbitals at positions x.
 
     Pure JAX: jit-able (close over `hf`), vmap-able, twice differentiable in x.
@@ -287,6 +304,8 @@ def eval_orbitals(hf: HartreeFock, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     Args:
       hf: result of `run_hf`.
       x: (n, 3) positions, bohr.
+      centers: optional (n_shells, 3) shell centres, bohr (default hf.shell_center): the
+        basis moved with the nuclei, MO coefficients fixed (traced, for ∂ψ/∂R_I).
 
     Returns:
       (phi_up, phi_down) of shapes (n, n_up) and (n, n_down): φ_k(x_i) in bohr^(-3/2).
@@ -295,22 +314,23 @@ def eval_orbitals(hf: HartreeFock, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     # Fold cart→sph into the coefficients once, in numpy float64.
     c_up = jnp.asarray(hf.cart2sph @ hf.coeff_up, x.dtype)
     c_down = jnp.asarray(hf.cart2sph @ hf.coeff_down, x.dtype)
-    cart = _eval_cart(hf, x)
+    cart = _eval_cart(hf, x, centers)
     return cart @ c_up, cart @ c_down
 
 
-def hf_log_psi(hf: HartreeFock, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+def hf_log_psi(hf: HartreeFock, x: jax.Array, centers=None) -> tuple[jax.Array, jax.Array]:
     """Slater determinant ψ = det φ_up(x_up) · det φ_down(x_down), in the log domain.
 
     Args:
       hf: result of `run_hf`.
       x: (n_electrons, 3) positions, bohr; the first n_up electrons are spin up.
+      centers: optional (n_shells, 3) shell centres, bohr (see `eval_orbitals`).
 
     Returns:
       (sign, logabs): () sign of ψ and () log|ψ|.
     """
     x = jnp.asarray(x)
-    phi_up, phi_down = eval_orbitals(hf, x)
+    phi_up, phi_down = eval_orbitals(hf, x, centers)
     s_up, l_up = jnp.linalg.slogdet(phi_up[:hf.n_up])
     s_dn, l_dn = jnp.linalg.slogdet(phi_down[hf.n_up:])
     return s_up * s_dn, l_up + l_dn

@@ -276,3 +276,27 @@ def plot_curve(summaries: Sequence[RunSummary], parameter_values: Sequence[float
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return fig
+
+
+def plot_density(density: dict, title: str = ""):
+    """Radial density ρ(r) (electrons/bohr³, log scale) and the axial profile (electrons per
+    bohr along z) with error bars, from `vmc.obs_report.summarize_observables`'s 'density'."""
+    fig = _figure(figsize=(9, 3.6))
+    ax1, ax2 = fig.subplots(1, 2)
+    for ax, key, edges, ylabel, log in (
+            (ax1, "radial", "radial_edges_bohr", "ρ(r) (electrons/bohr³)", True),
+            (ax2, "axial", "axial_edges_bohr", "electrons per bohr along z", False)):
+        e = np.asarray(density[edges])
+        mid = 0.5 * (e[1:] + e[:-1])
+        m = np.asarray(density[key]["mean"], np.float64)
+        err = np.asarray(density[key]["stderr"], np.float64)
+        ax.errorbar(mid, m, yerr=err, fmt=".", ms=3, capsize=1.5)
+        if log and np.any(m > 0):
+            ax.set_yscale("log")
+        ax.set_xlabel("r − centre (bohr)" if key == "radial" else "z − centre (bohr)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{key}: {100 * density[key + '_outside_share']:.2g} % outside the grid",
+                     fontsize=9)
+    if title:
+        fig.suptitle(f"electron density, {title}", fontsize=10)
+    return fig

@@ -200,26 +200,46 @@ def fresh_seed(run_dir: pathlib.Path, seed: int, log: Callable = print) -> int:
 
 def run_evaluation(setup: Setup, params, mcmc: MCMCState, run_dir: pathlib.Path, *, steps: int,
                    walkers: int, seed: int, burn_in: int, checkpoint_step: int,
-                   log: Callable = print):
+                   log: Callable = print, observables=None):
     """Frozen-parameter evaluation into a new eval.h5 group; returns (group, EvalResult,
-    seed). A seed already in eval.h5 is replaced by a fresh one (`fresh_seed`)."""
+    seed). A seed already in eval.h5 is replaced by a fresh one (`fresh_seed`).
+
+    observables: names to sample beside the energy (default `eval.observables`); their
+    per-step columns go into the same group (vmc.obs_report.COLUMNS)."""
     seed = fresh_seed(run_dir, seed, log)
+    ev = setup.cfg.eval
+    names = tuple(ev.observables if observables is None else observables)
     start_walkers = resize_walkers(parallel.to_host(mcmc.walkers), walkers)
     bar = _progress(setup.cfg, steps + burn_in, "eval")
     result = evaluate(setup, params, start_walkers, float(mcmc.width), steps=steps,
                       burn_in=burn_in, key=jax.random.PRNGKey(seed),
-                      progress=(lambda i, n: bar.update(1)) if bar else None)
+                      progress=(lambda i, n: bar.update(1)) if bar else None,
+                      observables=names)
+    obs_attrs = {}
+    if names:
+        obs_attrs = {"observables": ",".join(names), "s2_max_pairs": ev.s2_max_pairs}
+        if "density" in names:
+            obs_attrs.update(density_bins=ev.density_bins, density_rmax=ev.density_rmax,
+                             density_centre=np.asarray(ev.density_centre or [], np.float64))
     if bar is not None:
         bar.close()
     group = h5io.next_group_name(run_dir / "eval.h5")
     if parallel.is_writer():
         h5io.write_group(run_dir / "eval.h5", group,
                          {"energy": result.energy, "variance": result.variance,
-                          "pmove": result.pmove, "nonfinite": result.nonfinite},
+                          "pmove": result.pmove, "nonfinite": result.nonfinite,
+                          **result.observables},
                          {"seed": seed, "walkers": walkers, "steps": steps, "burn_in": burn_in,
-                          "checkpoint_step": checkpoint_step, "seconds": result.seconds})
+                          "checkpoint_step": checkpoint_step, "seconds": result.seconds,
+                          **obs_attrs})
     log(f"evaluation {group}: {steps} steps x {walkers} walkers, seed {seed}, in "
-        f"{result.seconds:.1f} s")
+        f"{result.seconds:.1f} s" + (f" (with {', '.join(names)})" if names else ""))
+    for name in names:
+        key = f"{name}_nonfinite"
+        bad = int(np.sum(result.observables.get(key, 0)))
+        if bad:
+            log(f"warning: evaluation {group}: {bad} of {steps * walkers} {name} samples were "
+                f"not finite and were left out ({bad / (steps * walkers):.2g})")
     bad = int(np.sum(result.nonfinite))
     if bad:
         log(f"warning: evaluation {group}: {bad} of {steps * walkers} local energies were not "
@@ -229,8 +249,12 @@ def run_evaluation(setup: Setup, params, mcmc: MCMCState, run_dir: pathlib.Path,
 
 def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
              walkers: Optional[int] = None, seed: Optional[int] = None,
-             burn_in: Optional[int] = None, log: Callable = print) -> int:
+             burn_in: Optional[int] = None, log: Callable = print,
+             observables: Optional[str] = None) -> int:
     """`vmc eval`: evaluate the newest valid checkpoint with a fresh seed; update summary.json.
+
+    observables: comma-separated names (vmc.obs_report.OBSERVABLES) to sample beside the
+    energy; None: the run's `eval.observables`.
 
     Raises:
       InputError: not a run directory, or no valid checkpoint.
@@ -251,6 +275,14 @@ def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
     if seed is not None and seed in used:
         raise InputError(f"--seed: {seed} was used by {used[seed]} in eval.h5 (it would repeat "
                          f"that evaluation); valid: a seed not in {sorted(used)}, or no --seed")
+    if observables is not None:
+        import dataclasses
+        from vmc.obs_report import parse_observables
+        names = parse_observables(observables, "--observables")
+        if "forces" in names:
+            from vmc.obs_report import check_forces_supported
+            check_forces_supported(cfg.molecule)
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, observables=names))
     with _RaiseOnSignal():
         try:
             return _eval_run(cfg, run_dir, steps, walkers, seed, burn_in, log, wall_start)

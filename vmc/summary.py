@@ -89,6 +89,14 @@ def write_summary(setup, run_dir: pathlib.Path, params, evaluation, *, wall_s: f
                  "block_size": rb.block_size if rb else None, "tau": rb.tau if rb else None,
                  "plateau": rb.plateau if rb else None,
                  **nonfinite_entry(result, cfg.eval.max_nonfinite_fraction)}
+        if getattr(result, "observables", None):
+            from vmc.obs_report import format_lines, summarize_observables
+            attrs = {"walkers": int(result.walkers.shape[0]),
+                     "density_rmax": cfg.eval.density_rmax,
+                     "density_centre": list(cfg.eval.density_centre)}
+            entry["observables"] = summarize_observables(result.observables, attrs)
+            for line in format_lines(entry["observables"]):
+                log(line)
         finite_var = result.variance[np.isfinite(result.variance)]
         variance = float(np.mean(finite_var)) if len(finite_var) else None
         flags = (energy_flags(series, rb, analysis.train_tail_series(stats)[0],
@@ -118,6 +126,7 @@ def write_summary(setup, run_dir: pathlib.Path, params, evaluation, *, wall_s: f
         "nonfinite_fraction": entry.get("nonfinite_fraction"),
         "reliable": entry.get("reliable"),
         "reliability_note": entry.get("reliability_note"),
+        "observables": entry.get("observables"),
         "train_energy_ha": tail.mean if tail else None,
         "train_energy_stderr_ha": tail.stderr if tail else None,
         "train_steps": cfg.optim.steps, "eval_steps": entry.get("steps", 0),

@@ -4,6 +4,7 @@
     sign, logabs = ansatz.log_psi(params, x)     # x: (n_electrons, 3) bohr, spin up first
     mats = ansatz.orbitals(params, x)            # orbital matrices (for pretraining)
     mats, (sign, logabs) = ansatz.orbitals_and_log_psi(params, x)   # both, one pass
+    sign, logabs = ansatz.log_psi_at(params, x, atoms)   # nuclei (n_atoms, 3) bohr traced
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ class Ansatz(NamedTuple):
     """A wavefunction: `init(key) -> params`, `log_psi(params, x) -> (sign, logabs)`,
     `orbitals(params, x) -> list of (K, m, m)`; `module` is the flax module (or None);
     `orbitals_and_log_psi(params, x) -> (orbitals, (sign, logabs))` from one forward pass
-    (pretraining's loss and its Metropolis moves share it)."""
+    (pretraining's loss and its Metropolis moves share it);
+    `log_psi_at(params, x, atoms)`: log_psi with the nuclear positions (n_atoms, 3) bohr as
+    a traced input (equal to log_psi at the molecule's own positions), for ∂ log|ψ|/∂R_I."""
     init: Callable[[jax.Array], Any]
     log_psi: Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
     orbitals: Callable[[Any, jax.Array], list]
     module: Any
     orbitals_and_log_psi: Optional[Callable] = None
+    log_psi_at: Optional[Callable] = None
 
 
 def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
@@ -47,13 +51,18 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
     if cfg.name == "hf":
         if hf is None:
             raise ValueError("ansatz.name 'hf' needs a Hartree-Fock result")
-        from vmc.hf import eval_orbitals, hf_log_psi
+        from vmc.hf import eval_orbitals, hf_log_psi, shell_atoms
 
         def orbitals_hf(params, x):
             up, down = eval_orbitals(hf, x)
             n_up = molecule.n_up
             return [m[None] for m in (up[:n_up], down[n_up:]) if m.shape[0] > 0]
-        return Ansatz(lambda key: {}, lambda params, x: hf_log_psi(hf, x), orbitals_hf, None)
+        on_atom = shell_atoms(hf, molecule.positions)
+
+        def log_psi_at_hf(params, x, atoms):
+            return hf_log_psi(hf, x, jnp.asarray(atoms)[on_atom])
+        return Ansatz(lambda key: {}, lambda params, x: hf_log_psi(hf, x), orbitals_hf, None,
+                      log_psi_at=log_psi_at_hf)
     jastrow = cfg.name == "psiformer" if cfg.jastrow is None else cfg.jastrow
     if cfg.name == "ferminet":
         from vmc.ansatz.ferminet import FermiNet
@@ -88,7 +97,10 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
             return mats, psi_from_orbitals(m, mats, y)
         return module.apply(params, x, method=both)
 
-    return Ansatz(init, log_psi, orbitals, module, orbitals_and_log_psi)
+    def log_psi_at(params, x, atoms):
+        return module.apply(params, x, atoms)
+
+    return Ansatz(init, log_psi, orbitals, module, orbitals_and_log_psi, log_psi_at)
 
 
 def count_params(params) -> int:

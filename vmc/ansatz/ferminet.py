@@ -91,16 +91,18 @@ class FermiNet(nn.Module):
         if self.jastrow:
             self.jastrow_factor = Jastrow(self.n_up, self.dtype)
 
-    def orbitals(self, x):
+    def orbitals(self, x, atoms=None):
         """Orbital matrices.
 
         Args:
           x: (n_electrons, 3) electron positions, bohr.
+          atoms: optional (n_atoms, 3) nuclear positions, bohr, as a traced input (for
+            ∂ log|ψ|/∂R_I, the Pulay force term); None: the module's static `atoms`.
         Returns:
           full_det: [(K, n, n)]; else [(K, n_up, n_up), (K, n_down, n_down)] (empty blocks
           omitted). Row i is electron i (within its spin block).
         """
-        atoms = jnp.asarray(self.atoms, self.dtype)
+        atoms = jnp.asarray(self.atoms if atoms is None else atoms, self.dtype)
         x = x.astype(self.dtype)
         h1, h2, ae, r_ae = electron_features(x, atoms)
         for layer in self.layers:
@@ -108,6 +110,7 @@ class FermiNet(nn.Module):
         return orbital_matrices(h1, ae, r_ae, self.n_up, self.orbital_dense, self.envelopes,
                                 self.determinants, self.n_out, self.full_det)
 
-    def __call__(self, x):
-        """(sign, log|ψ|) of one configuration x: (n_electrons, 3) bohr."""
-        return psi_from_orbitals(self, self.orbitals(x), x)
+    def __call__(self, x, atoms=None):
+        """(sign, log|ψ|) of one configuration x: (n_electrons, 3) bohr; `atoms` as in
+        `orbitals` (None: the static nuclear positions)."""
+        return psi_from_orbitals(self, self.orbitals(x, atoms), x)

@@ -127,10 +127,11 @@ class Psiformer(nn.Module):
         if self.jastrow:
             self.jastrow_factor = Jastrow(self.n_up, self.dtype)
 
-    def stream(self, x):
+    def stream(self, x, atoms=None):
         """The electron stream after the attention blocks: (n, heads·head_dim), and the
-        electron–nucleus vectors ae (n, n_atoms, 3) and distances r_ae (n, n_atoms, 1)."""
-        atoms = jnp.asarray(self.atoms, self.dtype)
+        electron–nucleus vectors ae (n, n_atoms, 3) and distances r_ae (n, n_atoms, 1).
+        `atoms`: optional traced (n_atoms, 3) nuclei, bohr (None: the static ones)."""
+        atoms = jnp.asarray(self.atoms if atoms is None else atoms, self.dtype)
         n = x.shape[0]
         feats, ae, r_ae = rescaled_features(x, atoms)
         spin = jnp.where(jnp.arange(n) < self.n_up, 1.0, -1.0).astype(self.dtype)
@@ -144,20 +145,23 @@ class Psiformer(nn.Module):
                 h = self.norms[i][1](h)
         return h, ae, r_ae
 
-    def orbitals(self, x):
+    def orbitals(self, x, atoms=None):
         """Orbital matrices.
 
         Args:
           x: (n_electrons, 3) electron positions, bohr.
+          atoms: optional (n_atoms, 3) nuclear positions, bohr, as a traced input; None:
+            the module's static `atoms`.
         Returns:
           full_det: [(K, n, n)]; else [(K, n_up, n_up), (K, n_down, n_down)] (empty blocks
           omitted). Row i is electron i (within its spin block), as in FermiNet.orbitals.
         """
         x = x.astype(self.dtype)
-        h, ae, r_ae = self.stream(x)
+        h, ae, r_ae = self.stream(x, atoms)
         return orbital_matrices(h, ae, r_ae, self.n_up, self.orbital_dense, self.envelopes,
                                 self.determinants, self.n_out, self.full_det)
 
-    def __call__(self, x):
-        """(sign, log|ψ|) of one configuration x: (n_electrons, 3) bohr."""
-        return psi_from_orbitals(self, self.orbitals(x), x)
+    def __call__(self, x, atoms=None):
+        """(sign, log|ψ|) of one configuration x: (n_electrons, 3) bohr; `atoms` as in
+        `orbitals` (None: the static nuclear positions)."""
+        return psi_from_orbitals(self, self.orbitals(x, atoms), x)

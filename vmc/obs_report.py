@@ -1,0 +1,191 @@
+"""Reblocked summaries of the observables stored in an evaluation (no JAX, no files).
+
+Input: the per-step columns that `vmc.observables.make_observables` produces (as stored in
+an eval.h5 group); output: plain dicts for summary.json and `vmc analyze`, every value with
+a reblocked error bar (vmc.reblock), in atomic units (⟨S²⟩ dimensionless, dipole e·bohr and
+debye, forces hartree/bohr, density electrons/bohr³). A step whose mean is not finite (no
+walker left) is left out, as for the energy.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from vmc.errors import InputError
+from vmc.reblock import MIN_SAMPLES, reblock
+
+OBSERVABLES = ("s2", "dipole", "density", "forces")
+AU_TO_DEBYE = 2.541746   # 1 e·bohr in debye (MATH.md §9)
+# the eval.h5 columns each observable writes
+COLUMNS = {"s2": ("s2", "s2_nonfinite"), "dipole": ("dipole", "dipole_nonfinite"),
+           "forces": ("force_hf", "force_zv", "force_pulay", "forces_nonfinite"),
+           "density": ("density_radial", "density_radial_outside", "density_axial",
+                       "density_axial_outside")}
+
+
+def parse_observables(value, field: str = "eval.observables") -> tuple[str, ...]:
+    """Validate a list (or comma-separated string) of observable names.
+
+    Returns:
+      the names in OBSERVABLES order, without repeats.
+    Raises:
+      InputError: an unknown name (one line naming `field` and the valid names).
+    """
+    if isinstance(value, str):
+        value = [v for v in (s.strip() for s in value.split(",")) if v]
+    names = [str(v) for v in value]
+    bad = [n for n in names if n not in OBSERVABLES]
+    if bad:
+        raise InputError(f"{field}: unknown observable {bad[0]!r}; valid: "
+                         f"{', '.join(OBSERVABLES)} (comma-separated)")
+    return tuple(n for n in OBSERVABLES if n in names)
+
+
+def check_forces_supported(molecule_cfg) -> None:
+    """Forces need ∂V/∂R_I of every term of the Hamiltonian: refuse pseudopotentials.
+
+    Raises:
+      InputError: the molecule uses an ECP (none exist yet; the check keeps the rule).
+    """
+    if getattr(molecule_cfg, "ecp", None):
+        raise InputError("eval.observables: forces are not available with pseudopotentials "
+                         "(molecule.ecp) until the ECP's own derivative is in; valid: s2, "
+                         "dipole, density")
+
+
+def reblock_series(x) -> Optional[dict]:
+    """{mean, stderr, tau, plateau} of the finite steps of a (steps,) series, None if fewer
+    than MIN_SAMPLES are finite."""
+    x = np.asarray(x, np.float64)
+    x = x[np.isfinite(x)]
+    if x.size < MIN_SAMPLES:
+        return None
+    r = reblock(x)
+    return {"mean": r.mean, "stderr": r.stderr, "tau": r.tau, "plateau": r.plateau}
+
+
+def reblock_columns(a) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and reblocked error of each component of a (steps, ...) array: two arrays of
+    shape a.shape[1:] (NaN where fewer than MIN_SAMPLES steps are finite)."""
+    a = np.asarray(a, np.float64)
+    flat = a.reshape(a.shape[0], -1)
+    mean, err = np.full(flat.shape[1], np.nan), np.full(flat.shape[1], np.nan)
+    for k in range(flat.shape[1]):
+        r = reblock_series(flat[:, k])
+        if r is not None:
+            mean[k], err[k] = r["mean"], r["stderr"]
+    return mean.reshape(a.shape[1:]), err.reshape(a.shape[1:])
+
+
+def _nonfinite(cols, name, walkers) -> dict:
+    bad = int(np.sum(cols[name])) if name in cols else 0
+    total = walkers * len(next(iter(cols.values()))) if walkers else 0
+    return {"nonfinite_samples": bad, "nonfinite_fraction": bad / total if total else 0.0}
+
+
+def _lists(mean, err) -> dict:
+    return {"mean": np.asarray(mean).tolist(), "stderr": np.asarray(err).tolist()}
+
+
+def shell_volumes(edges) -> np.ndarray:
+    """(n_bins,) volumes 4π/3 (r_{k+1}³ − r_k³) of spherical shells, bohr³."""
+    e = np.asarray(edges, np.float64)
+    return 4.0 * np.pi / 3.0 * (e[1:] ** 3 - e[:-1] ** 3)
+
+
+def summarize_observables(cols: dict, attrs: dict) -> dict:
+    """Reblocked observables of one evaluation, for summary.json / `vmc analyze`.
+
+    Args:
+      cols: eval.h5 group columns (steps, ...) (other columns are ignored).
+      attrs: group attributes; uses 'walkers', 'density_rmax', 'density_bins'.
+    Returns:
+      {'s2': {mean, stderr, tau, plateau, nonfinite_*}, 'dipole': {au: {mean (3,), stderr},
+      debye: {...}, norm_au, norm_debye, ...}, 'forces': {hf, hf_zb, zv, zv_zb: {mean
+      (n_atoms, 3), stderr}, unit}, 'density': {radial_edges, radial (ρ, e/bohr³) {mean,
+      stderr}, radial_outside_share, axial_edges, axial (electrons per walker per bohr)
+      {mean, stderr}, axial_outside_share}} for the observables present.
+    Raises:
+      InputError: a column with fewer than 16 finite steps.
+    """
+    walkers = int(attrs.get("walkers", 0) or 0)
+    out = {}
+    if "s2" in cols:
+        r = reblock_series(cols["s2"])
+        if r is None:
+            raise InputError("eval: s2 has fewer than 16 finite steps")
+        out["s2"] = {**r, **_nonfinite(cols, "s2_nonfinite", walkers)}
+    if "dipole" in cols:
+        d = np.asarray(cols["dipole"])
+        mean, err = reblock_columns(d)
+        norm = reblock_series(np.linalg.norm(d, axis=1))
+        out["dipole"] = {"au": _lists(mean, err),
+                         "debye": _lists(mean * AU_TO_DEBYE, err * AU_TO_DEBYE),
+                         "norm_au": norm, "norm_debye": None if norm is None else
+                         {k: (v * AU_TO_DEBYE if k in ("mean", "stderr") else v)
+                          for k, v in norm.items()},
+                         "origin": "centre of nuclear charge",
+                         **_nonfinite(cols, "dipole_nonfinite", walkers)}
+    if "force_hf" in cols:
+        hf, zv, zb = (np.asarray(cols[k]) for k in ("force_hf", "force_zv", "force_pulay"))
+        out["forces"] = {"unit": "hartree/bohr",
+                         **{name: _lists(*reblock_columns(series)) for name, series in
+                            (("hf", hf), ("hf_zb", hf + zb), ("zv", zv), ("zv_zb", zv + zb))},
+                         **_nonfinite(cols, "forces_nonfinite", walkers)}
+    if "density_radial" in cols:
+        r_max = float(attrs.get("density_rmax", np.nan))
+        n_bins = np.asarray(cols["density_radial"]).shape[1]
+        edges = np.linspace(0.0, r_max, n_bins + 1)
+        zedges = np.linspace(-r_max, r_max, n_bins + 1)
+        m, e = reblock_columns(cols["density_radial"])
+        vol = shell_volumes(edges)
+        mz, ez = reblock_columns(cols["density_axial"])
+        dz = np.diff(zedges)
+        n_el = float(np.nanmean(np.sum(cols["density_radial"], axis=1)
+                                + cols["density_radial_outside"]))
+        out["density"] = {
+            "radial_edges_bohr": edges.tolist(), "radial": _lists(m / vol, e / vol),
+            "radial_outside_share": float(np.nanmean(cols["density_radial_outside"])) / n_el,
+            "axial_edges_bohr": zedges.tolist(), "axial": _lists(mz / dz, ez / dz),
+            "axial_outside_share": float(np.nanmean(cols["density_axial_outside"])) / n_el,
+            "centre_bohr": [float(c) for c in np.ravel(attrs.get("density_centre", []))] or None}
+    return out
+
+
+def observable_columns(cols: dict) -> dict:
+    """The observable columns among `cols` (those of COLUMNS)."""
+    keep = {c for names in COLUMNS.values() for c in names}
+    return {k: v for k, v in cols.items() if k in keep}
+
+
+def format_lines(obs: dict) -> list[str]:
+    """Human-readable lines (value ± error) of `summarize_observables` output."""
+    lines = []
+    if "s2" in obs:
+        s = obs["s2"]
+        lines.append(f"<S^2> = {s['mean']:.4f} ± {s['stderr']:.4f}")
+    if "dipole" in obs:
+        d = obs["dipole"]
+        comp = ", ".join(f"{m:.4f} ± {e:.4f}" for m, e in zip(d["au"]["mean"], d["au"]["stderr"]))
+        n = d["norm_au"] or {"mean": float("nan"), "stderr": float("nan")}
+        lines.append(f"dipole (e·bohr, about the centre of nuclear charge) = [{comp}]; |d| = "
+                     f"{n['mean']:.4f} ± {n['stderr']:.4f} e·bohr = "
+                     f"{n['mean'] * AU_TO_DEBYE:.4f} ± {n['stderr'] * AU_TO_DEBYE:.4f} D")
+    if "forces" in obs:
+        f = obs["forces"]
+        for i in range(len(f["zv_zb"]["mean"])):
+            cells = []
+            for name in ("hf", "zv", "zv_zb"):
+                m, e = f[name]["mean"][i], f[name]["stderr"][i]
+                cells.append(f"{name} [" + ", ".join(f"{a:+.4f}±{b:.4f}" for a, b in zip(m, e))
+                             + "]")
+            lines.append(f"force on nucleus {i} (Ha/bohr): " + "; ".join(cells))
+    if "density" in obs:
+        d = obs["density"]
+        lines.append(f"density: {len(d['radial']['mean'])} radial bins to "
+                     f"{d['radial_edges_bohr'][-1]:g} bohr; share of electrons outside the "
+                     f"radial grid {d['radial_outside_share']:.3g}, axial "
+                     f"{d['axial_outside_share']:.3g}")
+    return lines
