@@ -254,5 +254,5 @@ def test_run_eval_analyze_with_observables(x64, tmp_path, monkeypatch, capsys):
         eval_run(out, steps=16, observables="bogus", log=lambda m: None)
     assert analyze.main([str(out), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert set(rows[0]["evals"][0]["observables"]) == {"s2", "dipole", "density", "forces"}
-    assert set(rows[0]["evals"][1]["observables"]) == {"dipole"}
+    assert set(rows[0]["evaluations"][0]["observables"]) == {"s2", "dipole", "density", "forces"}
+    assert set(rows[0]["evaluations"][1]["observables"]) == {"dipole"}
