@@ -17,11 +17,11 @@ of earlier parameters/walkers is still an SPD preconditioner (PCG stays exact); 
 captures less of the current spectrum.
 
 The sketch (Tropp, Yurtsever, Udell, Cevher, SIAM J. Matrix Anal. Appl. 38 (2017), Alg. 3;
-FTU 2023 Alg. 2.1), all in float64: Q = qr(Ω) for a Gaussian Ω (p × ℓ); Y = F Q (ℓ
+FTU 2023 Alg. 2.1), all in float64: Q = orth(Ω) for a Gaussian Ω (p × ℓ); Y = F Q (ℓ
 products F·v, batched jvp/vjp of the linearized network); shift ν = √p·eps·‖Y‖_F,
-Y_ν = Y + νQ; C = chol(QᵀY_ν); B = Y_ν C⁻ᵀ; B = Q_B R, R = W Σ Vᵀ (the small ℓ × ℓ SVD);
-U = Q_B W, λ̂ = max(Σ² − ν, 0). Then F ≈ U Λ̂ Uᵀ is the Nyström approximation
-(FQ)(QᵀFQ)⁺(FQ)ᵀ.
+Y_ν = Y + νQ; C = chol(QᵀY_ν); B = Y_ν C⁻ᵀ; BᵀB = W Σ² Wᵀ (the small ℓ × ℓ
+eigendecomposition); U = B W Σ⁻¹, λ̂ = max(Σ² − ν, 0). Then F ≈ U Λ̂ Uᵀ is the Nyström
+approximation (FQ)(QᵀFQ)⁺(FQ)ᵀ.
 
 Reuse: the sketch (U, λ̂) lives in `NystromState` (checkpointed with the rest of the state,
 so a resumed run is bit-identical) and is rebuilt when it is `optim.nystrom_refresh_every`
@@ -31,7 +31,7 @@ iterations. The random Ω is drawn from a fixed key folded with the update count
 CG (warm-started from the previous direction), the norm constraint on dᵀ(F + λI)d and the
 learning-rate schedule are `vmc.optim.cg`'s. Convention: ĝ = Cov(E_L, O) = g/2 (FermiNet's).
 The network may run in float32: each product then carries float32 rounding; Ω, Y, the QR,
-Cholesky and SVD of the sketch, P⁻¹ and the CG scalars are float64.
+Cholesky and eigendecomposition of the sketch, P⁻¹ and the CG scalars are float64.
 """
 
 from __future__ import annotations
@@ -72,17 +72,38 @@ def fisher_block(op: FisherOperator, damping: float) -> Callable:
     return block
 
 
+def _cholesky_qr(a, keep=None):
+    """a R⁻¹ with RᵀR = aᵀa (CholeskyQR, float64): orthonormal columns for a well-conditioned
+    a (p, ℓ) at the cost of one ℓ × ℓ Cholesky and two p ℓ² products (a tall Householder QR
+    is ~100× slower on CPU here). Columns outside keep (ℓ,) bool are returned as 0."""
+    g = a.T @ a
+    if keep is not None:
+        both = keep[:, None] & keep[None, :]
+        g = jnp.where(both, g, jnp.eye(g.shape[0], dtype=g.dtype))
+        a = jnp.where(keep[None, :], a, 0.0)
+    chol = jnp.linalg.cholesky(0.5 * (g + g.T))
+    return jax.scipy.linalg.solve_triangular(chol, a.T, lower=True).T
+
+
+_RELATIVE_FLOOR = 1e-10   # Ritz values below this × the largest are dropped (U column 0)
+
+
 def nystrom_sketch(block: Callable, omega):
     """Randomized Nyström approximation F ≈ U diag(λ̂) Uᵀ of an SPSD F from ℓ products.
 
-    Tropp et al. 2017 Alg. 3 / Frangella–Tropp–Udell 2023 Alg. 2.1 (see the module docstring).
+    Tropp et al. 2017 Alg. 3 / Frangella–Tropp–Udell 2023 Alg. 2.1, float64: Q = orth(Ω)
+    (CholeskyQR2), Y = F Q, ν = √p·eps·‖Y‖_F, Y_ν = Y + νQ, C = chol(QᵀY_ν) (the sketch
+    core), B = Y_ν C⁻ᵀ; the small eigendecomposition BᵀB = W Σ² Wᵀ gives U = B W Σ⁻¹ and
+    λ̂ = max(Σ² − ν, 0). Directions with Σ² ≤ 1e-10 Σ²_max (where BWΣ⁻¹ loses
+    orthogonality; F has rank < ℓ there) get λ̂ = 0 and a zero column; the others are
+    re-orthonormalized (CholeskyQR), so P⁻¹ built from (U, λ̂) is SPD.
 
     Args:
       block: Ω (p, ℓ) -> F Ω (p, ℓ); omega: (p, ℓ) test matrix (Gaussian), ℓ ≤ p.
     Returns:
-      (U (p, ℓ) float64 orthonormal, λ̂ (ℓ,) float64 ≥ 0 descending).
+      (U (p, ℓ) float64, orthonormal or zero columns; λ̂ (ℓ,) float64 ≥ 0 descending).
     """
-    q, _ = jnp.linalg.qr(omega.astype(F64))
+    q = _cholesky_qr(_cholesky_qr(omega.astype(F64)))
     y = block(q).astype(F64)
     nu = jnp.sqrt(jnp.asarray(q.shape[0], F64)) * jnp.finfo(F64).eps * jnp.linalg.norm(y)
     nu = jnp.maximum(nu, jnp.finfo(F64).tiny)
@@ -90,9 +111,13 @@ def nystrom_sketch(block: Callable, omega):
     core = q.T @ y_nu
     chol = jnp.linalg.cholesky(0.5 * (core + core.T))
     b = jax.scipy.linalg.solve_triangular(chol, y_nu.T, lower=True).T     # Y_ν C⁻ᵀ
-    q_b, r = jnp.linalg.qr(b)
-    w, sigma, _ = jnp.linalg.svd(r)
-    return q_b @ w, jnp.maximum(sigma ** 2 - nu, 0.0)
+    gram = b.T @ b
+    sigma2, w = jnp.linalg.eigh(0.5 * (gram + gram.T))
+    sigma2, w = sigma2[::-1], w[:, ::-1]
+    keep = sigma2 > _RELATIVE_FLOOR * sigma2[0]
+    u = b @ (w / jnp.sqrt(jnp.where(keep, sigma2, 1.0)))
+    lam = jnp.where(keep, jnp.maximum(sigma2 - nu, 0.0), 0.0)
+    return _cholesky_qr(u, keep), lam
 
 
 def eigenpairs_from_jacobian(obar, ell: int):
