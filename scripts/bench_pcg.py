@@ -133,7 +133,7 @@ def solve_table(system, setup, keep, olds, tol, repeats, subset):
         prm, w, _ = batch
         m = jnp.ones((n_w,), bool) if mask is None else mask
         omega = jax.random.normal(jax.random.PRNGKey(ell), (p, ell), F64)
-        return _median_time(lambda: sketch_fns[ell](prm, w, m, omega), max(1, repeats // 2))
+        return _median_time(lambda: sketch_fns[ell](prm, w, m, omega), repeats)
 
     rows = []   # (label, {damping: (its, ms)})
 
@@ -221,7 +221,8 @@ def train_table(system, steps, seed):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--systems", nargs="+", default=["He"], choices=sorted(SYSTEMS))
+    ap.add_argument("--systems", nargs="*", default=["He"], choices=sorted(SYSTEMS),
+                    help="systems of the solve table (none: training only)")
     ap.add_argument("--equil", type=int, default=200, help="sample-solver steps before the batch")
     ap.add_argument("--olds", type=int, nargs="*", default=[5, 20],
                     help="ages (steps) of the reused sketches")
