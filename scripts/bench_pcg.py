@@ -66,7 +66,8 @@ def _config(system, solver="sample", seed=0, **optim):
 
 
 def batches(system, equil, olds, seed=0):
-    """Setup and {age: (params, walkers, e_l)} of the last step (age 0) and `olds` earlier."""
+    """Setup and {age: (params, walkers, e_l)} of the last step (age 0), the one before (1)
+    and `olds` steps earlier."""
     setup = build(_config(system))
     state = init_state(setup, jax.random.PRNGKey(seed))
     burn = make_burn_in_step(setup)
@@ -81,7 +82,7 @@ def batches(system, equil, olds, seed=0):
     for t in range(equil):
         new, stats = step(state, jax.random.fold_in(key, 10_000 + t), t)
         age = equil - 1 - t
-        if age in olds or age == 0:
+        if age in olds or age in (0, 1):
             keep[age] = (state.params, new.mcmc.walkers,
                          e_l_fn(state.params, new.mcmc.walkers))
         state = new
@@ -187,6 +188,38 @@ def solve_table(system, setup, keep, olds, tol, repeats, subset):
     return "\n".join(lines)
 
 
+def update_table(system, setup, keep, repeats):
+    """Seconds per optimizer update (cg against nystrom-cg at several ℓ), interleaved round
+    by round so load drift on a shared machine hits all alike; warm-started as in training
+    (state from an update on the batch one step older)."""
+    params, walkers, e_l = keep[0]
+    prev = keep[1]
+    variants = [("cg", {})] + [("nystrom-cg", {"nystrom_rank": ell}) for ell in RANKS]
+    fns = []
+    for solver, kw in variants:
+        cfg = _config(system, solver, **kw).optim
+        from vmc.optim import make_optimizer
+        opt = make_optimizer(cfg, setup.ansatz.log_psi)
+        upd = jax.jit(opt.update)
+        _, st, _ = upd(prev[0], opt.init(params), prev[1], prev[2], 0)
+        out = jax.block_until_ready(upd(params, st, walkers, e_l, 1))
+        fns.append((upd, st, int(out[2].iterations)))
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, (upd, st, _) in enumerate(fns):
+            t = time.perf_counter()
+            jax.block_until_ready(upd(params, st, walkers, e_l, 1))
+            times[i].append(time.perf_counter() - t)
+    lines = [f"\n{system}: one update (defaults, warm start, sketch built in the update), "
+             f"median of {repeats} interleaved rounds\n",
+             "| solver | PCG its | F-products (its + 2 + ℓ) | ms/update |", "|---|---|---|---|"]
+    for (solver, kw), (_, _, its), ts in zip(variants, fns, times):
+        ell = kw.get("nystrom_rank", 0)
+        label = solver + (f", ℓ = {ell}" if ell else "")
+        lines.append(f"| {label} | {its} | {its + 2 + ell} | {1e3 * np.median(ts):.0f} |")
+    return "\n".join(lines)
+
+
 def train_table(system, steps, seed):
     lines = [f"\n{system}, {steps} training steps from the same initial state (seed {seed}, "
              f"no pretraining)\n",
@@ -231,13 +264,19 @@ def main(argv=None) -> int:
     ap.add_argument("--subset", type=int, default=64, help="walkers of the subset sketch")
     ap.add_argument("--train", type=int, default=300, help="He training steps (0: none)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tables", nargs="+", default=["solve", "updates"],
+                    choices=["solve", "updates"], help="per-system tables")
     args = ap.parse_args(argv)
     out = []
     for system in args.systems:
         setup, keep = batches(system, args.equil, args.olds, args.seed)
-        out.append(solve_table(system, setup, keep, args.olds, args.tol, args.repeats,
-                               args.subset))
-        print(out[-1], flush=True)
+        if "solve" in args.tables:
+            out.append(solve_table(system, setup, keep, args.olds, args.tol, args.repeats,
+                                   args.subset))
+            print(out[-1], flush=True)
+        if "updates" in args.tables:
+            out.append(update_table(system, setup, keep, 3 * args.repeats))
+            print(out[-1], flush=True)
     if args.train:
         out.append(train_table("He", args.train, args.seed))
         print(out[-1], flush=True)

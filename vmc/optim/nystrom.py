@@ -26,7 +26,13 @@ approximation (FQ)(QᵀFQ)⁺(FQ)ᵀ.
 Reuse: the sketch (U, λ̂) lives in `NystromState` (checkpointed with the rest of the state,
 so a resumed run is bit-identical) and is rebuilt when it is `optim.nystrom_refresh_every`
 updates old or when the previous solve needed more than `optim.nystrom_refresh_iters` CG
-iterations. The random Ω is drawn from a fixed key folded with the update count.
+iterations. The random Ω is drawn from a fixed key folded with the update count. Measured
+(README, scripts/bench_pcg.py): a sketch of an earlier batch preconditions about as well as
+nothing (He, ℓ = 64, λ = 1e-3: 7 iterations fresh, 54–98 from 1–20 steps old, 84 plain),
+because beyond the first few, F's top eigenvectors belong to the batch's walkers, which the
+sampler replaces every step; the stale directions then fall into the new λ-cluster and split
+it. Hence the default k = 1: ℓ batched products per update, cheaper per product than CG's
+sequential ones.
 
 CG (warm-started from the previous direction), the norm constraint on dᵀ(F + λI)d and the
 learning-rate schedule are `vmc.optim.cg`'s. Convention: ĝ = Cov(E_L, O) = g/2 (FermiNet's).
@@ -74,15 +80,22 @@ def fisher_block(op: FisherOperator, damping: float) -> Callable:
 
 def _cholesky_qr(a, keep=None):
     """a R⁻¹ with RᵀR = aᵀa (CholeskyQR, float64): orthonormal columns for a well-conditioned
-    a (p, ℓ) at the cost of one ℓ × ℓ Cholesky and two p ℓ² products (a tall Householder QR
-    is ~100× slower on CPU here). Columns outside keep (ℓ,) bool are returned as 0."""
+    a (p, ℓ) at the cost of one ℓ × ℓ Cholesky and two p ℓ² matrix products (a tall
+    Householder QR is ~100× slower on CPU here). Columns outside keep (ℓ,) bool are returned as 0."""
     g = a.T @ a
     if keep is not None:
         both = keep[:, None] & keep[None, :]
         g = jnp.where(both, g, jnp.eye(g.shape[0], dtype=g.dtype))
         a = jnp.where(keep[None, :], a, 0.0)
-    chol = jnp.linalg.cholesky(0.5 * (g + g.T))
-    return jax.scipy.linalg.solve_triangular(chol, a.T, lower=True).T
+    return a @ _triangular_inverse(jnp.linalg.cholesky(0.5 * (g + g.T))).T
+
+
+def _triangular_inverse(chol):
+    """L⁻¹ (ℓ, ℓ) of a lower-triangular L: one small triangular solve, so that the tall
+    products are plain matrix products (XLA's CPU triangular solve with p right-hand sides is
+    ~10× slower than a p × ℓ × ℓ matmul)."""
+    return jax.scipy.linalg.solve_triangular(chol, jnp.eye(chol.shape[0], dtype=chol.dtype),
+                                             lower=True)
 
 
 _RELATIVE_FLOOR = 1e-10   # Ritz values below this × the largest are dropped (U column 0)
@@ -92,7 +105,7 @@ def nystrom_sketch(block: Callable, omega):
     """Randomized Nyström approximation F ≈ U diag(λ̂) Uᵀ of an SPSD F from ℓ products.
 
     Tropp et al. 2017 Alg. 3 / Frangella–Tropp–Udell 2023 Alg. 2.1, float64: Q = orth(Ω)
-    (CholeskyQR2), Y = F Q, ν = √p·eps·‖Y‖_F, Y_ν = Y + νQ, C = chol(QᵀY_ν) (the sketch
+    (CholeskyQR), Y = F Q, ν = √p·eps·‖Y‖_F, Y_ν = Y + νQ, C = chol(QᵀY_ν) (the sketch
     core), B = Y_ν C⁻ᵀ; the small eigendecomposition BᵀB = W Σ² Wᵀ gives U = B W Σ⁻¹ and
     λ̂ = max(Σ² − ν, 0). Directions with Σ² ≤ 1e-10 Σ²_max (where BWΣ⁻¹ loses
     orthogonality; F has rank < ℓ there) get λ̂ = 0 and a zero column; the others are
@@ -103,14 +116,14 @@ def nystrom_sketch(block: Callable, omega):
     Returns:
       (U (p, ℓ) float64, orthonormal or zero columns; λ̂ (ℓ,) float64 ≥ 0 descending).
     """
-    q = _cholesky_qr(_cholesky_qr(omega.astype(F64)))
+    q = _cholesky_qr(omega.astype(F64))    # Gaussian Ω: κ ≈ 1 + 2√(ℓ/p), one pass suffices
     y = block(q).astype(F64)
     nu = jnp.sqrt(jnp.asarray(q.shape[0], F64)) * jnp.finfo(F64).eps * jnp.linalg.norm(y)
     nu = jnp.maximum(nu, jnp.finfo(F64).tiny)
     y_nu = y + nu * q
     core = q.T @ y_nu
     chol = jnp.linalg.cholesky(0.5 * (core + core.T))
-    b = jax.scipy.linalg.solve_triangular(chol, y_nu.T, lower=True).T     # Y_ν C⁻ᵀ
+    b = y_nu @ _triangular_inverse(chol).T                                # Y_ν C⁻ᵀ
     gram = b.T @ b
     sigma2, w = jnp.linalg.eigh(0.5 * (gram + gram.T))
     sigma2, w = sigma2[::-1], w[:, ::-1]
