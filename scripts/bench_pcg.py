@@ -15,7 +15,9 @@ relative residual `--tol` for λ = 1e-3 and 1e-1 with:
 
 "its" counts PCG iterations (one F product each, plus one for the initial residual); "ms"
 is the time per solve, compiled, median of `--repeats`. The sketch's own cost (ℓ products,
-"sketch ms") is listed per ℓ. Then `--train` steps of training of He with cg and with
+"sketch ms") is listed per ℓ. The update table times whole optimizer updates (cg against
+nystrom-cg at each ℓ, defaults, warm-started from an update on the previous batch, the
+sketch built inside the update) interleaved round by round. Then `--train` steps of training of He with cg and with
 nystrom-cg (defaults, same seed): mean training energy of the last quarter, mean PCG
 iterations and seconds per step.
 
@@ -224,8 +226,10 @@ def train_table(system, steps, seed):
     lines = [f"\n{system}, {steps} training steps from the same initial state (seed {seed}, "
              f"no pretraining)\n",
              "| solver | energy, last quarter (Ha) | mean its | s/step |", "|---|---|---|---|"]
-    for solver in ("cg", "nystrom-cg"):
-        setup = build(_config(system, solver, seed))
+    variants = [("cg", {}), ("nystrom-cg", {}),
+                ("nystrom-cg", {"nystrom_refresh_every": 10, "nystrom_refresh_iters": 1000})]
+    for solver, kw in variants:
+        setup = build(_config(system, solver, seed, **kw))
         state = init_state(setup, jax.random.PRNGKey(seed))
         burn = make_burn_in_step(setup)
         key = jax.random.PRNGKey(seed + 1)
@@ -244,7 +248,10 @@ def train_table(system, steps, seed):
             its.append(float(stats.iterations))
         sec = (time.perf_counter() - t0) / (steps - 1)
         tail = np.asarray(energies[-(steps // 4):])
-        lines.append(f"| {solver} | {tail.mean():.5f} ± {tail.std() / np.sqrt(tail.size):.5f} "
+        o = setup.cfg.optim
+        label = solver + (f", ℓ = {o.nystrom_rank}, k = {o.nystrom_refresh_every}"
+                          if solver == "nystrom-cg" else "")
+        lines.append(f"| {label} | {tail.mean():.5f} ± {tail.std() / np.sqrt(tail.size):.5f} "
                      f"| {np.mean(its):.1f} | {sec:.3f} |")
         log(lines[-1])
     lines.append("(± is the naive standard error of the mean over the steps, correlations "
