@@ -12,7 +12,8 @@ eigendecomposition of F (U: p × ℓ orthonormal, λ̂₁ ≥ … ≥ λ̂_ℓ �
 maps the captured eigenvalues onto λ̂_ℓ + λ and is the identity on the complement, so the
 λ-cluster stays a cluster: for an exact sketch the spectrum of P⁻¹(F + λI) is
 {λ̂_ℓ + λ} ∪ {λ_i + λ: i > ℓ}, with condition number (λ_{ℓ+1} + λ)/λ instead of
-(λ₁ + λ)/λ. With ℓ ≥ rank F, it is λ I on everything and one iteration suffices. A sketch
+(λ₁ + λ)/λ. With ℓ = rank F two distinct eigenvalues remain (two iterations); with
+ℓ > rank F, λ̂_ℓ = 0 and it is λI on everything (one). A sketch
 of earlier parameters/walkers is still an SPD preconditioner (PCG stays exact); it only
 captures less of the current spectrum.
 
@@ -28,16 +29,17 @@ so a resumed run is bit-identical) and is rebuilt when it is `optim.nystrom_refr
 updates old or when the previous solve needed more than `optim.nystrom_refresh_iters` CG
 iterations. The random Ω is drawn from a fixed key folded with the update count. Measured
 (README, scripts/bench_pcg.py): a sketch of an earlier batch preconditions about as well as
-nothing (He, ℓ = 64, λ = 1e-3: 7 iterations fresh, 54–98 from 1–20 steps old, 84 plain),
+nothing (He, ℓ = 64, λ = 1e-3: 7 iterations fresh, 51–98 from 1–20 steps old, 84 plain),
 because beyond the first few, F's top eigenvectors belong to the batch's walkers, which the
 sampler replaces every step; the stale directions then fall into the new λ-cluster and split
-it. Hence the default k = 1: ℓ batched products per update, cheaper per product than CG's
-sequential ones.
+it. Hence the default k = 1, and ℓ = 16: on CPU the sketch's p ℓ² linear algebra and
+batched products grow faster than ℓ, and ℓ = 16 gave the fastest update (about half a `cg`
+update on He); larger ℓ cut iterations further.
 
 CG (warm-started from the previous direction), the norm constraint on dᵀ(F + λI)d and the
 learning-rate schedule are `vmc.optim.cg`'s. Convention: ĝ = Cov(E_L, O) = g/2 (FermiNet's).
-The network may run in float32: each product then carries float32 rounding; Ω, Y, the QR,
-Cholesky and eigendecomposition of the sketch, P⁻¹ and the CG scalars are float64.
+The network may run in float32: each product then carries float32 rounding; Ω, Y, the
+CholeskyQR, the Cholesky of the core and the small eigendecomposition of the sketch, P⁻¹ and the CG scalars are float64.
 """
 
 from __future__ import annotations
