@@ -17,9 +17,10 @@ relative residual `--tol` for λ = 1e-3 and 1e-1 with:
 is the time per solve, compiled, median of `--repeats`. The sketch's own cost (ℓ products,
 "sketch ms") is listed per ℓ. The update table times whole optimizer updates (cg against
 nystrom-cg at each ℓ, defaults, warm-started from an update on the previous batch, the
-sketch built inside the update) interleaved round by round. Then `--train` steps of training of He with cg and with
-nystrom-cg (defaults, same seed): mean training energy of the last quarter, mean PCG
-iterations and seconds per step.
+sketch built inside the update) interleaved round by round. Then `--train` steps of
+training of He with cg, nystrom-cg (defaults) and nystrom-cg reusing its sketch for 10
+steps, same seed: mean training energy of the last quarter, mean PCG iterations and seconds
+per step.
 
     python scripts/bench_pcg.py                          # He
     python scripts/bench_pcg.py --systems He Li --train 0

@@ -197,7 +197,8 @@ def _eqns(jaxpr):
 
 def test_float32_network_float64_sketch_and_cg():
     """With a float32 network the products run in float32 while the sketch's Cholesky
-    factorizations, triangular solves and eigendecomposition, the preconditioner and the CG inner products are float64."""
+    factorizations, triangular solves and eigendecomposition, the preconditioner and the
+    CG inner products are float64."""
     log_psi, params, x, e_l = _problem(16, dtype=jnp.float32)
     assert all(t.dtype == jnp.float32 for t in jax.tree_util.tree_leaves(params))
     opt = make_optimizer(_cfg(nystrom_rank=4, cg_tol=1e-4), log_psi)
@@ -224,3 +225,18 @@ def test_float32_network_float64_sketch_and_cg():
     assert all(t.dtype == jnp.float64 for t in (state2.basis, state2.eigenvalues,
                                                  state2.direction))
     assert np.all(np.isfinite(_flat(new))) and float(stats.residual) <= 1e-4
+
+
+def test_config_lists_nystrom_cg_and_refuses_zero_damping():
+    from vmc.config import config_from_dict
+    from vmc.errors import InputError
+    he = {"atoms": [{"symbol": "He", "position": [0.0, 0.0, 0.0]}]}
+    cfg = config_from_dict({**he, "optim": {"solver": "nystrom-cg"}})
+    assert (cfg.optim.nystrom_rank, cfg.optim.nystrom_refresh_every) == (16, 1)
+    with pytest.raises(InputError, match=r"optim.solver: 'nystrom' is not valid; valid: .*"
+                                         r"nystrom-cg"):
+        config_from_dict({**he, "optim": {"solver": "nystrom"}})
+    with pytest.raises(InputError, match=r"^optim.damping: 0.0 is not valid for nystrom-cg"):
+        config_from_dict({**he, "optim": {"solver": "nystrom-cg", "damping": 0.0}})
+    with pytest.raises(InputError, match="optim.damping"):
+        make_optimizer(_cfg(damping=0.0), lambda p, x: (1.0, 0.0))

@@ -39,7 +39,8 @@ update on He); larger ℓ cut iterations further.
 CG (warm-started from the previous direction), the norm constraint on dᵀ(F + λI)d and the
 learning-rate schedule are `vmc.optim.cg`'s. Convention: ĝ = Cov(E_L, O) = g/2 (FermiNet's).
 The network may run in float32: each product then carries float32 rounding; Ω, Y, the
-CholeskyQR, the Cholesky of the core and the small eigendecomposition of the sketch, P⁻¹ and the CG scalars are float64.
+CholeskyQR, the Cholesky of the core and the small eigendecomposition of the sketch,
+P⁻¹ and the CG scalars are float64.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def fisher_block(op: FisherOperator, damping: float) -> Callable:
 def _cholesky_qr(a, keep=None):
     """a R⁻¹ with RᵀR = aᵀa (CholeskyQR, float64): orthonormal columns for a well-conditioned
     a (p, ℓ) at the cost of one ℓ × ℓ Cholesky and two p ℓ² matrix products (a tall
-    Householder QR is ~100× slower on CPU here). Columns outside keep (ℓ,) bool are returned as 0."""
+    Householder QR is ~100× slower on CPU here). Columns outside keep (ℓ,) bool are
+    returned as 0."""
     g = a.T @ a
     if keep is not None:
         both = keep[:, None] & keep[None, :]
