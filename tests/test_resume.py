@@ -65,7 +65,7 @@ def _final_state(run_dir, step):
     return {name: ckpt.read_tree_raw(path, name) for name in ("params", "opt_state", "mcmc")}
 
 
-SOLVERS = ["adam", "sample"] + [s for s in ("cg", "kfac", "kfac-cg", "spring")
+SOLVERS = ["adam", "sample"] + [s for s in ("cg", "kfac", "kfac-cg", "spring", "nystrom-cg")
                                 if s in __import__("vmc.optim", fromlist=["REGISTRY"]).REGISTRY]
 
 

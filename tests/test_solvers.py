@@ -1,4 +1,5 @@
-"""Contract tests of the scalable SR solvers (cg, kfac, kfac-cg, spring) against direct solves.
+"""Contract tests of the scalable SR solvers (cg, kfac, kfac-cg, spring, nystrom-cg) against
+direct solves (nystrom-cg's own contracts: tests/test_nystrom.py).
 
 Float64 throughout. Two kinds of wavefunction: a tiny FermiNet for Li (3 electrons, both spin
 blocks, Jastrow on; 32 walkers at random positions, synthetic local energies: the contracts
@@ -316,7 +317,8 @@ def test_kfac_cg_zero_iterations_equals_kfac_and_tight_equals_dense(x64):
     assert _rel(d, np.linalg.solve(f, g)) < 1e-8
 
 
-@pytest.mark.parametrize("solver", ["sample", "dense", "cg", "spring", "kfac", "kfac-cg"])
+@pytest.mark.parametrize("solver", ["sample", "dense", "cg", "spring", "kfac", "kfac-cg",
+                                    "nystrom-cg"])
 def test_norm_constraint_bounds_step_in_solver_metric(x64, solver):
     """η² s² dᵀ(F̂ + λI)d = C when active (s < 1), s = 1 otherwise, on a 2-parameter
     quadratic with O = (x₁, x₂): F̂ = F exact, or KFAC's (A + π√λ) ⊗ (B + √λ/π) with

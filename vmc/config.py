@@ -100,7 +100,7 @@ class HamiltonianConfig:
     chunk_walkers: Optional[int] = _field(None, lo=1)
 
 
-SOLVERS = ("sample", "dense", "adam", "cg", "kfac", "kfac-cg", "spring")
+SOLVERS = ("sample", "dense", "adam", "cg", "kfac", "kfac-cg", "spring", "nystrom-cg")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +120,11 @@ class OptimConfig:
     spring_mu: float = _field(0.9, lo=0.0, hi=0.999)
     kfac_cov_ema: float = _field(0.95, lo=0.0, lt=1.0)
     kfac_inverse_every: int = _field(1, lo=1)
+    # nystrom-cg: sketch rank ℓ, rebuilt every k updates or after a solve of more iterations
+    # (measured on He, README: ℓ = 16 gives the fastest update on CPU; k = 1)
+    nystrom_rank: int = _field(16, lo=1)
+    nystrom_refresh_every: int = _field(1, lo=1)
+    nystrom_refresh_iters: int = _field(20, lo=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,7 +249,7 @@ def _resolve_defaults(cfg: Config, n_electrons: int) -> Config:
         ev = dataclasses.replace(ev, seed=cfg.run.seed + 1)
     if optim.lr <= 0:
         raise InputError(f"optim.lr: {optim.lr} is not valid; valid: > 0")
-    if optim.solver in ("kfac", "kfac-cg") and optim.damping <= 0:
+    if optim.solver in ("kfac", "kfac-cg", "nystrom-cg") and optim.damping <= 0:
         raise InputError(f"optim.damping: {optim.damping} is not valid for {optim.solver}; "
                          f"valid: > 0")
     if ansatz.name == "ferminet" and len(ansatz.hidden_one) != len(ansatz.hidden_two):

@@ -47,9 +47,14 @@ def _spring(cfg, log_psi):
     return make_spring(cfg, log_psi)
 
 
+def _nystrom_cg(cfg, log_psi):
+    from vmc.optim.nystrom import make_nystrom_cg
+    return make_nystrom_cg(cfg, log_psi)
+
+
 REGISTRY: dict[str, Callable] = {"sample": _sample, "dense": _dense, "adam": _adam,
                                  "cg": _cg, "kfac": _kfac, "kfac-cg": _kfac_cg,
-                                 "spring": _spring}
+                                 "spring": _spring, "nystrom-cg": _nystrom_cg}
 
 
 def make_optimizer(cfg, log_psi: Callable, **kwargs) -> Optimizer:

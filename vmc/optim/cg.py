@@ -140,6 +140,35 @@ class CGState(NamedTuple):
     direction: jax.Array
 
 
+def cg_system(cfg, log_psi: Callable, params, walkers, e_l, mask=None):
+    """The clipped, centred SR system of one batch: (F + λI as a `FisherOperator`, ĝ (p,)
+    float64, clip fraction ()). Shared by every solver that runs CG on the exact F.
+
+    Args:
+      cfg: `vmc.config.OptimConfig` (damping, clip); walkers (n_w, n_electrons, 3) bohr;
+      e_l (n_w,) hartree; mask (n_w,) bool good walkers (None: all).
+    """
+    e_clip, frac = clip_local_energy(e_l, cfg.clip, mask)
+    eps = centred_energies(e_clip.astype(F64), mask)
+    op = linearize_fisher(log_psi, params, walkers, cfg.damping, mask)
+    return op, op.gradient(eps), frac
+
+
+def cg_solve_and_step(cfg, schedule: Callable, op: FisherOperator, g, x0, params, step,
+                      frac, precond: Optional[Callable] = None):
+    """PCG on (F + λI) d = ĝ from x0 (`optim.cg_maxiter`, `optim.cg_tol`), then the norm
+    constraint on dᵀ(F + λI)d and θ ← θ − η s d. Shared by `cg` and `nystrom-cg`.
+
+    Returns:
+      (new params, `CGResult`, `OptStats`).
+    """
+    res = pcg(op.matvec, g, x0, cfg.cg_maxiter, cfg.cg_tol, precond)
+    lr = schedule(step)
+    scale = norm_constraint_scale(op.curvature(res.x), lr, cfg.norm_constraint)
+    new, norm = apply_direction(params, op.unravel(res.x), lr, scale)
+    return new, res, OptStats(lr, norm, scale, frac, res.iterations.astype(F64), res.residual)
+
+
 def make_cg(cfg, log_psi: Callable) -> Optimizer:
     """SR with CG on the exact damped F, warm-started from the previous direction.
 
@@ -154,15 +183,9 @@ def make_cg(cfg, log_psi: Callable) -> Optimizer:
         return CGState(jnp.zeros((flat_size(params),), F64))
 
     def update(params, state, walkers, e_l, step, mask=None):
-        e_clip, frac = clip_local_energy(e_l, cfg.clip, mask)
-        eps = centred_energies(e_clip.astype(F64), mask)
-        op = linearize_fisher(log_psi, params, walkers, cfg.damping, mask)
-        g = op.gradient(eps)
-        res = pcg(op.matvec, g, state.direction, cfg.cg_maxiter, cfg.cg_tol)
-        lr = schedule(step)
-        scale = norm_constraint_scale(op.curvature(res.x), lr, cfg.norm_constraint)
-        new, norm = apply_direction(params, op.unravel(res.x), lr, scale)
-        return new, CGState(res.x), OptStats(lr, norm, scale, frac,
-                                             res.iterations.astype(F64), res.residual)
+        op, g, frac = cg_system(cfg, log_psi, params, walkers, e_l, mask)
+        new, res, stats = cg_solve_and_step(cfg, schedule, op, g, state.direction, params,
+                                            step, frac)
+        return new, CGState(res.x), stats
 
     return Optimizer(init, update)
