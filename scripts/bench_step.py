@@ -32,6 +32,7 @@ BENCHMARK = ("ansatz.hidden_one=[128,128,128]", "ansatz.hidden_two=[16,16,16]",
 
 def export(commit: str, dest: pathlib.Path) -> pathlib.Path:
     """`git archive commit vmc` unpacked under dest; returns dest."""
+    dest.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "vmc"],
                              check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
@@ -69,7 +70,6 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         base_src = export(args.base, (tmp / "base").resolve())
-        (tmp / "base").mkdir(exist_ok=True)
         sources = {"base": base_src, "this": ROOT}
         for system in args.systems:
             times = {"base": [], "this": []}
