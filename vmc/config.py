@@ -49,6 +49,9 @@ class Reference:
     source: str = ""
     kind: str = _field("exact", choices=REFERENCE_KINDS)
     hf_limit: Optional[float] = None
+    # the Hamiltonian the energy is for: "all-electron", or the ECP, e.g. "ccecp" (a run whose
+    # hamiltonian.ecp differs reports no error against it, vmc.summary)
+    hamiltonian: str = "all-electron"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +101,13 @@ class HamiltonianConfig:
     # walkers per device whose E_L is evaluated at once (None: all); bounds the memory of the
     # forward Laplacian, which grows as walkers x electrons^2 (scripts/profile_step.py --memory)
     chunk_walkers: Optional[int] = _field(None, lo=1)
+    # effective core potentials (MATH.md §8, vmc.ecp): null (all-electron), "ccecp" (every
+    # atom heavier than He), or a mapping element -> ECP name, e.g. {S: ccecp}
+    ecp: Optional[Any] = None
+    # spherical rule of the non-local ECP estimator, rotated at random per electron and step
+    ecp_rule: str = _field("icosahedron", choices=("tetrahedron", "octahedron", "icosahedron",
+                                                   "lebedev9", "lebedev11", "lebedev17",
+                                                   "lebedev23"))
 
 
 SOLVERS = ("sample", "dense", "adam", "cg", "kfac", "kfac-cg", "spring")
@@ -126,7 +136,7 @@ class OptimConfig:
 class PretrainConfig:
     """Hartree–Fock pretraining of the orbitals."""
     steps: Optional[int] = _field(None, lo=0)  # None: 0 for <= 2 electrons, else 1000
-    basis: str = "cc-pvdz"
+    basis: Optional[str] = None   # None: cc-pvdz, or ccecp-cc-pvdz when an ECP is on
     method: str = _field("auto", choices=("auto", "rhf", "rohf", "uhf"))
     lr: float = _field(3e-3, lo=0.0)
     moves: int = _field(1, lo=1)   # Metropolis moves per step, network and HF alternating
@@ -180,7 +190,7 @@ class Config:
     def build_molecule(self) -> Molecule:
         """The validated Molecule (bohr). Raises InputError."""
         m = self.molecule
-        return make_molecule(list(m.atoms), m.units, m.charge, m.spin)
+        return make_molecule(list(m.atoms), m.units, m.charge, m.spin, self.hamiltonian.ecp)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -218,11 +228,19 @@ def default_steps(n_electrons: int) -> int:
     return 1000 if n_electrons <= 3 else 4000
 
 
+def _ecp_names(cfg: Config) -> tuple:
+    from vmc.system import resolve_ecp
+    return resolve_ecp([a.get("symbol") for a in cfg.molecule.atoms], cfg.hamiltonian.ecp)
+
+
 def _resolve_defaults(cfg: Config, n_electrons: int) -> Config:
     """Fill the settings whose default depends on others (written out in config.yaml)."""
     optim, pre, ev = cfg.optim, cfg.pretrain, cfg.eval
     if optim.lr is None:
         optim = dataclasses.replace(optim, lr=1e-3 if optim.solver == "adam" else 0.2)
+    if pre.basis is None:
+        ecp_on = any(e is not None for e in _ecp_names(cfg))
+        pre = dataclasses.replace(pre, basis="ccecp-cc-pvdz" if ecp_on else "cc-pvdz")
     if pre.steps is None:   # the hf ansatz has nothing to pretrain
         pre = dataclasses.replace(pre, steps=0 if n_electrons <= 2 or cfg.ansatz.name == "hf"
                                   else 1000)

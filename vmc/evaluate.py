@@ -89,7 +89,7 @@ def evaluate(setup, params, walkers, width, *, steps: int, burn_in: int, key,
     @jax.jit
     def record(state, k, poison):
         state, pmove = frozen_step(params, state, k)
-        e = batched_e_l(params, state.walkers)
+        e = batched_e_l(params, state.walkers, setup.ecp_key(k))
         e = jnp.where(jnp.arange(e.shape[0]) < poison, jnp.nan, e)
         mean, var, bad = walker_mean(e, jnp.isfinite(e))
         return state, jnp.stack([mean, var, pmove.astype(jnp.float64), bad])
