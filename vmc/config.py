@@ -228,6 +228,27 @@ def default_steps(n_electrons: int) -> int:
     return 1000 if n_electrons <= 3 else 4000
 
 
+def hamiltonian_label(ecp_setting, symbols) -> str:
+    """'all-electron', or the ECP names in use joined by '+' (e.g. 'ccecp'): what a reference's
+    `hamiltonian` must say to be compared with a run of this `hamiltonian.ecp` setting."""
+    from vmc.system import resolve_ecp
+    names = sorted({e for e in resolve_ecp(list(symbols), ecp_setting) if e is not None})
+    return "+".join(names) if names else "all-electron"
+
+
+def reference_mismatch(cfg: Config) -> Optional[str]:
+    """None when the reference (if any) is for this run's Hamiltonian, else one line why the run
+    reports no error against it (e.g. an all-electron reference is ~59 Ha from O with ccECP)."""
+    ref = cfg.molecule.reference
+    if ref.energy is None:
+        return None
+    run = hamiltonian_label(cfg.hamiltonian.ecp, [a.get("symbol") for a in cfg.molecule.atoms])
+    if run == (ref.hamiltonian or "all-electron"):
+        return None
+    return (f"the reference is {ref.hamiltonian} but this run is {run} "
+            f"(hamiltonian.ecp): no error against it")
+
+
 def _ecp_names(cfg: Config) -> tuple:
     from vmc.system import resolve_ecp
     return resolve_ecp([a.get("symbol") for a in cfg.molecule.atoms], cfg.hamiltonian.ecp)
@@ -307,7 +328,7 @@ def config_from_dict(data: dict, *, name: str = "molecule", preset: Optional[str
 
 def _one_electron_reference(cfg: Config, molecule: Molecule) -> Config:
     """A one-electron atom or ion without a reference gets its exact energy, −Z²/2 Ha."""
-    if molecule.n_electrons != 1 or len(molecule.symbols) != 1 or \
+    if molecule.n_electrons != 1 or len(molecule.symbols) != 1 or molecule.has_ecp or \
             cfg.molecule.reference.energy is not None:
         return cfg
     z = float(molecule.charges[0])
