@@ -164,3 +164,32 @@ def test_local_energy_finite_at_an_ecp_nucleus(x64, ansatz):
     far[0], near[0] = 1e-2 * direction, 1e-5 * direction
     e_far, e_near = (float(jax.jit(ae.local_energy)(p_ae, jnp.asarray(v))) for v in (far, near))
     assert abs(e_near - e_far) > 100, (e_far, e_near)
+
+
+def test_reference_keyed_by_hamiltonian():
+    from vmc.config import load_config, reference_mismatch
+    o = load_config("systems/O.yaml", overrides=("hamiltonian.ecp=ccecp",))
+    assert "all-electron" in reference_mismatch(o) and "ccecp" in reference_mismatch(o)
+    assert reference_mismatch(load_config("systems/O.yaml")) is None
+    na = load_config("systems/Na_ccecp.yaml")
+    assert reference_mismatch(na) is None and na.molecule.reference.energy == -0.186205
+    assert "ccecp" in reference_mismatch(load_config("systems/Na_ccecp.yaml",
+                                                     overrides=("hamiltonian.ecp=null",)))
+
+
+def test_ecp_energy_same_in_chunks_and_from_the_key(x64):
+    """The rotations come from the step's key per walker (fold_in), not from the chunking."""
+    from vmc.hamiltonian import over_walkers
+    from vmc.train import build
+    cfg = config_from_dict({"atoms": O_ATOM, "spin": 2}, preset="tiny",
+                           overrides=("hamiltonian.ecp=ccecp", "run.x64=true"))
+    setup = build(cfg)
+    params = setup.ansatz.init(jax.random.PRNGKey(0))
+    w = jax.random.normal(jax.random.PRNGKey(1), (6, 6, 3)) * 0.7
+    key = jax.random.PRNGKey(4)
+    whole = np.asarray(over_walkers(setup.local_energy)(params, w, key))
+    chunked = np.asarray(over_walkers(setup.local_energy, chunk=2)(params, w, key))
+    other = np.asarray(over_walkers(setup.local_energy)(params, w, jax.random.PRNGKey(5)))
+    assert np.allclose(whole, chunked, rtol=1e-12, atol=1e-12)
+    assert not np.allclose(whole, other)       # the non-local part does depend on the key
+    assert setup.ecp_key(key) is not None

@@ -145,9 +145,13 @@ def load_ecp(name: str, symbol: str):
     channels: {l: [(power n − 2, α (bohr⁻²), c), ...]}: V_l(r) = Σ c r^(n−2) e^(−αr²) Ha,
     l = −1 the local part (PySCF's ``gto.basis.load_ecp`` lists the terms by n).
     """
+    import warnings
+
     from pyscf import gto
     try:
-        raw = gto.basis.load_ecp(name, symbol)
+        with warnings.catch_warnings():   # "ECP may be available in basis-set-exchange"
+            warnings.simplefilter("ignore", UserWarning)
+            raw = gto.basis.load_ecp(name, symbol)
     except (KeyError, RuntimeError, ValueError, OSError, TypeError, IndexError):
         return None
     if not raw:
