@@ -193,3 +193,32 @@ def test_ecp_energy_same_in_chunks_and_from_the_key(x64):
     assert np.allclose(whole, chunked, rtol=1e-12, atol=1e-12)
     assert not np.allclose(whole, other)       # the non-local part does depend on the key
     assert setup.ecp_key(key) is not None
+
+
+def test_resume_with_ecp_is_bit_identical(tmp_path, x64):
+    """2N steps straight == N steps then --resume for N more, with the non-local ECP energy in
+    E_L (its rotations come from each step's key). Li with ccECP: one valence electron."""
+    import pathlib
+
+    from vmc import checkpoint as ckpt
+    from vmc import h5io
+    from vmc.cli import main
+    cfg = tmp_path / "li.yaml"
+    cfg.write_text("atoms:\n  - {symbol: Li, position: [0.0, 0.0, 0.0]}\nspin: 1\n"
+                   "hamiltonian: {ecp: ccecp}\n")
+
+    def args(steps):
+        return ["--preset", "tiny", "--set", "run.x64=true", "--set", f"optim.steps={steps}",
+                "--set", "run.checkpoint_every=3", "--set", "eval.steps=0",
+                "--set", "sampler.burn_in=0"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(["run", str(cfg), "--out", str(straight), *args(6)]) == 0
+    assert main(["run", str(cfg), "--out", str(split), *args(3)]) == 0
+    assert main(["run", str(cfg), "--out", str(split), "--resume", *args(6)]) == 0
+    for name in ("params", "mcmc"):
+        a, b = (ckpt.read_tree_raw(ckpt.checkpoint_path(pathlib.Path(d) / "checkpoints", 6),
+                                   name) for d in (straight, split))
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name}/{k}")
+    sa, sb = h5io.read_stats(straight / "train.h5"), h5io.read_stats(split / "train.h5")
+    np.testing.assert_array_equal(sa["energy"], sb["energy"])
