@@ -36,8 +36,9 @@ def test_rotations_uniform_on_so3(x64):
     se = 1 / np.sqrt(len(ez))
     assert np.all(np.abs(ez.mean(0)) < 4 * se * np.sqrt(1 / 3))
     assert np.all(np.abs((ez ** 2).mean(0) - 1 / 3) < 4 * se * 0.3)
-    # the rotation angle of a Haar rotation has density (1 − cos θ)/π: E[cos θ] = −1/2... via
-    # tr R = 1 + 2 cos θ, E[tr R] = 0
+    # the rotation angle θ of a Haar rotation has density (1 − cos θ)/π, so E[cos θ] = −1/2
+    # and E[tr R] = E[1 + 2 cos θ] = 0. (Uniform Euler angles fail the second check above:
+    # with β uniform, E[cos² β] = 1/2.)
     assert abs(np.trace(r, axis1=1, axis2=2).mean()) < 4 * se
 
 
@@ -90,8 +91,8 @@ def test_nonlocal_channels_removed_leaves_the_local_term(x64):
 
 
 def test_beyond_cutoff_skips_nonlocal(x64):
-    table = ecp.make_table({0: ("ccecp", 2, __import__("vmc.hf", fromlist=["x"]).load_ecp(
-        "ccecp", "O")[1])})
+    from vmc.hf import load_ecp
+    table = ecp.make_table({0: ("ccecp", 2, load_ecp("ccecp", "O")[1])})
     assert 0.8 < table.cutoff[0] < 3.0
     x = jnp.asarray([[0.0, 0.0, table.cutoff[0] + 0.1]])
     assert float(ecp.nonlocal_energy(table, _psi([0.1, 0.0, 0.0]), x, jnp.zeros((1, 3)))) == 0.0
@@ -106,12 +107,14 @@ def test_valence_only_counting():
                          {"symbol": "H", "position": [1.8, 0.0, 0.0]}], ecp="ccecp")
     assert h2o.n_electrons == 8 and h2o.ecp == ("ccecp", None, None)
     assert np.isclose(h2o.nuclear_repulsion, 6 / 1.8 * 2 + 1 / (1.8 * np.sqrt(2)))
-    only_h = make_molecule(h2o_atoms := [{"symbol": "O", "position": [0.0, 0.0, 0.0]},
-                                         {"symbol": "H", "position": [0.0, 0.0, 1.8]}],
-                           spin=1, ecp={"O": "ccecp"})
-    assert only_h.n_electrons == 7 and len(h2o_atoms) == 2
-    xe = make_molecule([{"symbol": "Kr", "position": [0.0, 0.0, 0.0]}], ecp="ccecp")
-    assert xe.n_electrons == 8
+    oh = make_molecule([{"symbol": "O", "position": [0.0, 0.0, 0.0]},
+                        {"symbol": "H", "position": [0.0, 0.0, 1.8]}], spin=1,
+                       ecp={"O": "ccecp"})
+    assert oh.n_electrons == 7
+    kr = make_molecule([{"symbol": "Kr", "position": [0.0, 0.0, 0.0]}], ecp="ccecp")
+    assert kr.n_electrons == 8
+    iodine = make_molecule([{"symbol": "I", "position": [0.0, 0.0, 0.0]}], spin=1, ecp="ccecp")
+    assert iodine.n_electrons == 7 and iodine.n_core == (46,)
     cfg = config_from_dict({"atoms": O_ATOM, "spin": 2}, overrides=("hamiltonian.ecp=ccecp",))
     assert cfg.pretrain.basis == "ccecp-cc-pvdz"
     assert config_from_dict({"atoms": O_ATOM, "spin": 2}).pretrain.basis == "cc-pvdz"
