@@ -34,7 +34,7 @@ for entry in yaml.safe_load(src.read_text()):
     lines += ["units: bohr", f"charge: {entry['charge']}", f"spin: {entry['spin']}"]
     ref = entry.get("exact_energy_ha")
     if ref and ref.get("value") is not None:
-        r = {"energy": float(ref["value"]), "kind": kind_of(ref.get("kind", "")),
+        r = {"hamiltonian": "all-electron", "energy": float(ref["value"]), "kind": kind_of(ref.get("kind", "")),
              "source": str(ref.get("source", "")).replace("\n", " ")}
         lim = (entry.get("hf_energy_ha") or {}).get("literature_limit")
         if lim and lim.get("value") is not None:

@@ -102,6 +102,12 @@ def _parse_reference(config: dict) -> Optional[Reference]:
     ref = (config.get("molecule") or {}).get("reference")
     if not ref or ref.get("energy") is None:
         return None
+    from vmc.config import hamiltonian_label
+    atoms = (config.get("molecule") or {}).get("atoms") or []
+    run = hamiltonian_label((config.get("hamiltonian") or {}).get("ecp"),
+                            [a.get("symbol") for a in atoms])
+    if run != (ref.get("hamiltonian") or "all-electron"):
+        return None     # another Hamiltonian's energy: nothing to compare with
     try:
         hf = ref.get("hf_limit")
         return Reference(float(ref["energy"]), str(ref.get("source", "")),

@@ -65,7 +65,10 @@ def describe(cfg: Config, hf=None, notes=()) -> str:
     lines = ["# resolved config", dump_yaml(cfg).rstrip(), "", "# electrons",
              f"n_electrons: {mol.n_electrons}  n_up: {mol.n_up}  n_down: {mol.n_down}"]
     for i, sym in enumerate(mol.symbols):
-        lines.append(f"  atom {i} {sym:2s} Z={int(mol.charges[i])}: "
+        core = mol.n_core[i] if mol.n_core else 0
+        ecp = (f" (ECP {mol.ecp[i]}: Z_eff={int(mol.charges[i])}, {core} core electrons "
+               f"removed)" if core or (mol.ecp and mol.ecp[i]) else "")
+        lines.append(f"  atom {i} {sym:2s} Z={int(mol.atomic_numbers[i])}{ecp}: "
                      f"{int(np.sum(up == i))} up, {int(np.sum(down == i))} down")
     lines += ["", "# geometry (bohr)"]
     for i, sym in enumerate(mol.symbols):

@@ -49,6 +49,9 @@ class Reference:
     source: str = ""
     kind: str = _field("exact", choices=REFERENCE_KINDS)
     hf_limit: Optional[float] = None
+    # the Hamiltonian the energy is for: "all-electron", or the ECP, e.g. "ccecp" (a run whose
+    # hamiltonian.ecp differs reports no error against it, vmc.summary)
+    hamiltonian: str = "all-electron"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +101,13 @@ class HamiltonianConfig:
     # walkers per device whose E_L is evaluated at once (None: all); bounds the memory of the
     # forward Laplacian, which grows as walkers x electrons^2 (scripts/profile_step.py --memory)
     chunk_walkers: Optional[int] = _field(None, lo=1)
+    # effective core potentials (MATH.md §8, vmc.ecp): null (all-electron), "ccecp" (every
+    # atom heavier than He), or a mapping element -> ECP name, e.g. {S: ccecp}
+    ecp: Optional[Any] = None
+    # spherical rule of the non-local ECP estimator, rotated at random per electron and step
+    ecp_rule: str = _field("icosahedron", choices=("tetrahedron", "octahedron", "icosahedron",
+                                                   "lebedev9", "lebedev11", "lebedev17",
+                                                   "lebedev23"))
 
 
 SOLVERS = ("sample", "dense", "adam", "cg", "kfac", "kfac-cg", "spring", "nystrom-cg")
@@ -131,7 +141,7 @@ class OptimConfig:
 class PretrainConfig:
     """Hartree–Fock pretraining of the orbitals."""
     steps: Optional[int] = _field(None, lo=0)  # None: 0 for <= 2 electrons, else 1000
-    basis: str = "cc-pvdz"
+    basis: Optional[str] = None   # None: cc-pvdz, or ccecp-cc-pvdz when an ECP is on
     method: str = _field("auto", choices=("auto", "rhf", "rohf", "uhf"))
     lr: float = _field(3e-3, lo=0.0)
     moves: int = _field(1, lo=1)   # Metropolis moves per step, network and HF alternating
@@ -192,7 +202,7 @@ class Config:
     def build_molecule(self) -> Molecule:
         """The validated Molecule (bohr). Raises InputError."""
         m = self.molecule
-        return make_molecule(list(m.atoms), m.units, m.charge, m.spin)
+        return make_molecule(list(m.atoms), m.units, m.charge, m.spin, self.hamiltonian.ecp)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -230,11 +240,40 @@ def default_steps(n_electrons: int) -> int:
     return 1000 if n_electrons <= 3 else 4000
 
 
+def hamiltonian_label(ecp_setting, symbols) -> str:
+    """'all-electron', or the ECP names in use joined by '+' (e.g. 'ccecp'): what a reference's
+    `hamiltonian` must say to be compared with a run of this `hamiltonian.ecp` setting."""
+    from vmc.system import resolve_ecp
+    names = sorted({e for e in resolve_ecp(list(symbols), ecp_setting) if e is not None})
+    return "+".join(names) if names else "all-electron"
+
+
+def reference_mismatch(cfg: Config) -> Optional[str]:
+    """None when the reference (if any) is for this run's Hamiltonian, else one line why the run
+    reports no error against it (e.g. an all-electron reference is ~59 Ha from O with ccECP)."""
+    ref = cfg.molecule.reference
+    if ref.energy is None:
+        return None
+    run = hamiltonian_label(cfg.hamiltonian.ecp, [a.get("symbol") for a in cfg.molecule.atoms])
+    if run == (ref.hamiltonian or "all-electron"):
+        return None
+    return (f"the reference is {ref.hamiltonian} but this run is {run} "
+            f"(hamiltonian.ecp): no error against it")
+
+
+def _ecp_names(cfg: Config) -> tuple:
+    from vmc.system import resolve_ecp
+    return resolve_ecp([a.get("symbol") for a in cfg.molecule.atoms], cfg.hamiltonian.ecp)
+
+
 def _resolve_defaults(cfg: Config, n_electrons: int) -> Config:
     """Fill the settings whose default depends on others (written out in config.yaml)."""
     optim, pre, ev = cfg.optim, cfg.pretrain, cfg.eval
     if optim.lr is None:
         optim = dataclasses.replace(optim, lr=1e-3 if optim.solver == "adam" else 0.2)
+    if pre.basis is None:
+        ecp_on = any(e is not None for e in _ecp_names(cfg))
+        pre = dataclasses.replace(pre, basis="ccecp-cc-pvdz" if ecp_on else "cc-pvdz")
     if pre.steps is None:   # the hf ansatz has nothing to pretrain
         pre = dataclasses.replace(pre, steps=0 if n_electrons <= 2 or cfg.ansatz.name == "hf"
                                   else 1000)
@@ -259,7 +298,7 @@ def _resolve_defaults(cfg: Config, n_electrons: int) -> Config:
     from vmc.obs_report import check_forces_supported, parse_observables
     ev = dataclasses.replace(ev, observables=parse_observables(ev.observables))
     if "forces" in ev.observables:
-        check_forces_supported(cfg.molecule)
+        check_forces_supported(cfg)
     if ev.density_centre and (len(ev.density_centre) != 3 or not all(
             isinstance(c, (int, float)) and not isinstance(c, bool) for c in ev.density_centre)):
         raise InputError(f"eval.density_centre: {list(ev.density_centre)!r} is not valid; "
@@ -309,7 +348,7 @@ def config_from_dict(data: dict, *, name: str = "molecule", preset: Optional[str
 
 def _one_electron_reference(cfg: Config, molecule: Molecule) -> Config:
     """A one-electron atom or ion without a reference gets its exact energy, −Z²/2 Ha."""
-    if molecule.n_electrons != 1 or len(molecule.symbols) != 1 or \
+    if molecule.n_electrons != 1 or len(molecule.symbols) != 1 or molecule.has_ecp or \
             cfg.molecule.reference.energy is not None:
         return cfg
     z = float(molecule.charges[0])

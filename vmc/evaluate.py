@@ -84,7 +84,7 @@ def make_record_step(setup, params, observables=()):
     @jax.jit
     def record(state, k, poison):
         state, pmove = frozen_step(params, state, k)
-        e = batched_e_l(params, state.walkers)
+        e = batched_e_l(params, state.walkers, setup.ecp_key(k))
         e = jnp.where(jnp.arange(e.shape[0]) < poison, jnp.nan, e)
         good = jnp.isfinite(e)
         mean, var, bad = walker_mean(e, good)

@@ -72,25 +72,56 @@ def kinetic_from_logabs(logabs_fn: Callable, x, laplacian: str = "forward"):
     return -0.5 * (lap + jnp.sum(grad * grad))
 
 
+def ecp_table(molecule):
+    """The `vmc.ecp.ECPTable` of the molecule's ECP atoms, or None when all-electron."""
+    if not getattr(molecule, "has_ecp", False):
+        return None
+    from vmc.ecp import make_table
+    from vmc.hf import load_ecp
+    ecps = {}
+    for i, (sym, name) in enumerate(zip(molecule.symbols, molecule.ecp)):
+        if name is not None:
+            n_core, chans = load_ecp(name, sym)
+            ecps[i] = (name, n_core, chans)
+    return make_table(ecps)
+
+
 def make_local_energy(log_psi: Callable, molecule, laplacian: str = "forward",
-                      dtype=jnp.float32) -> Callable:
-    """E_L(params, x) for one configuration x: (n_electrons, 3) bohr; returns () hartree.
+                      dtype=jnp.float32, ecp_rule: str = "icosahedron") -> Callable:
+    """E_L(params, x, key=None) for one configuration x: (n_electrons, 3) bohr; () hartree.
+
+    With ECP atoms (`molecule.ecp`, charges Z_eff) E_L adds the ECP's local part and its
+    non-local part by the rotated-quadrature estimator (`vmc.ecp.nonlocal_energy`, MATH.md
+    §8); `key` draws the rotations (None: the rule unrotated, deterministic; tests only).
+    All-electron molecules ignore `key`.
 
     Args:
       log_psi: (params, x) -> (sign, logabs).
       molecule: `vmc.system.Molecule`.
       laplacian: 'forward' or 'hessian'.
       dtype: dtype of the nuclear coordinates fed to the potential.
+      ecp_rule: spherical rule of the non-local estimator (`vmc.ecp.quadrature`).
+    Raises:
+      ValueError: unknown laplacian or rule.
     """
     if laplacian not in LAPLACIANS:
         raise ValueError(f"hamiltonian.laplacian: unknown {laplacian!r}; valid: forward, hessian")
     atoms = jnp.asarray(molecule.positions, dtype)
     charges = jnp.asarray(molecule.charges, dtype)
     e_nn = molecule.nuclear_repulsion
+    table = ecp_table(molecule)
+    if table is not None:
+        from vmc import ecp
+        ecp.quadrature(ecp_rule)   # fail early on an unknown rule
 
-    def local_energy(params, x):
+    def local_energy(params, x, key=None):
         kinetic = kinetic_from_logabs(lambda y: log_psi(params, y)[1], x, laplacian)
-        return kinetic + potential_energy(x, atoms, charges, e_nn)
+        e = kinetic + potential_energy(x, atoms, charges, e_nn)
+        if table is not None:
+            e = e + ecp.local_potential(table, x, atoms)
+            e = e + ecp.nonlocal_energy(table, lambda y: log_psi(params, y), x, atoms, key,
+                                        ecp_rule).astype(e.dtype)
+        return e
 
     return local_energy
 
@@ -108,20 +139,25 @@ def over_walkers(fn: Callable, chunk: Optional[int] = None, n_devices: int = 1) 
       n_devices: devices the walker axis is split over (chunks are taken per device, so no
         walker moves between devices).
     Returns:
-      (params, walkers (n_walkers, n_electrons, 3)) -> (n_walkers, ...).
+      (params, walkers (n_walkers, n_electrons, 3), key=None) -> (n_walkers, ...). With a
+      key, walker w gets `fold_in(key, w)` as `fn`'s third argument (the ECP rotations), so
+      the result does not depend on the chunking; without one `fn(params, x)` is called.
     """
-    plain = jax.vmap(fn, in_axes=(None, 0))
-    if chunk is None:
-        return plain
-
-    def batched(params, walkers):
+    def batched(params, walkers, key=None):
         n_w = walkers.shape[0]
+        if key is None:
+            one = lambda x, k: fn(params, x)           # noqa: E731
+            keys = jnp.zeros((n_w,), jnp.int32)
+        else:
+            one = lambda x, k: fn(params, x, k)        # noqa: E731
+            keys = jax.vmap(lambda w: jax.random.fold_in(key, w))(jnp.arange(n_w))
         per = n_w // n_devices
-        if per <= chunk:
-            return plain(params, walkers)
+        if chunk is None or per <= chunk:
+            return jax.vmap(one)(walkers, keys)
         w = walkers.reshape((n_devices, per) + walkers.shape[1:])
-        out = jax.vmap(lambda wd: jax.lax.map(lambda x: fn(params, x), wd,
-                                              batch_size=chunk))(w)
+        k = keys.reshape((n_devices, per) + keys.shape[1:])
+        out = jax.vmap(lambda wd, kd: jax.lax.map(lambda a: one(*a), (wd, kd),
+                                                  batch_size=chunk))(w, k)
         return out.reshape((n_w,) + out.shape[2:])
 
     return batched

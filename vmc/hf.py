@@ -139,14 +139,40 @@ def run_hf(molecule: Molecule, basis: str = "cc-pvdz", method: str = "auto") -> 
                        coeff_up=c_up, coeff_down=c_down, **shells)
 
 
+def load_ecp(name: str, symbol: str):
+    """(n_core, channels) of PySCF's ECP `name` for element `symbol`, or None if PySCF has none.
+
+    channels: {l: [(power n − 2, α (bohr⁻²), c), ...]}: V_l(r) = Σ c r^(n−2) e^(−αr²) Ha,
+    l = −1 the local part (PySCF's ``gto.basis.load_ecp`` lists the terms by n).
+    """
+    import warnings
+
+    from pyscf import gto
+    try:
+        with warnings.catch_warnings():   # "ECP may be available in basis-set-exchange"
+            warnings.simplefilter("ignore", UserWarning)
+            raw = gto.basis.load_ecp(name, symbol)
+    except (KeyError, RuntimeError, ValueError, OSError, TypeError, IndexError):
+        return None
+    if not raw:
+        return None
+    n_core, chans = raw
+    out = {}
+    for l, by_n in chans:
+        out[int(l)] = [(n - 2, float(a), float(c)) for n, terms in enumerate(by_n)
+                       for a, c in terms]
+    return int(n_core), out
+
+
 def _build_mol(molecule: Molecule, basis: str):
-    """PySCF Mole in bohr; a negative spin is flipped (PySCF wants n_alpha >= n_beta)."""
+    """PySCF Mole in bohr, with the molecule's ECPs; a negative spin is flipped (PySCF wants
+    n_alpha >= n_beta)."""
     from pyscf import gto
 
     try:
         return gto.M(atom=[(s, tuple(map(float, p)))
                            for s, p in zip(molecule.symbols, molecule.positions)],
-                     unit="Bohr", basis=basis, charge=molecule.charge,
+                     unit="Bohr", basis=basis, ecp=molecule.pyscf_ecp(), charge=molecule.charge,
                      spin=abs(molecule.spin), verbose=0)
     except (KeyError, RuntimeError, ValueError, OSError, TypeError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -43,15 +43,17 @@ def parse_observables(value, field: str = "eval.observables") -> tuple[str, ...]
     return tuple(n for n in OBSERVABLES if n in names)
 
 
-def check_forces_supported(molecule_cfg) -> None:
+def check_forces_supported(cfg) -> None:
     """Forces need ∂V/∂R_I of every term of the Hamiltonian: refuse pseudopotentials.
 
+    Args:
+      cfg: the run's `vmc.config.Config` (its `hamiltonian.ecp`).
     Raises:
-      InputError: the molecule uses an ECP (none exist yet; the check keeps the rule).
+      InputError: the run uses an ECP (`hamiltonian.ecp`), whose nuclear derivative is not in.
     """
-    if getattr(molecule_cfg, "ecp", None):
+    if getattr(getattr(cfg, "hamiltonian", None), "ecp", None):
         raise InputError("eval.observables: forces are not available with pseudopotentials "
-                         "(molecule.ecp) until the ECP's own derivative is in; valid: s2, "
+                         "(hamiltonian.ecp) until the ECP's own derivative is in; valid: s2, "
                          "dipole, density")
 
 

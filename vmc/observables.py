@@ -188,7 +188,7 @@ def make_observables(setup, names, eval_cfg) -> Callable:
         raise InputError("eval.observables: forces need an ansatz with the nuclei as traced "
                          "inputs; valid: s2, dipole, density")
     if "forces" in names:
-        check_forces_supported(setup.cfg.molecule)
+        check_forces_supported(setup.cfg)
 
     def per_walker(f, *xs):
         if chunk is None:

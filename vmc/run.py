@@ -281,7 +281,7 @@ def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
         names = parse_observables(observables, "--observables")
         if "forces" in names:
             from vmc.obs_report import check_forces_supported
-            check_forces_supported(cfg.molecule)
+            check_forces_supported(cfg)
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, observables=names))
     with _RaiseOnSignal():
         try:

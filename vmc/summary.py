@@ -104,7 +104,9 @@ def write_summary(setup, run_dir: pathlib.Path, params, evaluation, *, wall_s: f
                  if rb else [])
     flags = list(flags) + training_flags(stats, str(run_dir))
     energy = entry.get("energy_ha")
-    deviation = (None if energy is None or ref.energy is None
+    from vmc.config import reference_mismatch
+    mismatch = reference_mismatch(cfg)
+    deviation = (None if energy is None or ref.energy is None or mismatch
                  else 1000.0 * (energy - ref.energy))
     label = None if deviation is None else analysis.deviation_label(ref.kind)
     summary = {
@@ -115,6 +117,8 @@ def write_summary(setup, run_dir: pathlib.Path, params, evaluation, *, wall_s: f
         "reference_ha": ref.energy,
         "reference_kind": ref.kind if ref.energy is not None else None,
         "reference_source": ref.source or None,
+        "reference_hamiltonian": ref.hamiltonian if ref.energy is not None else None,
+        "reference_note": mismatch,
         "deviation_mha": deviation,
         "deviation_label": label,
         "group": entry.get("group"),
@@ -141,6 +145,8 @@ def write_summary(setup, run_dir: pathlib.Path, params, evaluation, *, wall_s: f
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if energy is not None:
         log(final_line(summary))
+    if mismatch:
+        log(f"note: {mismatch}")
     for flag in flags:
         log(f"warning: {flag.line()}")
     if entry.get("reliable") is False:

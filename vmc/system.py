@@ -16,8 +16,10 @@ ANGSTROM_TO_BOHR = 1.8897261246  # CODATA 2018, as in MATH.md
 
 ELEMENTS = (
     "H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn "
-    "Ga Ge As Se Br Kr"
+    "Ga Ge As Se Br Kr Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr "
+    "Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb Lu Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn"
 ).split()
+ALL_ELECTRON_MAX_Z = 36   # all-electron runs stop at Kr; heavier atoms need an ECP
 ATOMIC_NUMBER = {s: i + 1 for i, s in enumerate(ELEMENTS)}
 UNITS = ("bohr", "angstrom")
 
@@ -32,6 +34,9 @@ class Molecule:
       positions: (n_atoms, 3) float nuclear positions, bohr.
       charge: total charge (nuclear charge minus number of electrons).
       spin: 2S = n_up - n_down.
+      ecp: per atom the ECP name (e.g. 'ccecp') or None (all-electron); with an ECP,
+        `charges` holds Z_eff = Z − n_core and the core electrons are not counted anywhere.
+      n_core: per atom the core electrons the ECP removes (0 without one).
     """
 
     symbols: tuple[str, ...]
@@ -39,6 +44,22 @@ class Molecule:
     positions: np.ndarray
     charge: int = 0
     spin: int = 0
+    ecp: tuple = ()
+    n_core: tuple = ()
+
+    @property
+    def has_ecp(self) -> bool:
+        return any(e is not None for e in self.ecp)
+
+    @property
+    def atomic_numbers(self) -> np.ndarray:
+        """(n_atoms,) Z of each atom (the charges plus the removed core electrons)."""
+        core = np.asarray(self.n_core or (0,) * self.n_atoms, np.float64)
+        return np.asarray(self.charges, np.float64) + core
+
+    def pyscf_ecp(self) -> dict:
+        """{element: ECP name} for PySCF's ``gto.M(ecp=...)`` (empty when all-electron)."""
+        return {s: e for s, e in zip(self.symbols, self.ecp) if e is not None}
 
     @property
     def n_atoms(self) -> int:
@@ -72,21 +93,56 @@ class Molecule:
 
         return gto.M(
             atom=[(s, tuple(map(float, p))) for s, p in zip(self.symbols, self.positions)],
-            unit="Bohr", basis=basis, charge=self.charge, spin=self.spin, verbose=0)
+            unit="Bohr", basis=basis, ecp=self.pyscf_ecp(), charge=self.charge, spin=self.spin,
+            verbose=0)
+
+
+def resolve_ecp(symbols: Sequence[str], ecp) -> tuple:
+    """The ECP name of each atom from the `hamiltonian.ecp` setting.
+
+    Args:
+      symbols: element of each atom.
+      ecp: None (all-electron), 'ccecp' (every atom heavier than He), or a mapping
+        {element: ECP name} (those elements only; H and He too when named).
+    Returns:
+      per atom an ECP name or None.
+    Raises:
+      InputError: a setting of another form, or an element in the mapping that is unknown.
+    """
+    if ecp is None:
+        return (None,) * len(symbols)
+    if isinstance(ecp, str):
+        if not ecp.strip() or ecp.lower() in ("none", "null"):
+            return (None,) * len(symbols)
+        return tuple(ecp if ATOMIC_NUMBER[s] > 2 else None for s in symbols)
+    if isinstance(ecp, dict):
+        for k, v in ecp.items():
+            if k not in ATOMIC_NUMBER:
+                raise InputError(f"hamiltonian.ecp.{k}: unknown element; valid: element "
+                                 f"symbols" + did_you_mean(str(k).capitalize(), ELEMENTS))
+            if v is not None and not isinstance(v, str):
+                raise InputError(f"hamiltonian.ecp.{k}: expected an ECP name such as ccecp "
+                                 f"(or null), got {v!r}")
+        return tuple(ecp.get(s) for s in symbols)
+    raise InputError(f"hamiltonian.ecp: expected null, an ECP name such as ccecp, or a mapping "
+                     f"element -> ECP name, got {ecp!r}")
 
 
 def make_molecule(atoms: Sequence[dict], units: str = "bohr", charge: int = 0,
-                  spin: int = 0) -> Molecule:
+                  spin: int = 0, ecp=None) -> Molecule:
     """Build and validate a Molecule from the YAML form.
 
     Args:
       atoms: list of ``{symbol: str, position: [x, y, z]}`` (position in `units`).
       units: 'bohr' or 'angstrom'.
       charge: total charge, integer.
-      spin: 2S = n_up − n_down, integer.
+      spin: 2S = n_up − n_down, integer (of the valence electrons when an ECP is on).
+      ecp: the `hamiltonian.ecp` setting (see `resolve_ecp`); the ECPs are PySCF's
+        (``gto.basis.load_ecp``), and the charges become Z_eff = Z − n_core.
 
     Raises:
       InputError: unknown element or unit, malformed position, two nuclei at one point,
+        an element beyond Kr without an ECP, an ECP PySCF does not have for an element,
         no electrons left, spin that does not fit the electron count.
     """
     if units not in UNITS:
@@ -105,7 +161,7 @@ def make_molecule(atoms: Sequence[dict], units: str = "bohr", charge: int = 0,
         sym = atom["symbol"]
         if sym not in ATOMIC_NUMBER:
             raise InputError(f"molecule.atoms[{i}].symbol: unknown element {sym!r}; valid: "
-                             f"H to Kr" + did_you_mean(str(sym).capitalize(), ELEMENTS))
+                             f"H to Rn" + did_you_mean(str(sym).capitalize(), ELEMENTS))
         pos = atom["position"]
         if (not isinstance(pos, (list, tuple)) or len(pos) != 3
                 or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in pos)
@@ -121,7 +177,25 @@ def make_molecule(atoms: Sequence[dict], units: str = "bohr", charge: int = 0,
             if np.linalg.norm(positions[i] - positions[j]) < 1e-3:
                 raise InputError(f"molecule.atoms: atoms {j} and {i} sit at the same point "
                                  f"{positions[i].tolist()} bohr; nuclei must be apart")
-    charges = np.asarray([ATOMIC_NUMBER[s] for s in symbols], dtype=np.float64)
+    names = resolve_ecp(symbols, ecp)
+    n_core = []
+    for i, (sym, name) in enumerate(zip(symbols, names)):
+        if name is None:
+            if ATOMIC_NUMBER[sym] > ALL_ELECTRON_MAX_Z:
+                raise InputError(f"molecule.atoms[{i}].symbol: {sym} is beyond Kr, where "
+                                 f"all-electron runs stop; set hamiltonian.ecp: ccecp")
+            n_core.append(0)
+            continue
+        from vmc.hf import load_ecp
+        got = load_ecp(name, sym)
+        if got is None:
+            raise InputError(f"hamiltonian.ecp: PySCF has no {name!r} ECP for {sym}; valid: "
+                             f"ccecp for the elements PySCF ships it for, or null for {sym}"
+                             + (" (all-electron)" if ATOMIC_NUMBER[sym] <= ALL_ELECTRON_MAX_Z
+                                else ""))
+        n_core.append(got[0])
+    charges = np.asarray([ATOMIC_NUMBER[s] - c for s, c in zip(symbols, n_core)],
+                         dtype=np.float64)
     n_el = int(charges.sum()) - charge
     if n_el <= 0:
         raise InputError(f"molecule.charge: {charge} leaves no electrons (total nuclear charge "
@@ -133,4 +207,4 @@ def make_molecule(atoms: Sequence[dict], units: str = "bohr", charge: int = 0,
         valid = "even" if n_el % 2 == 0 else "odd"
         raise InputError(f"molecule.spin: 2S = {spin} does not fit {n_el} electrons; valid: an "
                          f"{valid} value with |spin| <= {n_el}")
-    return Molecule(tuple(symbols), charges, positions, charge, spin)
+    return Molecule(tuple(symbols), charges, positions, charge, spin, names, tuple(n_core))

@@ -24,6 +24,9 @@ from vmc.sampler import MCMCState, init_walkers, make_sampler
 from vmc.system import Molecule
 
 
+ECP_STREAM = 0x0EC9   # fold_in index of the ECP rotations' key in a step's key
+
+
 class TrainState(NamedTuple):
     """Everything that changes during training (a pytree)."""
     params: Any
@@ -60,10 +63,18 @@ class Setup:
 
     @property
     def batched_local_energy(self) -> Callable:
-        """(params, walkers (n_w, n, 3)) -> (n_w,) E_L, hartree; in chunks of
-        `hamiltonian.chunk_walkers` walkers per device when set (`vmc.hamiltonian.over_walkers`)."""
+        """(params, walkers (n_w, n, 3), key=None) -> (n_w,) E_L, hartree; in chunks of
+        `hamiltonian.chunk_walkers` walkers per device when set (`vmc.hamiltonian.over_walkers`).
+        `key` (see `ecp_key`) draws the ECP quadrature rotations; all-electron runs ignore it."""
         return over_walkers(self.local_energy, self.cfg.hamiltonian.chunk_walkers,
                             jax.device_count())
+
+    def ecp_key(self, key):
+        """The key of a step's ECP rotations: a stream of the step's key apart from the
+        sampler's (all-electron runs draw exactly what they drew before), None without ECP."""
+        if not self.molecule.has_ecp:
+            return None
+        return jax.random.fold_in(key, ECP_STREAM)
 
 
 def build(cfg, hf=None) -> Setup:
@@ -78,7 +89,8 @@ def build(cfg, hf=None) -> Setup:
         from vmc.hf import run_hf
         hf = run_hf(molecule, cfg.pretrain.basis, cfg.pretrain.method)
     ansatz = make_ansatz(cfg.ansatz, molecule, dtype, hf=hf)
-    local_energy = make_local_energy(ansatz.log_psi, molecule, cfg.hamiltonian.laplacian, dtype)
+    local_energy = make_local_energy(ansatz.log_psi, molecule, cfg.hamiltonian.laplacian, dtype,
+                                     cfg.hamiltonian.ecp_rule)
     optimizer = make_optimizer(cfg.optim, ansatz.log_psi, **_optimizer_extras(cfg, ansatz))
     return Setup(cfg, molecule, ansatz, local_energy, optimizer, dtype, hf)
 
@@ -153,7 +165,7 @@ def make_train_step(setup: Setup) -> Callable:
 
     def step(state: TrainState, key, t, poison=0):
         mcmc, pmove = sampler_step(state.params, state.mcmc, key)
-        e_l = batched_e_l(state.params, mcmc.walkers)
+        e_l = batched_e_l(state.params, mcmc.walkers, setup.ecp_key(key))
         e_l = jnp.where(jnp.arange(e_l.shape[0]) < poison, jnp.nan, e_l)
         mcmc, e_l, good = screen_walkers(batched_logabs, state.params, mcmc,
                                          state.mcmc.walkers, e_l)

@@ -47,6 +47,8 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
     """
     atoms = tuple(tuple(float(c) for c in p) for p in np.asarray(molecule.positions))
     charges = tuple(float(z) for z in molecule.charges)
+    smooth = tuple(e is not None for e in getattr(molecule, "ecp", ())) \
+        if getattr(molecule, "has_ecp", False) else ()
     x0 = jnp.zeros((molecule.n_electrons, 3), dtype)
     if cfg.name == "hf":
         if hf is None:
@@ -70,7 +72,7 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
                           n_down=molecule.n_down, hidden_one=tuple(cfg.hidden_one),
                           hidden_two=tuple(cfg.hidden_two), determinants=cfg.determinants,
                           full_det=cfg.full_det, envelope=cfg.envelope, jastrow=jastrow,
-                          det_precision=cfg.det_precision, dtype=dtype)
+                          det_precision=cfg.det_precision, dtype=dtype, smooth_atoms=smooth)
     elif cfg.name == "psiformer":
         from vmc.ansatz.psiformer import Psiformer
         module = Psiformer(atoms=atoms, charges=charges, n_up=molecule.n_up,
@@ -78,7 +80,7 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
                            layers=cfg.layers, layer_norm=cfg.layer_norm,
                            determinants=cfg.determinants, full_det=cfg.full_det,
                            envelope=cfg.envelope, jastrow=jastrow,
-                           det_precision=cfg.det_precision, dtype=dtype)
+                           det_precision=cfg.det_precision, dtype=dtype, smooth_atoms=smooth)
     else:
         raise ValueError(f"ansatz.name: unknown ansatz {cfg.name!r}; valid: ferminet, psiformer, hf")
 

@@ -28,17 +28,34 @@ def pair_distances(x):
     return ee, r_ee
 
 
-def electron_features(x, atoms):
+def smooth_distance(ae, r_ae, smooth=()):
+    """|r − R_I| at all-electron atoms; √(|r − R_I|² + 1) − 1 (bohr, smooth at the nucleus,
+    |r − R_I| − 1 + O(1/r) far away) at the atoms flagged in `smooth` (ECP atoms, whose
+    potential is finite at the nucleus, so ψ must have no cusp there).
+
+    Args:
+      ae: (n, n_atoms, 3) bohr; r_ae: (n, n_atoms, 1) bohr; smooth: n_atoms bools or ().
+    Returns:
+      (n, n_atoms, 1) bohr.
+    """
+    if not any(smooth):
+        return r_ae
+    soft = jnp.sqrt(jnp.sum(ae * ae, axis=-1, keepdims=True) + 1.0) - 1.0
+    return jnp.where(jnp.asarray(smooth)[None, :, None], soft, r_ae)
+
+
+def electron_features(x, atoms, smooth=()):
     """FermiNet's input features (Pfau et al. 2020, sec. 3).
 
     Args:
       x: (n, 3) electrons, bohr; atoms: (n_atoms, 3) nuclei, bohr.
+      smooth: n_atoms bools: ECP atoms, whose distance is `smooth_distance`'s smooth one.
     Returns:
       h1: (n, 4 n_atoms) [r_i − R_I, |r_i − R_I|]; h2: (n, n, 4) [r_i − r_j, |r_i − r_j|];
       ae: (n, n_atoms, 3); r_ae: (n, n_atoms, 1).
     """
     ae = x[:, None, :] - atoms[None, :, :]
-    r_ae = jnp.linalg.norm(ae, axis=-1, keepdims=True)
+    r_ae = smooth_distance(ae, jnp.linalg.norm(ae, axis=-1, keepdims=True), smooth)
     ee, r_ee = pair_distances(x)
     h1 = jnp.concatenate([ae, r_ae], axis=-1).reshape(x.shape[0], -1)
     h2 = jnp.concatenate([ee, r_ee], axis=-1)
@@ -49,12 +66,15 @@ class Envelope(nn.Module):
     """Exponential envelopes Σ_I π_{kI} exp(−|σ_{kI}(r_i − R_I)|) for each orbital k.
 
     'isotropic': σ_{kI} scalar; 'full': σ_{kI} a 3×3 matrix (FermiNet's full envelope).
-    Input ae: (n, n_atoms, 3), r_ae: (n, n_atoms, 1) bohr. Output (n, n_orbitals).
+    Input ae: (n, n_atoms, 3), r_ae: (n, n_atoms, 1) bohr (already smooth at ECP atoms,
+    `smooth_distance`). Output (n, n_orbitals). At atoms flagged in `smooth` the full
+    envelope's |σ d| becomes √(|σ d|² + 1) − 1, so no cusp is imposed there.
     """
     n_atoms: int
     n_orbitals: int
     kind: str = "isotropic"
     dtype: jnp.dtype = jnp.float32
+    smooth: tuple = ()
 
     @nn.compact
     def __call__(self, ae, r_ae):
@@ -69,6 +89,9 @@ class Envelope(nn.Module):
             sigma = self.param("sigma", init, (self.n_atoms, 3, 3, self.n_orbitals), self.dtype)
             v = jnp.einsum("nai,aijk->najk", ae, sigma)                      # (n, A, 3, k)
             dist = jnp.sqrt(jnp.sum(v * v, axis=2) + 1e-12)
+            if any(self.smooth):
+                soft = jnp.sqrt(jnp.sum(v * v, axis=2) + 1.0) - 1.0
+                dist = jnp.where(jnp.asarray(self.smooth)[None, :, None], soft, dist)
         else:
             raise ValueError(f"ansatz.envelope: unknown kind {self.kind!r}; valid: isotropic, full")
         return jnp.sum(pi[None] * jnp.exp(-dist), axis=1)

@@ -72,6 +72,7 @@ class FermiNet(nn.Module):
     jastrow: bool = False
     det_precision: str = "float64"
     dtype: jnp.dtype = jnp.float32
+    smooth_atoms: tuple = ()   # per atom: True at ECP atoms (no cusp, common.smooth_distance)
 
     def setup(self):
         if len(self.hidden_one) != len(self.hidden_two):
@@ -86,7 +87,7 @@ class FermiNet(nn.Module):
                                        param_dtype=self.dtype, name=f"orbital_{s}")
                               for s, n_out in zip(("up", "down"), self.n_out)]
         self.envelopes = [Envelope(len(self.atoms), self.determinants * n_out, self.envelope,
-                                   self.dtype, name=f"envelope_{s}")
+                                   self.dtype, self.smooth_atoms, name=f"envelope_{s}")
                           for s, n_out in zip(("up", "down"), self.n_out)]
         if self.jastrow:
             self.jastrow_factor = Jastrow(self.n_up, self.dtype)
@@ -104,7 +105,7 @@ class FermiNet(nn.Module):
         """
         atoms = jnp.asarray(self.atoms if atoms is None else atoms, self.dtype)
         x = x.astype(self.dtype)
-        h1, h2, ae, r_ae = electron_features(x, atoms)
+        h1, h2, ae, r_ae = electron_features(x, atoms, self.smooth_atoms)
         for layer in self.layers:
             h1, h2 = layer(h1, h2)
         return orbital_matrices(h1, ae, r_ae, self.n_up, self.orbital_dense, self.envelopes,

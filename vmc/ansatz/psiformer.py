@@ -28,20 +28,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vmc.ansatz.common import Envelope, Jastrow, psi_from_orbitals, orbital_matrices
+from vmc.ansatz.common import (Envelope, Jastrow, orbital_matrices, psi_from_orbitals,
+                               smooth_distance)
 
 
-def rescaled_features(x, atoms):
+def rescaled_features(x, atoms, smooth=()):
     """Log-rescaled electron–nucleus features.
 
     Args:
       x: (n, 3) electrons, bohr; atoms: (n_atoms, 3) nuclei, bohr.
+      smooth: n_atoms bools: ECP atoms, whose distance is smooth at the nucleus
+        (`vmc.ansatz.common.smooth_distance`).
     Returns:
       h: (n, 4 n_atoms) [d·log(1+r)/r, log(1+r)] per atom; ae: (n, n_atoms, 3) d = r_i − R_I;
       r_ae: (n, n_atoms, 1) |d|.
     """
     ae = x[:, None, :] - atoms[None, :, :]
-    r_ae = jnp.linalg.norm(ae, axis=-1, keepdims=True)
+    r_ae = smooth_distance(ae, jnp.linalg.norm(ae, axis=-1, keepdims=True), smooth)
     log_r = jnp.log1p(r_ae)
     positive = r_ae > 0
     scale = jnp.where(positive, log_r / jnp.where(positive, r_ae, 1.0), 1.0)
@@ -104,6 +107,7 @@ class Psiformer(nn.Module):
     jastrow: bool = True
     det_precision: str = "float64"
     dtype: jnp.dtype = jnp.float32
+    smooth_atoms: tuple = ()   # per atom: True at ECP atoms (no cusp, common.smooth_distance)
 
     def setup(self):
         width = self.heads * self.head_dim
@@ -122,7 +126,7 @@ class Psiformer(nn.Module):
         self.orbital_dense = [nn.Dense(self.determinants * n_out, name=f"orbital_{s}", **dense)
                               for s, n_out in zip(("up", "down"), self.n_out)]
         self.envelopes = [Envelope(len(self.atoms), self.determinants * n_out, self.envelope,
-                                   self.dtype, name=f"envelope_{s}")
+                                   self.dtype, self.smooth_atoms, name=f"envelope_{s}")
                           for s, n_out in zip(("up", "down"), self.n_out)]
         if self.jastrow:
             self.jastrow_factor = Jastrow(self.n_up, self.dtype)
@@ -133,7 +137,7 @@ class Psiformer(nn.Module):
         `atoms`: optional traced (n_atoms, 3) nuclei, bohr (None: the static ones)."""
         atoms = jnp.asarray(self.atoms if atoms is None else atoms, self.dtype)
         n = x.shape[0]
-        feats, ae, r_ae = rescaled_features(x, atoms)
+        feats, ae, r_ae = rescaled_features(x, atoms, self.smooth_atoms)
         spin = jnp.where(jnp.arange(n) < self.n_up, 1.0, -1.0).astype(self.dtype)
         h = self.embed(jnp.concatenate([feats, spin[:, None]], axis=-1))
         for i in range(self.layers):
