@@ -204,3 +204,14 @@ def test_training_detectors_trip_on_a_variance_spike_and_an_uphill_stretch():
     s2["variance"][1200] = 15.0
     s2["rejected"][1200:] = 1
     assert training_flags(s2) == []
+
+
+def test_variance_spike_needs_the_floor_too():
+    """He-like: median 5e-4 Ha², single-walker outliers at 0.03 Ha² (60x) are harmless."""
+    from vmc.diagnostics import variance_spikes
+    rng = np.random.default_rng(1)
+    v = 5e-4 * (1 + 0.3 * rng.random(2000))
+    v[[700, 900, 1500]] = 0.03
+    assert variance_spikes(v)[0].size == 0
+    v[1500] = 0.5                                      # above the floor: counted
+    assert list(variance_spikes(v)[0]) == [1500]

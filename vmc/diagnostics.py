@@ -16,7 +16,9 @@ Two more watch the training itself (`training_flags`, from train.h5's per-step c
 after step TRAIN_AFTER (500):
 
 * ``variance_spike``: a step whose (unclipped) E_L variance exceeds SPIKE_FACTOR (10) times
-  the median variance of the SPIKE_WINDOW (200) steps before it;
+  the median variance of the SPIKE_WINDOW (200) steps before it, and SPIKE_FLOOR (0.1 Ha²)
+  (below that one walker's outlier makes such ratios without harm: the He quick start,
+  median ~5·10⁻⁴ Ha², has 66x steps at ~0.03 Ha² and ends within 0.01 mHa of exact);
 * ``energy_rise``: a RISE_WINDOW (100)-step mean energy more than RISE_SIGMA (5) combined
   standard errors above the lowest such mean before it (consecutive windows; their
   standard error from reblocking the steps after step 500, see `energy_rise`): training
@@ -40,6 +42,7 @@ DISAGREE_SIGMA = 3.0
 TRAIN_AFTER = 500
 SPIKE_FACTOR = 10.0
 SPIKE_WINDOW = 200
+SPIKE_FLOOR = 0.1      # Ha²
 RISE_WINDOW = 100
 RISE_SIGMA = 5.0
 
@@ -145,8 +148,10 @@ def energy_flags(eval_energy, eval_rb: Optional[ReblockResult], tail_energy=None
 
 
 def variance_spikes(variance, steps=None, after: int = TRAIN_AFTER,
-                    factor: float = SPIKE_FACTOR, window: int = SPIKE_WINDOW):
-    """Steps whose variance exceeds `factor` × the median of the `window` steps before them.
+                    factor: float = SPIKE_FACTOR, window: int = SPIKE_WINDOW,
+                    floor: float = SPIKE_FLOOR):
+    """Steps whose variance exceeds `factor` × the median of the `window` steps before them
+    and `floor` (Ha²).
 
     Args:
       variance: (n,) per-step E_L variance over the walkers, Ha² (non-finite rows: skipped,
@@ -164,7 +169,7 @@ def variance_spikes(variance, steps=None, after: int = TRAIN_AFTER,
         if s[i] <= after:
             continue
         med = float(np.median(v[i - window:i]))
-        if med > 0 and v[i] > factor * med:
+        if med > 0 and v[i] > factor * med and v[i] > floor:
             hit_steps.append(int(s[i]))
             ratios.append(float(v[i] / med))
     return np.asarray(hit_steps, int), np.asarray(ratios)
@@ -237,6 +242,7 @@ def training_flags(stats: Optional[dict], run_dir: str = "RUN") -> list[Flag]:
         out.append(Flag("variance_spike",
                         f"training: {hits.size} step(s) after step {TRAIN_AFTER} with a "
                         f"variance over {SPIKE_FACTOR:g}x its {SPIKE_WINDOW}-step median "
+                        f"and {SPIKE_FLOOR:g} Ha^2 "
                         f"(first at step {hits[0]}, worst {ratios.max():.0f}x)",
                         "the optimization is unstable there: lower optim.lr or raise "
                         "optim.damping, and compare the energy before and after the spikes"))

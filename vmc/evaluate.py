@@ -81,18 +81,21 @@ def make_record_step(setup, params, observables=()):
         from vmc.observables import make_observables
         obs_fn = make_observables(setup, tuple(observables), setup.cfg.eval)
 
+    # the parameters are an argument, not constants baked into the program: a second
+    # evaluation of the same shapes (another checkpoint, `vmc eval`) then finds the
+    # compiled program in the persistent compilation cache instead of compiling again
     @jax.jit
-    def record(state, k, poison):
-        state, pmove = frozen_step(params, state, k)
-        e = batched_e_l(params, state.walkers, setup.ecp_key(k))
+    def record(p, state, k, poison):
+        state, pmove = frozen_step(p, state, k)
+        e = batched_e_l(p, state.walkers, setup.ecp_key(k))
         e = jnp.where(jnp.arange(e.shape[0]) < poison, jnp.nan, e)
         good = jnp.isfinite(e)
         mean, var, bad = walker_mean(e, good)
-        obs = {} if obs_fn is None else obs_fn(params, state.walkers, e, good,
+        obs = {} if obs_fn is None else obs_fn(p, state.walkers, e, good,
                                                jax.random.fold_in(k, 1 << 20))
         return state, jnp.stack([mean, var, pmove.astype(jnp.float64), bad]), obs
 
-    return record
+    return lambda state, k, poison: record(params, state, k, poison)
 
 
 def evaluate(setup, params, walkers, width, *, steps: int, burn_in: int, key,
@@ -117,9 +120,10 @@ def evaluate(setup, params, walkers, width, *, steps: int, burn_in: int, key,
     names = tuple(setup.cfg.eval.observables if observables is None else observables)
     record = make_record_step(setup, params, names)
 
-    @jax.jit
+    burn_step = jax.jit(adapt_step)   # params as an argument (see make_record_step)
+
     def burn(state, k):
-        return adapt_step(params, state, k)
+        return burn_step(params, state, k)
 
     poison, poison_count = eval_poison()
 

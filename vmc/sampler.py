@@ -133,9 +133,11 @@ def make_sampler(log_psi: Callable, moves: int, target_pmove: float = 0.5,
     """
     batched_logabs = jax.vmap(lambda p, x: log_psi(p, x)[1], in_axes=(None, 0))
 
+    jit_logabs = jax.jit(batched_logabs)   # (eager, the network would run op by op)
+
     def init_state(params, walkers, width):
         walkers = shard_walkers(jnp.asarray(walkers))   # split over devices (vmc.parallel)
-        return MCMCState(walkers, batched_logabs(params, walkers),
+        return MCMCState(walkers, jit_logabs(params, walkers),
                          jnp.asarray(width, walkers.dtype))
 
     run_moves = make_moves(log_psi)

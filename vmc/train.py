@@ -106,7 +106,7 @@ def init_state(setup: Setup, key) -> TrainState:
     """Initial parameters, optimizer state and walkers from one key."""
     k_params, k_walkers = jax.random.split(key)
     cfg = setup.cfg
-    params = setup.ansatz.init(k_params)
+    params = jax.jit(setup.ansatz.init)(k_params)   # eager init runs op by op
     walkers = init_walkers(k_walkers, setup.molecule, cfg.sampler.walkers,
                            cfg.sampler.init_width, setup.dtype)
     init_mcmc, _ = make_sampler(setup.ansatz.log_psi, cfg.sampler.moves)
