@@ -227,5 +227,22 @@ def _check(args) -> int:
     return 0
 
 
+def console() -> None:
+    """The `vmc` console script (and `python -m vmc.cli`): `main`, then exit with its code.
+
+    A run stopped by a signal (exit code 75) in one process leaves through `os._exit` after
+    flushing the console: the interpreter's own teardown, after an interrupted JAX
+    computation, could end the process with a segmentation fault (-11) instead of 75, and
+    everything the run writes (checkpoints, train.h5, run.log, summary.json) is closed by
+    then. Several processes exit normally (the distributed runtime's shutdown).
+    """
+    code = main()
+    if code == 75 and "jax" in sys.modules and sys.modules["jax"].process_count() == 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
