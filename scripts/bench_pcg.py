@@ -68,17 +68,22 @@ def _config(system, solver="sample", seed=0, **optim):
                              "pretrain": {"steps": 0}, "run": {"seed": seed}}, name=system)
 
 
-def batches(system, equil, olds, seed=0):
-    """Setup and {age: (params, walkers, e_l)} of the last step (age 0), the one before (1)
-    and `olds` steps earlier."""
-    setup = build(_config(system))
+def _burned_in(setup, seed):
+    """(initial state after `sampler.burn_in` fixed-parameter steps, the burn-in key)."""
     state = init_state(setup, jax.random.PRNGKey(seed))
     burn = make_burn_in_step(setup)
     key = jax.random.PRNGKey(seed + 1)
     mcmc = state.mcmc
     for t in range(setup.cfg.sampler.burn_in):
         mcmc, _ = burn(state.params, mcmc, jax.random.fold_in(key, t))
-    state = state._replace(mcmc=mcmc)
+    return state._replace(mcmc=mcmc), key
+
+
+def batches(system, equil, olds, seed=0):
+    """Setup and {age: (params, walkers, e_l)} of the last step (age 0), the one before (1)
+    and `olds` steps earlier."""
+    setup = build(_config(system))
+    state, key = _burned_in(setup, seed)
     step = make_train_step(setup)
     e_l_fn = jax.jit(setup.batched_local_energy)
     keep = {}
@@ -231,13 +236,7 @@ def train_table(system, steps, seed):
                 ("nystrom-cg", {"nystrom_refresh_every": 10, "nystrom_refresh_iters": 1000})]
     for solver, kw in variants:
         setup = build(_config(system, solver, seed, **kw))
-        state = init_state(setup, jax.random.PRNGKey(seed))
-        burn = make_burn_in_step(setup)
-        key = jax.random.PRNGKey(seed + 1)
-        mcmc = state.mcmc
-        for t in range(setup.cfg.sampler.burn_in):
-            mcmc, _ = burn(state.params, mcmc, jax.random.fold_in(key, t))
-        state = state._replace(mcmc=mcmc)
+        state, key = _burned_in(setup, seed)
         step = make_train_step(setup)
         energies, its = [], []
         state, _ = step(state, jax.random.fold_in(key, 10_000), 0)   # compile
