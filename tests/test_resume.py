@@ -121,6 +121,23 @@ def test_sigterm_checkpoints_and_resumes(h2_file, tmp_path):
                                   np.arange(stopped + 3))
 
 
+def test_signal_is_not_swallowed_by_a_broad_except():
+    """A SIGTERM that lands inside library code guarded by `except Exception` (JAX's
+    persistent-cache read does that, then compiles again) still stops the run: the signal
+    raises `Interrupted`, which is not an Exception. (As an Exception it was swallowed, and
+    pretraining ran on, ignoring the signal.)"""
+    from vmc.run import Interrupted, _RaiseOnSignal
+    swallowed = []
+    with pytest.raises(Interrupted) as info:
+        with _RaiseOnSignal():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            except Exception as err:  # noqa: BLE001 - the library code's guard
+                swallowed.append(err)
+    assert info.value.signum == signal.SIGTERM and not swallowed
+
+
 @pytest.mark.parametrize("phase", ["pretraining", "evaluation"])
 def test_signal_outside_training_exits_75_and_resume_finishes(h2_file, tmp_path, phase):
     """SIGTERM during pretraining (no checkpoint yet) or evaluation (final checkpoint written):

@@ -35,8 +35,13 @@ EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 7
 EXACT_KINDS = ("exact", "estimated exact")
 
 
-class Interrupted(Exception):
-    """A signal arrived outside the training loop (pretraining, burn-in or evaluation)."""
+class Interrupted(BaseException):
+    """A signal arrived outside the training loop (pretraining, burn-in or evaluation).
+
+    A BaseException, as KeyboardInterrupt is: library code that guards a step with a broad
+    ``except Exception`` (JAX's persistent-cache read warns "Error reading persistent
+    compilation cache entry ... Interrupted: 15" and compiles again) must not swallow it,
+    or the signal is lost and the run carries on."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
