@@ -71,14 +71,20 @@ SOLVERS = ["adam", "sample"] + [s for s in ("cg", "kfac", "kfac-cg", "spring", "
 
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_resume_is_bit_identical(h2_file, tmp_path, solver):
-    """2N steps straight == N steps, then --resume in a fresh process for N more (float64).
-
-    The proposal width adapts at every step, so the restart crosses width adaptation."""
+    """2N steps straight == the same run cut back to its checkpoint at step N (as a crash
+    leaves it: train.h5 holds rows past the checkpoint), then --resume in a fresh process
+    for N more (float64). The proposal width adapts at every step, so the restart crosses
+    width adaptation."""
+    import shutil
     n = 4
     straight, split = tmp_path / "straight", tmp_path / "split"
-    _run_in_process(h2_file, straight, _common(solver, 2 * n))
-    _run_in_process(h2_file, split, _common(solver, n))
-    proc = _vmc(["run", str(h2_file), "--out", str(split), "--resume", *_common(solver, 2 * n)])
+    _run_in_process(h2_file, straight, _common(solver, 2 * n, every=n))
+    shutil.copytree(straight, split)
+    ckpt.checkpoint_path(split / "checkpoints", 2 * n).unlink()
+    for name in ("summary.json", "eval.h5"):
+        (split / name).unlink(missing_ok=True)
+    proc = _vmc(["run", str(h2_file), "--out", str(split), "--resume",
+                 *_common(solver, 2 * n, every=n)])
     assert f"(step {n})" in proc.stdout
     a, b = _final_state(straight, 2 * n), _final_state(split, 2 * n)
     for tree in a:

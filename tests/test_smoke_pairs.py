@@ -10,7 +10,7 @@ He⁺ + e⁻ at -2 Ha; a wavefunction that binds nothing or a broken energy fail
 ansatz has no parameters: `vmc run`
 skips training (no update for any solver), and its VMC energy must match PySCF's
 Hartree–Fock energy in the same basis. Compilations are shared where the code allows: one
-burn-in step and one initial state per ansatz; the subprocess runs use the same persistent
+burn-in step, one initial state and one evaluation per ansatz; the subprocess runs use the same persistent
 compilation cache as this process.
 """
 
@@ -82,7 +82,7 @@ def start(hartree_fock):
             burn = make_burn_in_step(setup)
             for t in range(setup.cfg.sampler.burn_in):
                 mcmc, _ = burn(params, mcmc, jax.random.PRNGKey(t))
-            cache[ansatz] = (params, mcmc)
+            cache[ansatz] = (params, mcmc, setup)
         return cache[ansatz]
     return get
 
@@ -114,7 +114,7 @@ def _check_energy(energies, ansatz, e_hf):
 def test_update_checkpoint_and_evaluation(ansatz, solver, start, hartree_fock, tmp_path):
     cfg = _cfg(ansatz, solver)
     setup = build(cfg, hf=hartree_fock)
-    params, mcmc = start(ansatz)
+    params, mcmc, eval_setup = start(ansatz)
     state = TrainState(params, setup.optimizer.init(params), mcmc)
     if precheck.trains(cfg):
         # called as vmc.loop calls it, so that `vmc run` below finds it compiled
@@ -142,8 +142,10 @@ def test_update_checkpoint_and_evaluation(ansatz, solver, start, hartree_fock, t
         restored, step, rejected = stages.restore(setup, tmp_path, lambda m: None)
         assert (step, rejected) == (0, 0)
     _leaves_equal(restored, new)
-    res = evaluate(setup, restored.params, restored.mcmc.walkers, float(restored.mcmc.width),
-                   steps=16, burn_in=0, key=jax.random.PRNGKey(2))
+    # the evaluation does not depend on the solver: one compiled evaluation per ansatz
+    # (evaluate keeps its jitted steps on the setup), run on this pair's restored state
+    res = evaluate(eval_setup, restored.params, restored.mcmc.walkers,
+                   float(restored.mcmc.width), steps=16, burn_in=0, key=jax.random.PRNGKey(2))
     assert 0.05 < float(np.mean(res.pmove)) < 0.99
     _check_energy(res.energy, ansatz, hartree_fock.energy)
 

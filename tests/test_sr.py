@@ -171,15 +171,15 @@ def test_sample_sr_of_a_float32_network_is_the_same_in_column_chunks(x64, monkey
     mol = make_molecule([{"symbol": "Li", "position": [0.0, 0.0, 0.0]}], "bohr", 0, 1)
     ansatz = make_ansatz(AnsatzConfig(hidden_one=(5, 5), hidden_two=(2, 2), determinants=1),
                          mol, jnp.float32)
-    params = ansatz.init(jax.random.PRNGKey(3))
+    params = jax.jit(ansatz.init)(jax.random.PRNGKey(3))
     walkers = jax.random.normal(jax.random.PRNGKey(4), (N_WALKERS, 3, 3), jnp.float32)
     e_l = -7.4 + 0.3 * jax.random.normal(jax.random.PRNGKey(5), (N_WALKERS,), jnp.float64)
     cfg = OptimConfig(lr=0.1, lr_decay_steps=100.0, damping=DAMPING, norm_constraint=None,
                       clip=None)
 
-    def step():
-        new, _, _ = make_direct_sr(cfg, ansatz.log_psi, "sample").update(
-            params, (), walkers, e_l, 0)
+    def step():   # jitted as in a run (op by op it compiled ~450 small programs: ~40 s)
+        update = make_direct_sr(cfg, ansatz.log_psi, "sample").update
+        new, _, _ = jax.jit(lambda p, w, e: update(p, (), w, e, 0))(params, walkers, e_l)
         return _flat(params).astype(np.float64) - _flat(new).astype(np.float64)
 
     whole = step()
@@ -187,7 +187,8 @@ def test_sample_sr_of_a_float32_network_is_the_same_in_column_chunks(x64, monkey
     p = _flat(params).size
     assert p % 3 != 0 and p > 100          # several chunks, the last one overlapping
     chunked = step()
-    o = np.asarray(centred_jacobian(ansatz.log_psi, params, walkers)[0], np.float64)
+    o = np.asarray(jax.jit(lambda p, w: centred_jacobian(ansatz.log_psi, p, w)[0])(
+        params, walkers), np.float64)
     eps = np.asarray(centred_energies(e_l))
     d = o.T @ np.linalg.solve(o @ o.T + DAMPING * np.eye(N_WALKERS), eps)
     scale = np.abs(0.1 * d).max()

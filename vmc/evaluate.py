@@ -65,15 +65,16 @@ def resize_walkers(walkers, n_walkers: int):
     return walkers[idx]
 
 
-def make_record_step(setup, params, observables=()):
-    """The jitted recorded evaluation step `(state, key, poison) -> (state, row, obs)`.
-
-    Frozen-width Metropolis moves, the local energies, then the observables on the same
-    walkers (vmc.observables.make_observables). row: (4,) float64 [mean E_L (Ha), variance
-    (Ha²), pmove, non-finite count]; obs: {name: per-step array}. `poison` (test-only) makes
-    the E_L of the first `poison` walkers NaN.
-    """
+def _jitted_steps(setup, observables: tuple):
+    """(burn, record): the jitted burn-in step `(params, state, key) -> (state, pmove)` and
+    recorded step `(params, state, key, poison) -> (state, row, obs)` of `setup`, made once
+    per setup and observable set and kept on the setup: another evaluation with the same
+    setup (the next chunk of a long evaluation, another checkpoint) traces nothing again."""
+    cache = setup.__dict__.setdefault("_evaluation_jits", {})
+    if observables in cache:
+        return cache[observables]
     s = setup.cfg.sampler
+    _, adapt_step = make_sampler(setup.ansatz.log_psi, s.moves, s.target_pmove, s.adapt_rate)
     _, frozen_step = make_sampler(setup.ansatz.log_psi, s.moves, s.target_pmove, 0.0)
     batched_e_l = setup.batched_local_energy
     obs_fn = None
@@ -95,6 +96,19 @@ def make_record_step(setup, params, observables=()):
                                                jax.random.fold_in(k, 1 << 20))
         return state, jnp.stack([mean, var, pmove.astype(jnp.float64), bad]), obs
 
+    cache[observables] = (jax.jit(adapt_step), record)
+    return cache[observables]
+
+
+def make_record_step(setup, params, observables=()):
+    """The jitted recorded evaluation step `(state, key, poison) -> (state, row, obs)`.
+
+    Frozen-width Metropolis moves, the local energies, then the observables on the same
+    walkers (vmc.observables.make_observables). row: (4,) float64 [mean E_L (Ha), variance
+    (Ha²), pmove, non-finite count]; obs: {name: per-step array}. `poison` (test-only) makes
+    the E_L of the first `poison` walkers NaN.
+    """
+    record = _jitted_steps(setup, tuple(observables))[1]
     return lambda state, k, poison: record(params, state, k, poison)
 
 
@@ -115,12 +129,10 @@ def evaluate(setup, params, walkers, width, *, steps: int, burn_in: int, key,
         the same walkers; default `setup.cfg.eval.observables`.
     """
     s = setup.cfg.sampler
-    init_mcmc, adapt_step = make_sampler(setup.ansatz.log_psi, s.moves, s.target_pmove,
-                                         s.adapt_rate)
+    init_mcmc, _ = make_sampler(setup.ansatz.log_psi, s.moves, s.target_pmove, s.adapt_rate)
     names = tuple(setup.cfg.eval.observables if observables is None else observables)
     record = make_record_step(setup, params, names)
-
-    burn_step = jax.jit(adapt_step)   # params as an argument (see make_record_step)
+    burn_step = _jitted_steps(setup, names)[0]   # params as an argument (see _jitted_steps)
 
     def burn(state, k):
         return burn_step(params, state, k)
