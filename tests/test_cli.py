@@ -20,6 +20,9 @@ from vmc.errors import InputError
 from vmc.precheck import DirectoryGuard
 from vmc.system import ANGSTROM_TO_BOHR
 
+# one worker runs this module: its module fixtures are built once (pyproject: loadgroup)
+pytestmark = pytest.mark.xdist_group("cli")
+
 DATA = pathlib.Path(__file__).parent / "data"
 H2 = DATA / "h2_tiny.yaml"
 H2_REFERENCE = -1.1744757142   # Pachucki 2010, shared/reference/energies.yaml

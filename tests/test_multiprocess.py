@@ -20,6 +20,9 @@ import pytest
 
 from vmc import checkpoint as ckpt, h5io
 
+# one worker runs this module: its module fixtures are built once (pyproject: loadgroup)
+pytestmark = pytest.mark.xdist_group("multiprocess")
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 H2 = str(ROOT / "tests" / "data" / "h2_tiny.yaml")
 COMMON = ["--preset", "tiny", "--set", "run.x64=true", "--set", "run.checkpoint_every=3",
@@ -88,9 +91,16 @@ def reference(tmp_path_factory):
     return out
 
 
-def test_two_processes_match_one_and_only_process_0_writes(reference, tmp_path):
-    out = tmp_path / "two"
-    (o0, e0), (o1, e1) = _wait(_launch(out, 6, 2, 2))
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    """The reference's run in two processes of 2 devices each: (run dir, (stdout, stderr)
+    of each process)."""
+    out = tmp_path_factory.mktemp("mp") / "two"
+    return out, _wait(_launch(out, 6, 2, 2))
+
+
+def test_two_processes_match_one_and_only_process_0_writes(reference, two):
+    out, ((o0, e0), (o1, e1)) = two
     _same_run(reference, out)
     assert "step      6" in o0 and "energy" in o0
     own = [ln for ln in o1.splitlines() if ln.strip() and not ln.startswith("[Gloo]")]
@@ -103,11 +113,18 @@ def test_two_processes_match_one_and_only_process_0_writes(reference, tmp_path):
     np.testing.assert_array_equal(h5io.read_stats(out / "train.h5")["step"], np.arange(6))
 
 
-@pytest.mark.parametrize("first,then", [((2, 2), (1, 4)), ((1, 4), (2, 2))])
-def test_checkpoint_moves_between_layouts(reference, tmp_path, first, then):
+@pytest.mark.parametrize("first,then", [("two", (1, 4)), ("one", (2, 2))])
+def test_checkpoint_moves_between_layouts(reference, two, tmp_path, first, then):
+    """The step-3 checkpoint of one layout's run (cut back to it, as a crash leaves a run),
+    resumed in the other layout, finishes as the reference."""
+    import shutil
     out = tmp_path / "run"
-    _wait(_launch(out, 3, *first, extra=["--set", "eval.steps=0"]))
-    _wait(_launch(out, 6, *then, extra=["--resume"]))
+    shutil.copytree(two[0] if first == "two" else reference, out)
+    ckpt.checkpoint_path(out / "checkpoints", 6).unlink()
+    for name in ("summary.json", "eval.h5"):
+        (out / name).unlink()
+    (o0, _), *_ = _wait(_launch(out, 6, *then, extra=["--resume"]))
+    assert "resume: from ckpt_000003.h5 (step 3)" in o0
     _same_run(reference, out)
 
 

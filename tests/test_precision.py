@@ -21,6 +21,9 @@ from vmc.config import config_from_dict
 from vmc.hamiltonian import kinetic_from_logabs, make_local_energy
 from vmc.train import build
 
+# one worker runs this module: its module fixtures are built once (pyproject: loadgroup)
+pytestmark = pytest.mark.xdist_group("precision")
+
 DATA = pathlib.Path(__file__).parent / "data" / "he_trained.h5"
 N_WALKERS = 256
 K = 8

@@ -13,6 +13,9 @@ import pytest
 from vmc import checkpoint as ckpt, h5io
 from vmc.cli import main
 
+# one worker runs this module: its module fixtures are built once (pyproject: loadgroup)
+pytestmark = pytest.mark.xdist_group("resume_cmd")
+
 H2 = """atoms:
   - {symbol: H, position: [0.0, 0.0, -0.7]}
   - {symbol: H, position: [0.0, 0.0, 0.7]}

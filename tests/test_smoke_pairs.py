@@ -110,7 +110,11 @@ def _check_energy(energies, ansatz, e_hf):
     return rb
 
 
-@pytest.mark.parametrize("ansatz,solver", PAIRS, ids=[f"{a}-{s}" for a, s in PAIRS])
+# the pairs of one ansatz run on one worker (pyproject: loadgroup): its burn-in, initial
+# state and evaluation compile once, not once per worker
+@pytest.mark.parametrize("ansatz,solver", [
+    pytest.param(a, s, id=f"{a}-{s}", marks=pytest.mark.xdist_group(f"smoke-{a}"))
+    for a, s in PAIRS])
 def test_update_checkpoint_and_evaluation(ansatz, solver, start, hartree_fock, tmp_path):
     cfg = _cfg(ansatz, solver)
     setup = build(cfg, hf=hartree_fock)
