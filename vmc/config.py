@@ -101,6 +101,11 @@ class HamiltonianConfig:
     # walkers per device whose E_L is evaluated at once (None: all); bounds the memory of the
     # forward Laplacian, which grows as walkers x electrons^2 (scripts/profile_step.py --memory)
     chunk_walkers: Optional[int] = _field(None, lo=1)
+    # evaluation: walkers per device and step whose E_L is recomputed in float64, those of
+    # largest |grad log|psi||^2, i.e. nearest a node of psi, where float32 cannot hold E_L
+    # (vmc.hamiltonian.with_float64_rescue); 0: off. Only for a float32 network; training's
+    # E_L are clipped and skip it.
+    f64_rescue: int = _field(2, lo=0)
     # effective core potentials (MATH.md §8, vmc.ecp): null (all-electron), "ccecp" (every
     # atom heavier than He), or a mapping element -> ECP name, e.g. {S: ccecp}
     ecp: Optional[Any] = None
@@ -217,8 +222,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval": {"steps": 10000},
         "run": {"log_every": 100},
     },
-    # Tiny network and few steps: smoke tests and CI.
+    # Tiny network and few steps: smoke tests and CI. No float64 rescue: its second
+    # (float64) network adds ~5 s to every evaluation's compilation (tests/test_rescue.py
+    # tests it; the README's quick start runs it).
     "tiny": {
+        "hamiltonian": {"f64_rescue": 0},
         "ansatz": {"hidden_one": (8, 8), "hidden_two": (4, 4), "determinants": 2},
         "sampler": {"walkers": 32, "moves": 2, "burn_in": 5},
         "optim": {"steps": 10},

@@ -76,7 +76,7 @@ def _jitted_steps(setup, observables: tuple):
     s = setup.cfg.sampler
     _, adapt_step = make_sampler(setup.ansatz.log_psi, s.moves, s.target_pmove, s.adapt_rate)
     _, frozen_step = make_sampler(setup.ansatz.log_psi, s.moves, s.target_pmove, 0.0)
-    batched_e_l = setup.batched_local_energy
+    batched_e_l = setup.eval_local_energy   # with the float64 rescue (hamiltonian.f64_rescue)
     obs_fn = None
     if observables:
         from vmc.observables import make_observables

@@ -38,16 +38,11 @@ def potential_energy(x, atoms, charges, nuclear_repulsion: float = 0.0):
     return v_en + v_ee + nuclear_repulsion
 
 
-def kinetic_from_logabs(logabs_fn: Callable, x, laplacian: str = "forward"):
-    """Kinetic energy −½ (Δ log|ψ| + |∇ log|ψ||²) of one configuration, hartree.
+def kinetic_parts(logabs_fn: Callable, x, laplacian: str = "forward"):
+    """(Δ log|ψ|, |∇ log|ψ||²) of one configuration, bohr⁻² each (see kinetic_from_logabs).
 
-    Args:
-      logabs_fn: x (n_electrons, 3) -> log|ψ| scalar.
-      x: (n_electrons, 3) bohr.
-      laplacian: 'forward' (folx forward Laplacian) or 'hessian' (Σ_k e_kᵀ ∇²f e_k by
-        jvp-of-grad over the 3 n_electrons coordinates).
-    Raises:
-      ValueError: unknown laplacian.
+    Near a node of ψ both are large and of opposite sign: |∇ log|ψ||² is the scale of the
+    rounding error of their sum in the network's dtype (`with_float64_rescue`).
     """
     shape = x.shape
     flat = x.reshape(-1)
@@ -69,7 +64,22 @@ def kinetic_from_logabs(logabs_fn: Callable, x, laplacian: str = "forward"):
         lap = jnp.sum(jax.lax.map(second, jnp.arange(flat.shape[0])))
     else:
         raise ValueError(f"hamiltonian.laplacian: unknown {laplacian!r}; valid: forward, hessian")
-    return -0.5 * (lap + jnp.sum(grad * grad))
+    return lap, jnp.sum(grad * grad)
+
+
+def kinetic_from_logabs(logabs_fn: Callable, x, laplacian: str = "forward"):
+    """Kinetic energy −½ (Δ log|ψ| + |∇ log|ψ||²) of one configuration, hartree.
+
+    Args:
+      logabs_fn: x (n_electrons, 3) -> log|ψ| scalar.
+      x: (n_electrons, 3) bohr.
+      laplacian: 'forward' (folx forward Laplacian) or 'hessian' (Σ_k e_kᵀ ∇²f e_k by
+        jvp-of-grad over the 3 n_electrons coordinates).
+    Raises:
+      ValueError: unknown laplacian.
+    """
+    lap, grad2 = kinetic_parts(logabs_fn, x, laplacian)
+    return -0.5 * (lap + grad2)
 
 
 def ecp_table(molecule):
@@ -87,8 +97,10 @@ def ecp_table(molecule):
 
 
 def make_local_energy(log_psi: Callable, molecule, laplacian: str = "forward",
-                      dtype=jnp.float32, ecp_rule: str = "icosahedron") -> Callable:
+                      dtype=jnp.float32, ecp_rule: str = "icosahedron",
+                      with_grad2: bool = False) -> Callable:
     """E_L(params, x, key=None) for one configuration x: (n_electrons, 3) bohr; () hartree.
+    With `with_grad2` it returns (E_L, |∇ log|ψ||²) (the score of `with_float64_rescue`).
 
     With ECP atoms (`molecule.ecp`, charges Z_eff) E_L adds the ECP's local part and its
     non-local part by the rotated-quadrature estimator (`vmc.ecp.nonlocal_energy`, MATH.md
@@ -115,13 +127,13 @@ def make_local_energy(log_psi: Callable, molecule, laplacian: str = "forward",
         ecp.quadrature(ecp_rule)   # fail early on an unknown rule
 
     def local_energy(params, x, key=None):
-        kinetic = kinetic_from_logabs(lambda y: log_psi(params, y)[1], x, laplacian)
-        e = kinetic + potential_energy(x, atoms, charges, e_nn)
+        lap, grad2 = kinetic_parts(lambda y: log_psi(params, y)[1], x, laplacian)
+        e = -0.5 * (lap + grad2) + potential_energy(x, atoms, charges, e_nn)
         if table is not None:
             e = e + ecp.local_potential(table, x, atoms)
             e = e + ecp.nonlocal_energy(table, lambda y: log_psi(params, y), x, atoms, key,
                                         ecp_rule).astype(e.dtype)
-        return e
+        return (e, grad2) if with_grad2 else e
 
     return local_energy
 
@@ -158,6 +170,50 @@ def over_walkers(fn: Callable, chunk: Optional[int] = None, n_devices: int = 1) 
         k = keys.reshape((n_devices, per) + keys.shape[1:])
         out = jax.vmap(lambda wd, kd: jax.lax.map(lambda a: one(*a), (wd, kd),
                                                   batch_size=chunk))(w, k)
-        return out.reshape((n_w,) + out.shape[2:])
+        return jax.tree_util.tree_map(lambda o: o.reshape((n_w,) + o.shape[2:]), out)
+
+    return batched
+
+
+def with_float64_rescue(scored: Callable, local_energy64: Callable, m: int,
+                        n_devices: int = 1) -> Callable:
+    """Batched E_L whose `m` most node-adjacent walkers per device are recomputed in float64.
+
+    Near a node of ψ, Δ log|ψ| ≈ −|∇ log|ψ||² are each huge and their float32 sum (and the
+    float32 network's own derivatives) leave an error of ~10–250 ε₃₂ |∇ log|ψ||² in E_L,
+    up to kilohartree for N (README, float32 precision): no determinant stage in float64
+    removes it. Per device, the m walkers of largest |∇ log|ψ||² (a non-finite E_L counts
+    as largest) get E_L again from the same parameters cast to float64 and the network
+    built in float64 (`local_energy64`), at their float32 positions, with the same ECP key.
+    Cost: m float64 walkers per device and step (`hamiltonian.f64_rescue`).
+
+    Args:
+      scored: (params, walkers (n_w, n, 3), key=None) -> ((n_w,) E_L, (n_w,) |∇ log|ψ||²),
+        e.g. `over_walkers` of `make_local_energy(..., with_grad2=True)`.
+      local_energy64: one configuration in float64: (params64, x, key=None) -> () hartree.
+      m: walkers per device to recompute (>= 1).
+      n_devices: devices the walker axis is split over (m are taken on each).
+    Returns:
+      (params, walkers, key=None) -> (n_w,) E_L, hartree, float64 (a float32 E_L of 10⁴ Ha
+      near a node would round by 10⁻³ Ha).
+    """
+    def batched(params, walkers, key=None):
+        e, grad2 = scored(params, walkers, key)
+        n_w = e.shape[0]
+        per = n_w // n_devices
+        k = min(m, per)
+        score = jnp.where(jnp.isfinite(e) & jnp.isfinite(grad2), grad2, jnp.inf)
+        _, idx = jax.lax.top_k(score.reshape(n_devices, per), k)
+        idx = (idx + per * jnp.arange(n_devices)[:, None]).reshape(-1)
+        p64 = jax.tree_util.tree_map(
+            lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+            params)
+        x64 = walkers[idx].astype(jnp.float64)
+        if key is None:
+            e64 = jax.vmap(lambda x: local_energy64(p64, x))(x64)
+        else:   # walker w's key is fold_in(key, w), as over_walkers gives it
+            keys = jax.vmap(lambda w: jax.random.fold_in(key, w))(idx)
+            e64 = jax.vmap(lambda x, kk: local_energy64(p64, x, kk))(x64, keys)
+        return e.astype(jnp.float64).at[idx].set(e64)
 
     return batched

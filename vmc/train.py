@@ -12,13 +12,13 @@ mean is global. The host loop (vmc.loop) owns logging, files and the NaN policy.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
 from vmc.ansatz import Ansatz, count_params, make_ansatz
-from vmc.hamiltonian import make_local_energy, over_walkers
+from vmc.hamiltonian import make_local_energy, over_walkers, with_float64_rescue
 from vmc.optim import Optimizer, make_optimizer
 from vmc.sampler import MCMCState, init_walkers, make_sampler
 from vmc.system import Molecule
@@ -60,14 +60,31 @@ class Setup:
     optimizer: Optimizer
     dtype: Any
     hf: Any = None
+    # (params, x, key=None) -> (E_L, |∇ log|ψ||²) and the float64 network's E_L: the
+    # float64 rescue of the walkers nearest a node (hamiltonian.f64_rescue); None: off
+    scored_local_energy: Optional[Callable] = None
+    local_energy64: Optional[Callable] = None
 
     @property
     def batched_local_energy(self) -> Callable:
         """(params, walkers (n_w, n, 3), key=None) -> (n_w,) E_L, hartree; in chunks of
         `hamiltonian.chunk_walkers` walkers per device when set (`vmc.hamiltonian.over_walkers`).
-        `key` (see `ecp_key`) draws the ECP quadrature rotations; all-electron runs ignore it."""
+        `key` (see `ecp_key`) draws the ECP quadrature rotations; all-electron runs ignore it.
+        Training uses it as is (its E_L are clipped); see `eval_local_energy`."""
         return over_walkers(self.local_energy, self.cfg.hamiltonian.chunk_walkers,
                             jax.device_count())
+
+    @property
+    def eval_local_energy(self) -> Callable:
+        """`batched_local_energy` with the `hamiltonian.f64_rescue` walkers per device nearest
+        a node of ψ recomputed in float64 (`vmc.hamiltonian.with_float64_rescue`): the E_L
+        of the evaluation, whose unclipped mean is the run's result."""
+        h = self.cfg.hamiltonian
+        if self.local_energy64 is None:
+            return self.batched_local_energy
+        scored = over_walkers(self.scored_local_energy, h.chunk_walkers, jax.device_count())
+        return with_float64_rescue(scored, self.local_energy64, h.f64_rescue,
+                                   jax.device_count())
 
     def ecp_key(self, key):
         """The key of a step's ECP rotations: a stream of the step's key apart from the
@@ -89,10 +106,18 @@ def build(cfg, hf=None) -> Setup:
         from vmc.hf import run_hf
         hf = run_hf(molecule, cfg.pretrain.basis, cfg.pretrain.method)
     ansatz = make_ansatz(cfg.ansatz, molecule, dtype, hf=hf)
-    local_energy = make_local_energy(ansatz.log_psi, molecule, cfg.hamiltonian.laplacian, dtype,
-                                     cfg.hamiltonian.ecp_rule)
+    h = cfg.hamiltonian
+    local_energy = make_local_energy(ansatz.log_psi, molecule, h.laplacian, dtype, h.ecp_rule)
+    scored = local64 = None
+    if h.f64_rescue > 0 and dtype != jnp.float64 and jax.config.jax_enable_x64:
+        # the same network in float64 for the walkers nearest a node (with_float64_rescue)
+        ansatz64 = make_ansatz(cfg.ansatz, molecule, jnp.float64, hf=hf)
+        local64 = make_local_energy(ansatz64.log_psi, molecule, h.laplacian, jnp.float64,
+                                    h.ecp_rule)
+        scored = make_local_energy(ansatz.log_psi, molecule, h.laplacian, dtype, h.ecp_rule,
+                                   with_grad2=True)
     optimizer = make_optimizer(cfg.optim, ansatz.log_psi, **_optimizer_extras(cfg, ansatz))
-    return Setup(cfg, molecule, ansatz, local_energy, optimizer, dtype, hf)
+    return Setup(cfg, molecule, ansatz, local_energy, optimizer, dtype, hf, scored, local64)
 
 
 def _optimizer_extras(cfg, ansatz) -> dict:
