@@ -1,4 +1,4 @@
-"""Observables of trained FermiNet networks against exact / FCI references (README table).
+"""Observables of trained FermiNet networks against exact / FCI-quality references (README).
 
     python scripts/observables_check.py [--out runs/obs_check] [--parts forces,s2,density]
         [--h2-steps 1500] [--lih-steps 2500] [--be-steps 3000] [--h-steps 1000]
@@ -13,7 +13,7 @@ holds a checkpoint / an evaluation with the observables is reused (delete it to 
   (F_2z − F_1z)/2 (hartree/bohr, + = repulsive), plain Hellmann–Feynman, zero-variance (ZV)
   and ZV + zero-bias (Pulay), against −dE/dR of PySCF energies by central differences
   (step 0.005 bohr): H₂ CCSD (exact in the basis = FCI) in aug-cc-pVQZ, LiH CCSD(T) in
-  cc-pCVTZ (Li) / cc-pVTZ (H), all electrons correlated. Pass: |ZV+ZB − ref| ≤ 3σ + 1 mHa/bohr.
+  cc-pCVQZ (Li) / cc-pVQZ (H), all electrons correlated (cached in OUT/references.json). Pass: |ZV+ZB − ref| ≤ 3σ + 1 mHa/bohr.
 - s2: ⟨S²⟩ of Be with 2S = 2 (3 up + 1 down; pass: 2 within 3σ) and of the H₂ singlets (0).
 - density: the H atom's radial density against e^{−2r}/π averaged over each shell;
   χ² per bin (pass: near 1; printed with its 2σ band √(2/bins)).
@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 H2_BONDS = (1.0, 1.4, 2.0)
 LIH_BONDS = (2.8, 3.4)
-FD_STEP = 0.005   # bohr, central differences of the FCI energy
+FD_STEP = 0.005   # bohr, central differences of the reference energy
 
 
 # ------------------------------------------------------------------------- references
@@ -129,7 +129,7 @@ def along_bond(forces: dict, name: str) -> tuple[float, float]:
 
 # ----------------------------------------------------------------------------- parts
 def part_forces(args, out: Path) -> list[bool]:
-    cache_path = out / "fci_references.json"
+    cache_path = out / "references.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     rows, passed = [], []
     systems = [("H2", ("H", "H"), r, args.h2_steps, args.h2_basis) for r in H2_BONDS] + \
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
     p.add_argument("--walkers", type=int, default=256)
     p.add_argument("--burn-in", type=int, default=300)
     p.add_argument("--h2-basis", default="aug-cc-pvqz")
-    p.add_argument("--lih-basis", default="Li:cc-pcvtz,H:cc-pvtz")
+    p.add_argument("--lih-basis", default="Li:cc-pcvqz,H:cc-pvqz")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
