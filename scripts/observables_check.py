@@ -13,8 +13,9 @@ holds a checkpoint / an evaluation with the observables is reused (delete it to 
   (F_2z − F_1z)/2 (hartree/bohr, + = repulsive), plain Hellmann–Feynman, zero-variance (ZV)
   and ZV + zero-bias (Pulay), against −dE/dR of PySCF energies by central differences
   (step 0.005 bohr): H₂ CCSD (exact in the basis = FCI) in aug-cc-pVQZ, LiH CCSD(T) in
-  cc-pCVQZ (Li) / cc-pVQZ (H), all electrons correlated (cached in OUT/references.json). Pass: |ZV+ZB − ref| ≤ 3σ + 1 mHa/bohr.
-- s2: ⟨S²⟩ of Be with 2S = 2 (3 up + 1 down; pass: 2 within 3σ) and of the H₂ singlets (0).
+  cc-pCVQZ (Li) / cc-pVQZ (H), all electrons correlated (cached in OUT/references.json).
+  Pass: |ZV+ZB − ref| ≤ 3σ + 1 mHa/bohr; ⟨S²⟩ of each geometry printed below the table.
+- s2: ⟨S²⟩ of Be with 2S = 2 (3 up + 1 down; pass: 2 within 3σ).
 - density: the H atom's radial density against e^{−2r}/π averaged over each shell;
   χ² per bin (pass: near 1; printed with its 2σ band √(2/bins)).
 """
@@ -60,7 +61,8 @@ def reference_energy(symbols, r: float, basis: str) -> float:
 
 
 def reference_force(symbols, r: float, basis: str, cache: dict, cache_path: Path) -> float:
-    """−dE/dR of `reference_energy` by central differences (hartree/bohr), cached in `cache_path`."""
+    """−dE/dR of `reference_energy` by central differences (hartree/bohr), cached in
+    `cache_path`."""
     key = f"{''.join(symbols)} {r:.4f} {basis} {FD_STEP}"
     if key not in cache:
         t = time.time()
@@ -160,8 +162,8 @@ def part_forces(args, out: Path) -> list[bool]:
               f"{1e3 * s['energy_stderr_ha']:.2f} "
               + " ".join(f"{m:+8.4f}±{e:.4f}" for m, e in cells)
               + f" {ref:>+10.4f} {dev:>+6.1f} {'yes' if ok else 'NO'}")
-    print(f"reference: PySCF, H2 CCSD (= FCI) {args.h2_basis}, LiH CCSD(T) {args.lih_basis}, central "
-          f"differences ±{FD_STEP} bohr; pass: |ZV+ZB − ref| ≤ 3σ + 1 mHa/bohr")
+    print(f"reference: PySCF, H2 CCSD (= FCI) {args.h2_basis}, LiH CCSD(T) {args.lih_basis}, "
+          f"central differences ±{FD_STEP} bohr; pass: |ZV+ZB − ref| ≤ 3σ + 1 mHa/bohr")
     for name, sym, r, steps, s, cells, ref, basis, ok in rows:
         if "s2" in s["observables"]:
             o = s["observables"]["s2"]
