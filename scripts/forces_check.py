@@ -8,7 +8,7 @@ nuclei) the derivative of the VMC energy is exactly PySCF's RHF gradient (HF is 
 in the orbitals), so ZV + ZB must reproduce −dE_HF/dR; plain Hellmann–Feynman and ZV alone
 miss the Pulay term of the Gaussian basis. Printed per bond length: the force along the bond,
 (F_1z − F_0z)/2 (both nuclei, hartree/bohr; negative = attractive), with reblocked error bars.
-A trained network against FCI (the issue's full check) needs a GPU run.
+Trained networks against FCI-quality forces: scripts/observables_check.py.
 """
 
 from __future__ import annotations
