@@ -105,7 +105,7 @@ class HamiltonianConfig:
     # largest |grad log|psi||^2, i.e. nearest a node of psi, where float32 cannot hold E_L
     # (vmc.hamiltonian.with_float64_rescue); 0: off. Only for a float32 network; training's
     # E_L are clipped and skip it.
-    f64_rescue: int = _field(2, lo=0)
+    f64_rescue: int = _field(4, lo=0)
     # effective core potentials (MATH.md §8, vmc.ecp): null (all-electron), "ccecp" (every
     # atom heavier than He), or a mapping element -> ECP name, e.g. {S: ccecp}
     ecp: Optional[Any] = None
