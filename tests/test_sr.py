@@ -196,3 +196,27 @@ def test_sample_sr_of_a_float32_network_is_the_same_in_column_chunks(x64, monkey
     # the applied step is rounded to float32 parameters: compare at float32 resolution
     np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-6 * scale + 1e-6)
     np.testing.assert_allclose(whole, 0.1 * d, rtol=0, atol=1e-4 * scale + 1e-6)
+
+
+def test_jacobian_in_walker_chunks_equals_all_at_once(x64):
+    """optim.jacobian_chunk: O from chunks of 5 walkers (32 = 6·5 + 2: a remainder chunk)
+    equals O of all walkers at once, block by block, and so does the sample-SR update."""
+    from vmc.optim.sr import jacobian_blocks
+    mol = make_molecule([{"symbol": "Li", "position": [0.0, 0.0, 0.0]}], "bohr", 0, 1)
+    ansatz = make_ansatz(AnsatzConfig(hidden_one=(5, 5), hidden_two=(2, 2), determinants=1),
+                         mol, jnp.float64)
+    params = jax.jit(ansatz.init)(jax.random.PRNGKey(3))
+    walkers = jax.random.normal(jax.random.PRNGKey(4), (N_WALKERS, 3, 3), jnp.float64)
+    whole = jax.jit(lambda p, w: jacobian_blocks(ansatz.log_psi, p, w))(params, walkers)
+    parts = jax.jit(lambda p, w: jacobian_blocks(ansatz.log_psi, p, w, 5))(params, walkers)
+    assert len(whole) == len(parts) > 1
+    for a, b in zip(whole, parts):
+        assert a.shape == b.shape and a.shape[0] == N_WALKERS
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-12, atol=1e-14)
+    e_l = -7.4 + 0.3 * jax.random.normal(jax.random.PRNGKey(5), (N_WALKERS,), jnp.float64)
+
+    def step(chunk):
+        cfg = OptimConfig(lr=0.1, damping=DAMPING, jacobian_chunk=chunk)
+        update = make_direct_sr(cfg, ansatz.log_psi, "sample").update
+        return _flat(jax.jit(lambda p: update(p, (), walkers, e_l, 0)[0])(params))
+    np.testing.assert_allclose(step(5), step(None), rtol=1e-10, atol=1e-14)

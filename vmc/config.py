@@ -140,6 +140,9 @@ class OptimConfig:
     nystrom_rank: int = _field(16, lo=1)
     nystrom_refresh_every: int = _field(1, lo=1)
     nystrom_refresh_iters: int = _field(20, lo=0)
+    # sample, spring: per-walker gradients O in chunks of this many walkers per device
+    # (None: all at once); bounds the backward pass's temporaries, not O itself (n_w x p)
+    jacobian_chunk: Optional[int] = _field(None, lo=1)
 
 
 @dataclasses.dataclass(frozen=True)

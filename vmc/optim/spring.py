@@ -72,7 +72,7 @@ def make_spring(cfg, log_psi: Callable) -> Optimizer:
         return SpringState(jnp.zeros((p,), F64))
 
     def update(params, state, walkers, e_l, step, mask=None):
-        blocks = jacobian_blocks(log_psi, params, walkers)
+        blocks = jacobian_blocks(log_psi, params, walkers, cfg.jacobian_chunk)
         if mask is not None:   # a walker with a non-finite O is left out too
             mask = mask & finite_rows(blocks, walkers.shape[0])
         e_clip, frac = clip_local_energy(e_l, cfg.clip, mask)

@@ -151,12 +151,27 @@ def float64_ravel(params) -> tuple[Callable, Callable]:
 _CHUNK_ELEMENTS = 1 << 24   # float64 temporaries of the chunked products: <= 128 MiB
 
 
-def jacobian_blocks(log_psi: Callable, params, walkers) -> list:
+def jacobian_blocks(log_psi: Callable, params, walkers, chunk: int | None = None) -> list:
     """O_i = ∂log|ψ(x_i)|/∂θ (uncentred) as one (n_w, size) block per parameter leaf (ravel
     order), in the network's dtype; never concatenated or copied, so memory stays n_w p
-    floats. `JacobianBlocks` applies the centring and 1/√n_w in float64."""
-    grads = jax.vmap(jax.grad(lambda p, x: log_psi(p, x)[1]), in_axes=(None, 0))(params, walkers)
-    return [leaf.reshape(walkers.shape[0], -1) for leaf in jax.tree_util.tree_leaves(grads)]
+    floats. `JacobianBlocks` applies the centring and 1/√n_w in float64.
+
+    chunk: None: every walker at once (`vmap`); else at most `chunk` walkers of each device
+    at a time (`lax.map` over chunks of a `vmap`, `optim.jacobian_chunk`): the backward
+    pass's temporaries (activations of every walker) are bounded by the chunk; the blocks
+    are the same up to rounding."""
+    n_w = walkers.shape[0]
+    one = jax.grad(lambda p, x: log_psi(p, x)[1])
+    n_dev = jax.device_count()
+    per = n_w // n_dev if n_w % n_dev == 0 else n_w
+    if chunk is None or per <= chunk:
+        grads = jax.vmap(one, in_axes=(None, 0))(params, walkers)
+    else:   # chunks per device, as vmc.hamiltonian.over_walkers: no walker changes device
+        w = walkers.reshape((n_w // per, per) + walkers.shape[1:])
+        grads = jax.vmap(lambda wd: jax.lax.map(lambda x: one(params, x), wd,
+                                                batch_size=chunk))(w)
+        grads = jax.tree_util.tree_map(lambda g: g.reshape((n_w,) + g.shape[2:]), grads)
+    return [leaf.reshape(n_w, -1) for leaf in jax.tree_util.tree_leaves(grads)]
 
 
 def finite_rows(blocks: list, n_w: int):
@@ -304,7 +319,7 @@ def make_direct_sr(cfg, log_psi: Callable, kind: str) -> Optimizer:
         return ()
 
     def sample_direction(params, walkers, e_l, mask):
-        blocks = jacobian_blocks(log_psi, params, walkers)
+        blocks = jacobian_blocks(log_psi, params, walkers, cfg.jacobian_chunk)
         if mask is not None:   # a walker with a non-finite O is left out too
             mask = mask & finite_rows(blocks, walkers.shape[0])
         e_clip, frac = clip_local_energy(e_l, cfg.clip, mask)
