@@ -199,8 +199,8 @@ def table(rows: list) -> str:
 # ------------------------------------------------------------------------------ memory
 def _memory_child(system, network, solver, walkers, chunk):
     extra = ["run.checkpoint_every=1000000"]
-    if chunk is not None:
-        extra.append(f"hamiltonian.chunk_walkers={chunk}")
+    if chunk is not None:   # E_L and, for sample/spring, the per-walker gradients
+        extra += [f"hamiltonian.chunk_walkers={chunk}", f"optim.jacobian_chunk={chunk}"]
     cfg = make_cfg(system, network, solver, extra, walkers)
     setup = build(cfg)
     state = init_state(setup, jax.random.PRNGKey(0))
@@ -253,7 +253,7 @@ def main(argv=None) -> int:
     p.add_argument("--memory", action="store_true", help="peak RSS per batch size only")
     p.add_argument("--memory-walkers", type=int, nargs="+", default=[256, 1024, 4096])
     p.add_argument("--chunk", type=int, default=None,
-                   help="hamiltonian.chunk_walkers for the memory runs")
+                   help="hamiltonian.chunk_walkers and optim.jacobian_chunk for the memory runs")
     p.add_argument("--json", type=pathlib.Path, default=None)
     args = p.parse_args(argv)
     result = {"jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}
