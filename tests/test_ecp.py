@@ -253,3 +253,21 @@ def test_network_and_walkers_see_z_eff(x64):
     env = a.init(jax.random.PRNGKey(0))["params"]["envelope_up"]       # the psiformer's
     assert env["sigma"].shape[0] == 3
     assert np.all(np.asarray(env["sigma"]) == 1.0) and np.all(np.asarray(env["pi"]) == 1.0)
+
+
+def test_ecp_runs_default_to_no_clipping():
+    """With an ECP the gradient's E_L is not clipped unless optim.clip is given: the clip cuts
+    the systematic signal of the rare core walkers (E_L ≈ +15 Ha for Na's too-large early ψ
+    inside the repulsive s channel) and training stalls +13.5 mHa above Na's exact energy."""
+    from vmc.config import load_config
+    from vmc.optim.sr import clip_local_energy
+    assert load_config("systems/Na_ccecp.yaml").optim.clip is None
+    assert load_config("systems/Na_ccecp.yaml", overrides=("optim.clip=5",)).optim.clip == 5.0
+    assert load_config("systems/Na_ccecp.yaml",
+                       overrides=("hamiltonian.ecp=null",)).optim.clip == 5.0
+    assert load_config("systems/O.yaml").optim.clip == 5.0
+    # the mechanism: a converged bulk (σ = 3 mHa) and one core walker at +17 Ha
+    e = np.concatenate([-0.18 + 0.003 * np.random.default_rng(0).standard_normal(255), [17.0]])
+    clipped, frac = clip_local_energy(jnp.asarray(e), 5.0)
+    assert float(frac) == 1 / 256
+    assert 40 < (17.0 + 0.18) / (float(clipped[-1]) + 0.18) < 60    # its excess cut ~50x
