@@ -225,3 +225,49 @@ def test_resume_with_ecp_is_bit_identical(tmp_path, x64):
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name}/{k}")
     sa, sb = h5io.read_stats(straight / "train.h5"), h5io.read_stats(split / "train.h5")
     np.testing.assert_array_equal(sa["energy"], sb["energy"])
+
+
+def test_network_and_walkers_see_z_eff(x64):
+    """With an ECP the network's charges, the envelope's starting values and the walkers'
+    electrons per atom follow Z_eff = Z − n_core (H2O with ccECP on O: 6 + 1 + 1), never Z.
+    The envelope starts at π = σ = 1 for every atom (FermiNet's initialisation, which does
+    not depend on the charge), so the ECP molecule's initial envelope equals that of the
+    all-electron one orbital for orbital."""
+    from vmc.ansatz import make_ansatz
+    from vmc.config import AnsatzConfig
+    from vmc.sampler import electron_assignment, init_walkers
+    atoms = [{"symbol": "O", "position": [0.0, 0.0, 0.0]},
+             {"symbol": "H", "position": [0.0, 0.0, 1.8]},
+             {"symbol": "H", "position": [1.8, 0.0, 0.0]}]
+    mol = make_molecule(atoms, ecp="ccecp")
+    up, down = electron_assignment(mol)
+    assert np.bincount(np.concatenate([up, down]), minlength=3).tolist() == [6, 1, 1]
+    w = np.asarray(init_walkers(jax.random.PRNGKey(0), mol, 64, 0.5))
+    assert w.shape == (64, 8, 3)
+    near_o = np.linalg.norm(w, axis=-1) < np.linalg.norm(w - [0.0, 0.0, 1.8], axis=-1)
+    assert 5.0 < near_o.sum(axis=1).mean() < 7.0          # ~6 electrons start at O, not 8
+    for name in ("ferminet", "psiformer"):
+        a = make_ansatz(AnsatzConfig(name=name), mol)
+        assert a.module.charges == (6.0, 1.0, 1.0) and a.module.smooth_atoms == (True, False,
+                                                                                  False)
+    env = a.init(jax.random.PRNGKey(0))["params"]["envelope_up"]       # the psiformer's
+    assert env["sigma"].shape[0] == 3
+    assert np.all(np.asarray(env["sigma"]) == 1.0) and np.all(np.asarray(env["pi"]) == 1.0)
+
+
+def test_ecp_runs_default_to_no_clipping():
+    """With an ECP the gradient's E_L is not clipped unless optim.clip is given: the clip cuts
+    the systematic signal of the rare core walkers (E_L ≈ +15 Ha for Na's too-large early ψ
+    inside the repulsive s channel) and training stalls +13.5 mHa above Na's exact energy."""
+    from vmc.config import load_config
+    from vmc.optim.sr import clip_local_energy
+    assert load_config("systems/Na_ccecp.yaml").optim.clip is None
+    assert load_config("systems/Na_ccecp.yaml", overrides=("optim.clip=5",)).optim.clip == 5.0
+    assert load_config("systems/Na_ccecp.yaml",
+                       overrides=("hamiltonian.ecp=null",)).optim.clip == 5.0
+    assert load_config("systems/O.yaml").optim.clip == 5.0
+    # the mechanism: a converged bulk (σ = 3 mHa) and one core walker at +17 Ha
+    e = np.concatenate([-0.18 + 0.003 * np.random.default_rng(0).standard_normal(255), [17.0]])
+    clipped, frac = clip_local_energy(jnp.asarray(e), 5.0)
+    assert float(frac) == 1 / 256
+    assert 40 < (17.0 + 0.18) / (float(clipped[-1]) + 0.18) < 60    # its excess cut ~50x
