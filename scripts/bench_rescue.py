@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench_precision import System, log, near_node, sample  # noqa: E402
 
-from vmc.config import load_config  # noqa: E402
+from vmc.config import HamiltonianConfig, load_config  # noqa: E402
 from vmc.evaluate import make_record_step  # noqa: E402
 from vmc.train import build  # noqa: E402
 
@@ -78,6 +78,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--timing-steps", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rescue", type=int, default=HamiltonianConfig().f64_rescue,
+                   help="hamiltonian.f64_rescue of the 'on' column (default: the default)")
     a = p.parse_args(argv)
     jax.config.update("jax_enable_x64", True)
     rows = []
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
             return 2
         sysm = System(run_dir)
         cfg_path = run_dir / "config.yaml"
-        rescue = int(sysm.cfg.hamiltonian.f64_rescue) or 2
+        rescue = a.rescue
         setups = {"off": build(load_config(cfg_path, overrides=("hamiltonian.f64_rescue=0",))),
                   "on": build(load_config(cfg_path,
                                           overrides=(f"hamiltonian.f64_rescue={rescue}",)))}

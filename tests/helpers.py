@@ -27,3 +27,21 @@ def random_params(ansatz, seed):
         return jnp.asarray(v, jnp.float64)
 
     return jax.tree_util.tree_map_with_path(leaf, shapes)
+
+
+def cut_back_copy(run_dir, out, step: int):
+    """A copy of the finished run `run_dir` at `out` as a crash after checkpoint `step`
+    leaves it: later checkpoints, summary.json and eval.h5 gone, train.h5's later rows kept
+    (resume cuts them back)."""
+    import pathlib
+    import shutil
+
+    from vmc import checkpoint as ckpt
+    out = pathlib.Path(out)
+    shutil.copytree(run_dir, out)
+    for path in ckpt.list_checkpoints(out / "checkpoints"):
+        if ckpt.read_attrs(path)["step"] > step:
+            path.unlink()
+    for name in ("summary.json", "eval.h5"):
+        (out / name).unlink(missing_ok=True)
+    return out

@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
+from helpers import cut_back_copy
 from vmc import checkpoint as ckpt, h5io
 
 # one worker runs this module: its module fixtures are built once (pyproject: loadgroup)
@@ -117,12 +118,7 @@ def test_two_processes_match_one_and_only_process_0_writes(reference, two):
 def test_checkpoint_moves_between_layouts(reference, two, tmp_path, first, then):
     """The step-3 checkpoint of one layout's run (cut back to it, as a crash leaves a run),
     resumed in the other layout, finishes as the reference."""
-    import shutil
-    out = tmp_path / "run"
-    shutil.copytree(two[0] if first == "two" else reference, out)
-    ckpt.checkpoint_path(out / "checkpoints", 6).unlink()
-    for name in ("summary.json", "eval.h5"):
-        (out / name).unlink()
+    out = cut_back_copy(two[0] if first == "two" else reference, tmp_path / "run", 3)
     (o0, _), *_ = _wait(_launch(out, 6, *then, extra=["--resume"]))
     assert "resume: from ckpt_000003.h5 (step 3)" in o0
     _same_run(reference, out)

@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
+from helpers import cut_back_copy
 from vmc import checkpoint as ckpt
 from vmc import h5io
 
@@ -75,14 +76,10 @@ def test_resume_is_bit_identical(h2_file, tmp_path, solver):
     leaves it: train.h5 holds rows past the checkpoint), then --resume in a fresh process
     for N more (float64). The proposal width adapts at every step, so the restart crosses
     width adaptation."""
-    import shutil
     n = 4
-    straight, split = tmp_path / "straight", tmp_path / "split"
+    straight = tmp_path / "straight"
     _run_in_process(h2_file, straight, _common(solver, 2 * n, every=n))
-    shutil.copytree(straight, split)
-    ckpt.checkpoint_path(split / "checkpoints", 2 * n).unlink()
-    for name in ("summary.json", "eval.h5"):
-        (split / name).unlink(missing_ok=True)
+    split = cut_back_copy(straight, tmp_path / "split", n)
     proc = _vmc(["run", str(h2_file), "--out", str(split), "--resume",
                  *_common(solver, 2 * n, every=n)])
     assert f"(step {n})" in proc.stdout

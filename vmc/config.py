@@ -359,8 +359,9 @@ def config_from_dict(data: dict, *, name: str = "molecule", preset: Optional[str
     merged = _merge(merged, data)
     for item in overrides:
         merged = _merge(merged, _parse_override(item))
-    cfg = ecp_clip_default(_build(Config, merged, ""), merged)
+    cfg = _build(Config, merged, "")
     molecule = cfg.build_molecule()
+    cfg = ecp_clip_default(cfg, merged, molecule.has_ecp)
     return _one_electron_reference(_resolve_defaults(cfg, molecule.n_electrons), molecule)
 
 

@@ -180,9 +180,9 @@ def read_xyz(path) -> dict:
     return {"atoms": atoms, "units": "angstrom"}
 
 
-def ecp_clip_default(cfg, given: dict):
-    """With an ECP and `optim.clip` not given (`given`: the merged preset/file/--set dict),
-    no E_L clipping.
+def ecp_clip_default(cfg, given: dict, has_ecp: bool):
+    """With an ECP (`has_ecp`: `Molecule.has_ecp`) and `optim.clip` not given (`given`: the
+    merged preset/file/--set dict), no E_L clipping.
 
     The median ± 5·MAD clip is made for the symmetric, noisy E_L tails near nodes. With an
     ECP the early network is too large inside the core, where the repulsive non-local s
@@ -190,8 +190,6 @@ def ecp_clip_default(cfg, given: dict):
     (variance ~1e-5 Ha²) and the clip cuts their systematic signal ~50×, so training stalls
     at a biased fixed point: Na +13.5 mHa, Mg +54 mHa after the default steps, against
     −0.01 and +1.2 mHa unclipped (README, "Pseudopotentials")."""
-    from vmc.system import resolve_ecp
-    names = resolve_ecp([a.get("symbol") for a in cfg.molecule.atoms], cfg.hamiltonian.ecp)
-    if "clip" in (given.get("optim") or {}) or not any(e is not None for e in names):
+    if "clip" in (given.get("optim") or {}) or not has_ecp:
         return cfg
     return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, clip=None))

@@ -60,9 +60,8 @@ class Setup:
     optimizer: Optimizer
     dtype: Any
     hf: Any = None
-    # (params, x, key=None) -> (E_L, |∇ log|ψ||²) and the float64 network's E_L: the
-    # float64 rescue of the walkers nearest a node (hamiltonian.f64_rescue); None: off
-    scored_local_energy: Optional[Callable] = None
+    # (params64, x, key=None) -> E_L of the same network built in float64: the float64
+    # rescue of the walkers nearest a node (hamiltonian.f64_rescue); None: off
     local_energy64: Optional[Callable] = None
 
     @property
@@ -82,7 +81,9 @@ class Setup:
         h = self.cfg.hamiltonian
         if self.local_energy64 is None:
             return self.batched_local_energy
-        scored = over_walkers(self.scored_local_energy, h.chunk_walkers, jax.device_count())
+        one = make_local_energy(self.ansatz.log_psi, self.molecule, h.laplacian, self.dtype,
+                                h.ecp_rule, with_grad2=True)   # (E_L, |∇ log|ψ||²)
+        scored = over_walkers(one, h.chunk_walkers, jax.device_count())
         return with_float64_rescue(scored, self.local_energy64, h.f64_rescue,
                                    jax.device_count())
 
@@ -108,16 +109,14 @@ def build(cfg, hf=None) -> Setup:
     ansatz = make_ansatz(cfg.ansatz, molecule, dtype, hf=hf)
     h = cfg.hamiltonian
     local_energy = make_local_energy(ansatz.log_psi, molecule, h.laplacian, dtype, h.ecp_rule)
-    scored = local64 = None
+    local64 = None
     if h.f64_rescue > 0 and dtype != jnp.float64 and jax.config.jax_enable_x64:
         # the same network in float64 for the walkers nearest a node (with_float64_rescue)
         ansatz64 = make_ansatz(cfg.ansatz, molecule, jnp.float64, hf=hf)
         local64 = make_local_energy(ansatz64.log_psi, molecule, h.laplacian, jnp.float64,
                                     h.ecp_rule)
-        scored = make_local_energy(ansatz.log_psi, molecule, h.laplacian, dtype, h.ecp_rule,
-                                   with_grad2=True)
     optimizer = make_optimizer(cfg.optim, ansatz.log_psi, **_optimizer_extras(cfg, ansatz))
-    return Setup(cfg, molecule, ansatz, local_energy, optimizer, dtype, hf, scored, local64)
+    return Setup(cfg, molecule, ansatz, local_energy, optimizer, dtype, hf, local64)
 
 
 def _optimizer_extras(cfg, ansatz) -> dict:

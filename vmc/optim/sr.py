@@ -157,21 +157,13 @@ def jacobian_blocks(log_psi: Callable, params, walkers, chunk: int | None = None
     floats. `JacobianBlocks` applies the centring and 1/√n_w in float64.
 
     chunk: None: every walker at once (`vmap`); else at most `chunk` walkers of each device
-    at a time (`lax.map` over chunks of a `vmap`, `optim.jacobian_chunk`): the backward
+    at a time (`vmc.hamiltonian.over_walkers`, `optim.jacobian_chunk`): the backward
     pass's temporaries (activations of every walker) are bounded by the chunk; the blocks
     are the same up to rounding."""
-    n_w = walkers.shape[0]
+    from vmc.hamiltonian import over_walkers   # its per-device chunks, for gradients here
     one = jax.grad(lambda p, x: log_psi(p, x)[1])
-    n_dev = jax.device_count()
-    per = n_w // n_dev if n_w % n_dev == 0 else n_w
-    if chunk is None or per <= chunk:
-        grads = jax.vmap(one, in_axes=(None, 0))(params, walkers)
-    else:   # chunks per device, as vmc.hamiltonian.over_walkers: no walker changes device
-        w = walkers.reshape((n_w // per, per) + walkers.shape[1:])
-        grads = jax.vmap(lambda wd: jax.lax.map(lambda x: one(params, x), wd,
-                                                batch_size=chunk))(w)
-        grads = jax.tree_util.tree_map(lambda g: g.reshape((n_w,) + g.shape[2:]), grads)
-    return [leaf.reshape(n_w, -1) for leaf in jax.tree_util.tree_leaves(grads)]
+    grads = over_walkers(one, chunk, jax.device_count())(params, walkers)
+    return [leaf.reshape(walkers.shape[0], -1) for leaf in jax.tree_util.tree_leaves(grads)]
 
 
 def finite_rows(blocks: list, n_w: int):
