@@ -399,8 +399,9 @@ def latest_valid(directory, template: Mapping[str, Any] | None = None) -> pathli
     return None
 
 
-def prune(directory, keep: int) -> list[pathlib.Path]:
-    """Delete all but the newest ``keep`` checkpoints (by numeric step).
+def prune(directory, keep: int, protect=()) -> list[pathlib.Path]:
+    """Delete all but the newest ``keep`` checkpoints (by numeric step); checkpoints at a
+    step in ``protect`` are never deleted and do not count towards ``keep``.
 
     Returns:
         The deleted paths.
@@ -410,7 +411,10 @@ def prune(directory, keep: int) -> list[pathlib.Path]:
     """
     if int(keep) < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
-    old = list_checkpoints(directory)[:-int(keep)]
+    protect = {int(s) for s in protect}
+    paths = [p for p in list_checkpoints(directory)
+             if int(_NAME_RE.match(p.name).group(1)) not in protect]
+    old = paths[:-int(keep)]
     for p in old:
         p.unlink(missing_ok=True)
     return old

@@ -1,4 +1,4 @@
-"""Command line: `vmc run`, `vmc resume`, `vmc check`, `vmc eval`, `vmc analyze`.
+"""Command line: `vmc run`, `vmc resume`, `vmc check`, `vmc presets`, `vmc eval`, `vmc analyze`.
 
 Bad input prints one line `error: ...` to stderr and exits with code 2, writing nothing.
 """
@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate a config and print what a run would do")
     c.add_argument("config", help="molecule YAML file, or an .xyz file (Å) with --charge/--spin")
     _settings_args(c)
+    pr = sub.add_parser("presets", help="print what each preset sets (or the named ones)")
+    pr.add_argument("names", nargs="*", metavar="NAME", help="presets to print (default all)")
     e = sub.add_parser("eval", help="frozen-parameter evaluation of a run's newest checkpoint")
     e.add_argument("run_dir", help="run directory written by `vmc run`")
     e.add_argument("--steps", type=int, help="recorded steps (default eval.steps, or 2000 "
@@ -120,6 +122,10 @@ def main(argv=None) -> int:
     try:
         if args.command == "check":
             return _check(args)
+        if args.command == "presets":
+            from vmc.size_rule import describe_presets
+            print(describe_presets(args.names))
+            return 0
         if args.command == "run":
             return _run(args)
         if args.command == "eval":
@@ -224,6 +230,8 @@ def _check(args) -> int:
         except InputError as err:
             lines.append(f"hartree-fock: not available ({err})")
     print(describe(cfg, hf=hf, notes=lines))
+    from vmc.size_rule import file_choices
+    print("\n" + file_choices(cfg, args.config, preset=args.preset, overrides=args.overrides))
     return 0
 
 

@@ -186,6 +186,8 @@ class RunConfig:
     checkpoint_every: int = _field(500, lo=1)
     checkpoint_minutes: float = _field(15.0, lo=0.0)
     keep_checkpoints: int = _field(3, lo=1)
+    # steps at which a checkpoint is also written and never pruned (scripts/ladder.py)
+    keep_steps: tuple = ()
     max_minutes: Optional[float] = _field(None, gt=0.0)
     max_bad_steps: int = _field(10, lo=1)
     # a step is rejected when more than this share of walkers has a non-finite E_L or log|ψ|
@@ -246,15 +248,11 @@ _MOLECULE_KEYS = {f.name for f in dataclasses.fields(MoleculeConfig)}
 
 
 def default_steps(n_electrons: int, ecp: bool = False) -> int:
-    """Default number of optimization steps for a system of `n_electrons` electrons.
-
-    1000 steps bring He, H2 and Li to well under 1 mHa with the default network; LiH and Be
-    (4 electrons) need about 4000 for chemical accuracy (measured, README "Accuracy"). With an
-    ECP, 4000 whatever the valence count: the rarely visited core, where the non-local part
-    dominates E_L, converges slowly (Mg, two valence electrons: +1.25 mHa after 1000 steps,
-    +0.29 after 4000; README "Pseudopotentials").
-    """
-    return 1000 if n_electrons <= 3 and not ecp else 4000
+    """Default number of optimization steps for a system of `n_electrons` electrons: 1000
+    for <= 3 electrons without an ECP, else 4000 (the rule and its measurements:
+    `vmc.size_rule.optim_steps`)."""
+    from vmc.size_rule import optim_steps
+    return optim_steps(n_electrons, ecp).value
 
 
 def hamiltonian_label(ecp_setting, symbols) -> str:
@@ -285,21 +283,21 @@ def _ecp_names(cfg: Config) -> tuple:
 
 def _resolve_defaults(cfg: Config, n_electrons: int) -> Config:
     """Fill the settings whose default depends on others (written out in config.yaml)."""
+    from vmc import size_rule as rule   # the rules and their reasons (`vmc check`)
     optim, pre, ev = cfg.optim, cfg.pretrain, cfg.eval
+    ecp_on = any(e is not None for e in _ecp_names(cfg))
     if optim.lr is None:
-        optim = dataclasses.replace(optim, lr=1e-3 if optim.solver == "adam" else 0.2)
+        optim = dataclasses.replace(optim, lr=rule.optim_lr(optim.solver).value)
     if pre.basis is None:
-        ecp_on = any(e is not None for e in _ecp_names(cfg))
-        pre = dataclasses.replace(pre, basis="ccecp-cc-pvdz" if ecp_on else "cc-pvdz")
-    if pre.steps is None:   # the hf ansatz has nothing to pretrain
-        pre = dataclasses.replace(pre, steps=0 if n_electrons <= 2 or cfg.ansatz.name == "hf"
-                                  else 1000)
+        pre = dataclasses.replace(pre, basis=rule.pretrain_basis(ecp_on).value)
+    if pre.steps is None:
+        pre = dataclasses.replace(pre, steps=rule.pretrain_steps(n_electrons,
+                                                                 cfg.ansatz.name).value)
     if optim.steps is None:
-        optim = dataclasses.replace(optim, steps=default_steps(
-            n_electrons, any(e is not None for e in _ecp_names(cfg))))
+        optim = dataclasses.replace(optim, steps=rule.optim_steps(n_electrons, ecp_on).value)
     ansatz = cfg.ansatz
     if ansatz.jastrow is None:
-        ansatz = dataclasses.replace(ansatz, jastrow=ansatz.name == "psiformer")
+        ansatz = dataclasses.replace(ansatz, jastrow=rule.jastrow(ansatz.name).value)
     if ev.walkers is None:
         ev = dataclasses.replace(ev, walkers=cfg.sampler.walkers)
     if ev.seed is None:

@@ -90,7 +90,11 @@ def _coerce(path: str, value, tp, meta):
             if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
                                     for v in value):
                 raise InputError(f"{path}: expected a non-empty list of positive integers, got {value!r}")
-        return tuple(value)
+        if path == "run.keep_steps" and not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+            raise InputError(f"{path}: expected a list of positive integers (steps), got "
+                             f"{value!r}")
+        return tuple(sorted(set(value))) if path == "run.keep_steps" else tuple(value)
     choices, lo, hi = meta.get("choices"), meta.get("lo"), meta.get("hi")
     gt, lt = meta.get("gt"), meta.get("lt")
     if choices is not None and value not in choices:

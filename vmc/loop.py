@@ -87,7 +87,8 @@ def poison_steps() -> tuple[set[int] | str, int]:
 
 def save_checkpoint(run_dir: pathlib.Path, state: TrainState, step: int, cfg, keep: int,
                     extra_attrs: Optional[dict] = None) -> pathlib.Path:
-    """Write checkpoints/ckpt_<step>.h5 atomically and prune to the newest `keep`.
+    """Write checkpoints/ckpt_<step>.h5 atomically and prune to the newest `keep` (those at
+    `run.keep_steps` are never pruned).
 
     Every process calls it: the walkers are gathered from all processes (a collective), and
     process 0 alone writes and prunes.
@@ -100,7 +101,7 @@ def save_checkpoint(run_dir: pathlib.Path, state: TrainState, step: int, cfg, ke
         d.mkdir(parents=True, exist_ok=True)
         attrs = {"step": int(step), "config": dump_yaml(cfg), **(extra_attrs or {})}
         ckpt.save(path, host, attrs)
-        ckpt.prune(d, keep)
+        ckpt.prune(d, keep, protect=cfg.run.keep_steps)
     return path
 
 
@@ -228,7 +229,7 @@ def run_loop(step_fn: Callable, state: TrainState, *, start: int, steps: int, tr
                 r.checkpoint_minutes > 0
                 and time.time() - last_ckpt_time >= 60 * r.checkpoint_minutes])
             stop = signalled or out_of_time
-            due = t % r.checkpoint_every == 0 or t == steps or clock_due
+            due = t % r.checkpoint_every == 0 or t == steps or clock_due or t in r.keep_steps
             if stop or due:
                 writer.flush()
                 save_checkpoint(run_dir, state, t, cfg, r.keep_checkpoints,

@@ -33,7 +33,7 @@ UNTRAINED = ("hf",)
 # the run's config.yaml (a different molecule, network, solver or seed is a different run).
 RESUMABLE = ("name", "molecule.reference.", "optim.steps", "sampler.walkers", "eval.",
              "run.log_every", "run.progress", "run.checkpoint_every", "run.checkpoint_minutes",
-             "run.keep_checkpoints", "run.max_minutes", "run.max_bad_steps",
+             "run.keep_checkpoints", "run.keep_steps", "run.max_minutes", "run.max_bad_steps",
              "run.max_bad_walkers", "run.heartbeat_seconds", "run.compile_cache",
              "hamiltonian.chunk_walkers")
 

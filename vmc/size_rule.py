@@ -1,0 +1,214 @@
+"""The size rule: defaults that depend on the system (electron count, ECP) or on other
+settings, each with the reason it was chosen, and where every setting of a run came from.
+
+`vmc.config` resolves its defaults through the rules here (one place for the numbers and
+their reasons); `vmc check` prints `describe_choices`, `vmc presets` prints `describe_presets`.
+
+Settings the issue (#14) names as candidates for scaling with the system — network width and
+determinants, walkers, learning-rate schedule, damping, clipping, evaluation length — keep one
+value for every size until measurements beyond five electrons choose a rule
+(scripts/ladder.py); `vmc check` says so for each.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, NamedTuple, Optional
+
+import yaml
+
+# the electron counts at which the rule changes (README "Ladder beyond five electrons")
+STEPS_SMALL_MAX = 3      # <= this many electrons (no ECP): 1000 optimization steps
+PRETRAIN_NONE_MAX = 2    # <= this many electrons: no Hartree–Fock pretraining
+
+PRESET_DOCS = {
+    "paper": "FermiNet's published recipe (Pfau et al. 2020, Table S1), for GPUs",
+    "tiny": "tiny network and few steps: smoke tests and CI (not an accurate energy)",
+}
+
+# the settings `vmc check` reports, in order: those issue #14 names, then the dependent ones
+REPORTED = ("ansatz.hidden_one", "ansatz.hidden_two", "ansatz.determinants", "sampler.walkers",
+            "optim.steps", "optim.lr", "optim.lr_decay_steps", "optim.damping", "optim.clip",
+            "pretrain.steps", "pretrain.basis", "eval.steps", "eval.walkers", "ansatz.jastrow")
+
+_ONE_SIZE = "the same for every size: no size rule measured yet, issue #14"
+
+
+class Choice(NamedTuple):
+    """One resolved setting: dotted `key`, its `value` and why it has it (`reason`)."""
+    key: str
+    value: Any
+    reason: str
+
+
+def optim_steps(n_electrons: int, ecp: bool) -> Choice:
+    """Default `optim.steps`: 1000 for <= 3 electrons without an ECP, else 4000.
+
+    1000 steps bring He, H2 and Li to well under 1 mHa with the default network; LiH and Be
+    (4 electrons) need about 4000 for chemical accuracy (README "Results"). With an ECP, 4000
+    whatever the valence count: the rarely visited core converges slowly (Mg: +1.25 mHa after
+    1000 steps, +0.29 after 4000; README "Pseudopotentials")."""
+    if ecp:
+        return Choice("optim.steps", 4000, "default with an ECP, whatever the electron count")
+    if n_electrons <= STEPS_SMALL_MAX:
+        return Choice("optim.steps", 1000,
+                      f"default for <= {STEPS_SMALL_MAX} electrons without an ECP")
+    return Choice("optim.steps", 4000, f"default for > {STEPS_SMALL_MAX} electrons")
+
+
+def pretrain_steps(n_electrons: int, ansatz: str) -> Choice:
+    """Default `pretrain.steps`: 0 for the 'hf' ansatz (nothing to pretrain) and for <= 2
+    electrons (one orbital per spin: the envelope is enough), else 1000."""
+    if ansatz == "hf":
+        return Choice("pretrain.steps", 0, "the hf ansatz has nothing to pretrain")
+    if n_electrons <= PRETRAIN_NONE_MAX:
+        return Choice("pretrain.steps", 0,
+                      f"default for <= {PRETRAIN_NONE_MAX} electrons: no pretraining")
+    return Choice("pretrain.steps", 1000, f"default for > {PRETRAIN_NONE_MAX} electrons")
+
+
+def optim_lr(solver: str) -> Choice:
+    """Default `optim.lr` (η₀): 1e-3 for adam, 0.2 for the SR solvers."""
+    if solver == "adam":
+        return Choice("optim.lr", 1e-3, "default for adam")
+    return Choice("optim.lr", 0.2, f"default for SR solvers ({solver}), " + _ONE_SIZE)
+
+
+def pretrain_basis(ecp: bool) -> Choice:
+    """Default `pretrain.basis`: ccecp-cc-pvdz with an ECP, else cc-pvdz."""
+    if ecp:
+        return Choice("pretrain.basis", "ccecp-cc-pvdz", "default with an ECP")
+    return Choice("pretrain.basis", "cc-pvdz", "default all-electron")
+
+
+def jastrow(ansatz: str) -> Choice:
+    """Default `ansatz.jastrow`: on for psiformer (as in its paper), off otherwise."""
+    return Choice("ansatz.jastrow", ansatz == "psiformer",
+                  "default for psiformer (as in its paper)" if ansatz == "psiformer"
+                  else f"default for {ansatz}: no Jastrow")
+
+
+def _rule_reason(key: str, cfg, n_electrons: int, ecp: bool) -> str:
+    """Why a setting nobody set has its value (the size rule, a dependency, or one size)."""
+    rules = {"optim.steps": lambda: optim_steps(n_electrons, ecp),
+             "pretrain.steps": lambda: pretrain_steps(n_electrons, cfg.ansatz.name),
+             "optim.lr": lambda: optim_lr(cfg.optim.solver),
+             "pretrain.basis": lambda: pretrain_basis(ecp),
+             "ansatz.jastrow": lambda: jastrow(cfg.ansatz.name)}
+    if key in rules:
+        return rules[key]().reason
+    if key == "optim.clip":
+        return ("default with an ECP: no clipping (README \"Pseudopotentials\")" if ecp
+                else "default all-electron, " + _ONE_SIZE)
+    if key == "eval.walkers":
+        return "default: sampler.walkers"
+    if key == "eval.steps":
+        return "default, " + _ONE_SIZE + "; `vmc eval RUN --steps N` evaluates longer"
+    if key == "optim.lr_decay_steps":
+        return ("default, " + _ONE_SIZE + "; t0 of lr/(1 + t/t0), independent of "
+                "optim.steps")
+    return "default, " + _ONE_SIZE
+
+
+def _get(tree: Any, key: str) -> tuple[bool, Any]:
+    """(found, value) of a dotted key in nested dicts."""
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return False, None
+        tree = tree[part]
+    return True, tree
+
+
+def _value(cfg, key: str) -> Any:
+    section, name = key.split(".")
+    value = getattr(getattr(cfg, section), name)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def choices(cfg, data: dict, *, n_electrons: int, ecp: bool, preset: Optional[str] = None,
+            overrides: tuple[str, ...] = (), file_label: str = "the file") -> list[Choice]:
+    """Each REPORTED setting of the resolved `cfg` with where its value comes from.
+
+    Args:
+      data: the config file's mapping (molecule keys may stand at the top level).
+      n_electrons: electrons treated explicitly (valence electrons with an ECP).
+      ecp: whether any atom has an ECP.
+      preset, overrides: as given to `vmc.config.load_config`; the last source wins
+        (--set, then the file, then the preset, then the rule).
+    """
+    from vmc.config import PRESETS
+    from vmc.config_parse import _parse_override
+    parsed = [_parse_override(item) for item in overrides]
+    out = []
+    for key in REPORTED:
+        if any(_get(p, key)[0] for p in parsed):
+            reason = "set by --set"
+        elif _get(data, key)[0]:
+            reason = f"set in {file_label}"
+        elif preset is not None and _get(PRESETS[preset], key)[0]:
+            reason = f"preset {preset}"
+        else:
+            reason = _rule_reason(key, cfg, n_electrons, ecp)
+        out.append(Choice(key, _value(cfg, key), reason))
+    return out
+
+
+def describe_choices(found: list[Choice], n_electrons: int, ecp: bool) -> str:
+    """The `vmc check` section: one line `key: value (reason)` per setting."""
+    lines = [f"# size rule ({n_electrons} electrons, {'with' if ecp else 'no'} ECP): "
+             f"each setting that may scale with the system, and why it has its value"]
+    lines += [f"  {c.key}: {_text(c.value)} ({c.reason})" for c in found]
+    return "\n".join(lines)
+
+
+def describe_presets(names: Optional[list[str]] = None) -> str:
+    """What each preset sets (`vmc presets [NAME ...]`), one `section.key: value` a line;
+    everything a preset does not set keeps its default (or the size rule's value).
+
+    Raises:
+      InputError: an unknown preset name.
+    """
+    from vmc.config import PRESETS
+    from vmc.errors import InputError, did_you_mean
+    names = list(names or PRESETS)
+    for name in names:
+        if name not in PRESETS:
+            raise InputError(f"preset: unknown preset {name!r}; valid: {', '.join(PRESETS)}"
+                             + did_you_mean(name, PRESETS))
+    blocks = []
+    for name in names:
+        lines = [f"# preset {name}: {PRESET_DOCS.get(name, '')}".rstrip(": ")]
+        for section, settings in PRESETS[name].items():
+            for key, value in settings.items():
+                lines.append(f"  {section}.{key}: {_text(value)}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + ("\neverything else: its default, or the size rule's "
+                                  "(`vmc check CONFIG --preset NAME` shows which)")
+
+
+def read_data(path) -> dict:
+    """The mapping of a config file as `vmc.config.load_config` reads it (YAML, or an .xyz
+    geometry); call after load_config has validated the file."""
+    path = pathlib.Path(path)
+    if path.suffix.lower() == ".xyz":
+        from vmc.config_parse import read_xyz
+        return read_xyz(path)
+    data = yaml.safe_load(path.read_text())
+    return dict(data) if isinstance(data, dict) else {}
+
+
+def file_choices(cfg, path, *, preset=None, overrides=()) -> str:
+    """The `vmc check` size-rule section for the config file at `path`."""
+    mol = cfg.build_molecule()
+    data = read_data(path)
+    if "molecule" not in data:   # only sections matter here; molecule keys are never reported
+        data = {k: v for k, v in data.items() if isinstance(v, dict)}
+    found = choices(cfg, data, n_electrons=mol.n_electrons, ecp=mol.has_ecp, preset=preset,
+                    overrides=tuple(overrides), file_label=pathlib.Path(path).name)
+    return describe_choices(found, mol.n_electrons, mol.has_ecp)
+
+
+def _text(value: Any) -> str:
+    """A value as YAML writes it in one line: 4000, 0.001, null, [32, 32, 32]."""
+    value = list(value) if isinstance(value, tuple) else value
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
