@@ -1,0 +1,321 @@
+"""The accuracy ladder beyond five electrons (issue #14): each rung run with nothing but its
+molecule file and the defaults, at several step counts, into a JSON-lines results file and
+a README table.
+
+    python scripts/ladder.py C N --steps 1000 4000 16000
+    python scripts/ladder.py O H2O CH4 N2            # --steps 1000 4000 (the default)
+    python scripts/ladder.py --write-readme           # only the table, from the results file
+    python scripts/ladder.py He --steps 20 40 --preset tiny --out /tmp/ladder   # a smoke test
+
+A rung is any systems/<NAME>.yaml (or examples/<NAME>.yaml). It trains once, to the largest
+step count: `vmc run <file> --out OUT/<rung>/<tag>/train --set optim.steps=MAX
+--set run.keep_steps=[the smaller counts]` (`run.keep_steps` writes checkpoints at those
+steps and never prunes them). The run evaluates its own last step. Each smaller count is
+evaluated by `vmc eval` in a copy of the run cut back to that checkpoint
+(OUT/<rung>/<tag>/at_<steps>: config.yaml, train.h5 up to that step, the one checkpoint), with
+the run's own `eval.seed`, so it is the evaluation a `vmc run --set optim.steps=<steps>` would
+have made. That is valid because the learning-rate schedule, η₀/(1 + t/t₀) with
+t₀ = optim.lr_decay_steps, does not depend on optim.steps, and nothing else in a training step
+does (a resumed run is bit-identical, README "Resuming").
+
+Resumable: stop it at any time (Ctrl-C, SIGTERM) and run the same command again. Training
+continues from its newest checkpoint (`vmc run --resume`), a finished evaluation is never
+repeated (its line in the results file, or its copy's summary.json, is reused) and an
+unfinished one starts again in a fresh copy. Asking for more steps later extends the run.
+
+`<tag>` is `defaults`, or the `--preset`/`--set` settings (a smoke test never mixes with the
+real runs); the README table shows the records with no `--preset` and no `--set` only.
+Wall time: HF pretraining + training steps up to that step (train.h5 step_time, the first
+step's compilation included) + the evaluation, from run.log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# the ladder of issue #14, in table order, with the step counts each rung runs at
+LADDER = {"C": (1000, 4000, 16000), "N": (1000, 4000, 16000), "O": (1000, 4000),
+          "H2O": (1000, 4000), "CH4": (1000, 4000), "N2": (1000, 4000)}
+MARKER = "ladder"
+
+
+def config_file(name: str) -> pathlib.Path:
+    """systems/<name>.yaml, else examples/<name>.yaml."""
+    for folder in ("systems", "examples"):
+        path = ROOT / folder / f"{name}.yaml"
+        if path.exists():
+            return path
+    raise SystemExit(f"error: rung {name!r}: no systems/{name}.yaml or examples/{name}.yaml")
+
+
+def settings_tag(preset: str | None, sets: list[str]) -> str:
+    """'defaults' without --preset or --set, else a readable, unique folder name."""
+    if preset is None and not sets:
+        return "defaults"
+    text = json.dumps([preset, sorted(sets)])
+    return f"{preset or 'set'}_{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+def _vmc(*args: str) -> int:
+    cmd = [sys.executable, "-m", "vmc.cli", *args]
+    print("$ vmc", " ".join(args), flush=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    return subprocess.run(cmd, env=env).returncode
+
+
+def evaluated_at(run_dir: pathlib.Path) -> int | None:
+    """The checkpoint step of the evaluation summary.json reports, or None (no summary, no
+    energy, or its eval.h5 group is missing)."""
+    import h5py
+    summary = run_dir / "summary.json"
+    if not summary.is_file() or not (run_dir / "eval.h5").is_file():
+        return None
+    s = json.loads(summary.read_text())
+    if s.get("energy_ha") is None or s.get("group") is None:
+        return None
+    with h5py.File(run_dir / "eval.h5", "r", locking=False) as f:
+        if s["group"] not in f:
+            return None
+        return int(f[s["group"]].attrs.get("checkpoint_step", -1))
+
+
+def train(rung: str, run_dir: pathlib.Path, steps: list[int], preset, sets) -> int:
+    """Train (or resume, or extend) the rung's run to max(steps), keeping the smaller counts'
+    checkpoints; returns the exit code (0 also when it was finished already)."""
+    top = max(steps)
+    if evaluated_at(run_dir) == top:
+        return 0
+    args = ["run", str(config_file(rung)), "--out", str(run_dir),
+            "--set", f"optim.steps={top}",
+            "--set", f"run.keep_steps=[{','.join(str(s) for s in sorted(steps)[:-1])}]"]
+    args += (["--preset", preset] if preset else []) + [a for s in sets for a in ("--set", s)]
+    from vmc.precheck import holds_run
+    return _vmc(*args, *(["--resume"] if holds_run(run_dir) else []))
+
+
+def cut_back(run_dir: pathlib.Path, step: int, out: pathlib.Path) -> None:
+    """A fresh copy of the run at `out` as it stood at checkpoint `step`: config.yaml, the
+    train.h5 rows of steps before it, run.log's lines up to the training (pretraining), the
+    checkpoint. Raises SystemExit when that checkpoint is not there."""
+    from vmc import checkpoint as ckpt, h5io
+    src = ckpt.checkpoint_path(run_dir / "checkpoints", step)
+    if not src.is_file():
+        raise SystemExit(f"error: {src}: missing (run.keep_steps should have kept it)")
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "checkpoints").mkdir(parents=True)
+    shutil.copyfile(run_dir / "config.yaml", out / "config.yaml")
+    shutil.copyfile(src, out / "checkpoints" / src.name)
+    shutil.copyfile(run_dir / "train.h5", out / "train.h5")
+    with h5io.StatsWriter(out / "train.h5") as writer:
+        writer.truncate(step - 1)
+
+
+def _log_seconds(run_dir: pathlib.Path, pattern: str) -> float:
+    log = run_dir / "run.log"
+    text = log.read_text() if log.is_file() else ""
+    return sum(float(m) for m in re.findall(pattern, text))
+
+
+def record(rung: str, steps: int, top: int, train_dir: pathlib.Path,
+           eval_dir: pathlib.Path, settings: dict) -> dict:
+    """The results line of one rung at one step count, from summary.json, train.h5 and
+    run.log (energies in Ha, differences in mHa, times in s)."""
+    import numpy as np
+    from vmc import h5io
+    from vmc.config import load_config
+    s = json.loads((eval_dir / "summary.json").read_text())
+    ref = load_config(train_dir / "config.yaml").molecule.reference
+    stats = h5io.read_stats(train_dir / "train.h5")
+    train_s = float(np.sum(stats["step_time"][stats["step"] < steps]))
+    pretrain_s = (_log_seconds(train_dir, r"pretrain: \S+ energy \S+ Ha \(([\d.]+) s\)")
+                  + _log_seconds(train_dir, r"pretrain: \d+ steps in ([\d.]+) s"))
+    eval_s = _log_seconds(eval_dir, rf"evaluation {re.escape(s['group'])}: .* in ([\d.]+) s")
+    e, se = s["energy_ha"], s["energy_stderr_ha"]
+    corr = None
+    if ref.hf_limit is not None and ref.energy is not None and s["deviation_mha"] is not None:
+        span = ref.hf_limit - ref.energy
+        corr = {"pct": 100 * (ref.hf_limit - e) / span,
+                "pct_stderr": None if se is None else 100 * se / span}
+    return {"rung": rung, "steps": steps, "trained_to": top, "settings": settings,
+            "n_electrons": s["n_up"] + s["n_down"], "energy_ha": e, "stderr_ha": se,
+            "plateau": s["plateau"], "reference_ha": ref.energy, "reference_kind": ref.kind,
+            "hf_limit_ha": ref.hf_limit, "deviation_mha": s["deviation_mha"],
+            "deviation_label": s["deviation_label"],
+            "corr_pct": None if corr is None else corr["pct"],
+            "corr_pct_stderr": None if corr is None else corr["pct_stderr"],
+            "pretrain_s": pretrain_s, "train_s": train_s, "eval_s": eval_s,
+            "wall_s": pretrain_s + train_s + eval_s, "n_params": s["n_params"],
+            "eval_steps": s["eval_steps"], "walkers": s["walkers"], "solver": s["solver"],
+            "dtype": s["dtype"], "flags": [f["code"] for f in s.get("flags", [])],
+            "run_dir": str(train_dir), "eval_dir": str(eval_dir),
+            "git_commit": s.get("git_commit"), "vmc_version": s.get("vmc_version"),
+            "jax_version": s.get("jax_version"), "device_kind": s.get("device_kind"),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
+
+
+def read_results(path: pathlib.Path) -> list[dict]:
+    """The records of the results file, in order ([] when absent); a later record of the
+    same rung, step count and settings replaces an earlier one."""
+    if not path.is_file():
+        return []
+    out: dict = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            out[_key(r["rung"], r["steps"], r["settings"])] = r
+    return list(out.values())
+
+
+def _key(rung: str, steps: int, settings: dict) -> str:
+    return json.dumps([rung, int(steps), settings], sort_keys=True)
+
+
+def run_rung(rung: str, steps: list[int], out: pathlib.Path, results: pathlib.Path,
+             preset, sets) -> int:
+    """Train the rung, evaluate every step count, append the new records; the exit code."""
+    settings = {"preset": preset, "set": sorted(sets)}
+    have = {_key(r["rung"], r["steps"], r["settings"]) for r in read_results(results)}
+    todo = [s for s in sorted(set(steps)) if _key(rung, s, settings) not in have]
+    if not todo:
+        print(f"{rung}: {sorted(set(steps))} steps: all in {results}", flush=True)
+        return 0
+    base = out / rung / settings_tag(preset, sets)
+    train_dir, top = base / "train", max(steps)
+    code = train(rung, train_dir, sorted(set(steps)), preset, sets)
+    if code != 0:
+        print(f"{rung}: training stopped with exit code {code}; run the same command again "
+              f"to continue", file=sys.stderr)
+        return code
+    if evaluated_at(train_dir) != top:
+        print(f"error: {rung}: {train_dir} has no evaluation at step {top}", file=sys.stderr)
+        return 1
+    for s in todo:
+        eval_dir = train_dir if s == top else base / f"at_{s}"
+        if s != top and evaluated_at(eval_dir) != s:
+            from vmc.config import load_config
+            cut_back(train_dir, s, eval_dir)
+            seed = load_config(train_dir / "config.yaml").eval.seed
+            code = _vmc("eval", str(eval_dir), "--seed", str(seed))
+            if code != 0:
+                print(f"{rung}: evaluation at {s} steps stopped with exit code {code}",
+                      file=sys.stderr)
+                return code
+        rec = record(rung, s, top, train_dir, eval_dir, settings)
+        with results.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(f"{rung} at {s} steps: {rec['energy_ha']:.6f} Ha, "
+              f"{_fmt(rec['deviation_mha'], '+.1f')} mHa, wall {rec['wall_s']:.0f} s",
+              flush=True)
+    return 0
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+DEFAULTS = {"preset": None, "set": []}
+
+
+def table(records: list[dict], plan: dict, settings: dict = DEFAULTS) -> str:
+    """The README table of the records made with `settings` (default: the defaults): every
+    rung and step count of `plan` (those without a record say 'not yet run'), then the
+    other rungs and counts that have one."""
+    by = {(r["rung"], r["steps"]): r for r in records if r["settings"] == settings}
+    rows = ["| system | e⁻ | steps | energy (Ha) | stderr (mHa) | reference (Ha), kind | "
+            "E − ref (mHa) | corr. energy % | wall (s) | params |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    keys = [(rung, s) for rung, counts in plan.items() for s in counts]
+    keys += sorted(k for k in by if k not in keys)
+    for rung, s in keys:
+        r = by.get((rung, s))
+        if r is None:
+            rows.append(f"| {rung} | | {s} | not yet run | | | | | | |")
+            continue
+        se = None if r["stderr_ha"] is None else 1000 * r["stderr_ha"]
+        low = ">=" if r["plateau"] is False else ""
+        corr = ("-" if r["corr_pct"] is None else f"{r['corr_pct']:.1f}"
+                + ("" if r["corr_pct_stderr"] is None else f" ± {r['corr_pct_stderr']:.1f}"))
+        src = "" if r["trained_to"] == s else f" (of {r['trained_to']})"
+        rows.append(f"| {rung} | {r['n_electrons']} | {s}{src} | {r['energy_ha']:.6f} | "
+                    f"{low}{_fmt(se, '.3f')} | {r['reference_ha']}, {r['reference_kind']} | "
+                    f"{_fmt(r['deviation_mha'], '+.3f')} | {corr} | {r['wall_s']:.0f} | "
+                    f"{r['n_params']} |")
+    done = list(by.values())
+    what = ("Defaults" if settings == DEFAULTS else
+            f"Settings: {'--preset ' + settings['preset'] if settings['preset'] else ''} "
+            f"{' '.join('--set ' + x for x in settings['set'])}".strip())
+    if done:
+        meta = done[-1]
+        rows += ["", f"{what} ({meta['dtype']}, {meta['walkers']} walkers, solver "
+                 f"`{meta['solver']}`, {meta['eval_steps']} evaluation steps); vmc "
+                 f"{meta['vmc_version']} ({(meta['git_commit'] or '')[:8]}), jax "
+                 f"{meta['jax_version']}, {meta['device_kind']}. Written by scripts/ladder.py."]
+    else:
+        rows += ["", f"{what}: no rung run yet. Written by scripts/ladder.py."]
+    return "\n".join(rows)
+
+
+def write_readme(readme: pathlib.Path, text: str) -> None:
+    """Replace what stands between `<!-- ladder:begin -->` and `<!-- ladder:end -->`."""
+    begin, end = f"<!-- {MARKER}:begin -->", f"<!-- {MARKER}:end -->"
+    body = readme.read_text()
+    if begin not in body or end not in body:
+        raise SystemExit(f"error: {readme}: no {begin} ... {end} block")
+    head, rest = body.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+
+
+def main(argv=None) -> int:
+    """Run the rungs named, then print (and with --write-readme write) the table."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("rungs", nargs="*", help=f"systems to run (the ladder: {' '.join(LADDER)})")
+    p.add_argument("--steps", nargs="+", type=int, default=[1000, 4000],
+                   help="step counts (default 1000 4000); training goes to the largest")
+    p.add_argument("--out", default=str(ROOT / "runs" / "ladder"))
+    p.add_argument("--results", help="JSON-lines results file (default OUT/results.jsonl)")
+    p.add_argument("--preset", help="passed to vmc run (e.g. tiny, for a smoke test)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="passed to vmc run (repeatable)")
+    p.add_argument("--write-readme", action="store_true",
+                   help="write the table into README.md's ladder block")
+    p.add_argument("--readme", default=str(ROOT / "README.md"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if any(s < 1 for s in args.steps):
+        p.error(f"--steps: {min(args.steps)} is not valid; valid: >= 1")
+    for s in args.sets:
+        if s.split("=", 1)[0].strip() in ("optim.steps", "run.keep_steps"):
+            p.error(f"--set {s}: set by the ladder itself; use --steps")
+    out = pathlib.Path(args.out)
+    results = pathlib.Path(args.results) if args.results else out / "results.jsonl"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    code = 0
+    for rung in args.rungs:
+        config_file(rung)
+    for rung in args.rungs:
+        code = run_rung(rung, args.steps, out, results, args.preset, args.sets) or code
+    text = table(read_results(results), LADDER, {"preset": args.preset, "set": sorted(args.sets)})
+    print(text)
+    if args.write_readme:
+        write_readme(pathlib.Path(args.readme), text)
+        print(f"{args.readme} updated", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
