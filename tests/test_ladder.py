@@ -1,0 +1,118 @@
+"""scripts/ladder.py: one training run per rung with its smaller step counts kept
+(`run.keep_steps`) and evaluated by `vmc eval` in cut-back copies; the copy's evaluation is
+the one a run of that many steps makes; rerunning repeats nothing; the README table."""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+from vmc.cli import main as vmc_main
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("ladder", ROOT / "scripts" / "ladder.py")
+ladder = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ladder)
+
+pytestmark = pytest.mark.xdist_group("ladder")
+
+HE = {"energy": -2.903724377034, "hf_limit": -2.861679996}
+
+
+def _record(**kw):
+    r = {"rung": "C", "steps": 1000, "trained_to": 16000, "settings": dict(ladder.DEFAULTS),
+         "n_electrons": 6, "energy_ha": -37.8, "stderr_ha": 0.0005, "plateau": True,
+         "reference_ha": -37.845, "reference_kind": "estimated exact", "deviation_mha": 45.0,
+         "corr_pct": 71.2, "corr_pct_stderr": 0.3, "wall_s": 1234.4, "n_params": 11000,
+         "dtype": "float32", "walkers": 256, "solver": "sample", "eval_steps": 2000,
+         "vmc_version": "0.1.0", "git_commit": "abcdef0123", "jax_version": "0.10.2",
+         "device_kind": "cpu"}
+    return {**r, **kw}
+
+
+def test_table_rows_and_not_yet_run():
+    text = ladder.table([_record(), _record(steps=16000, plateau=False),
+                         _record(rung="He", steps=1000, settings={"preset": "tiny", "set": []})],
+                        {"C": (1000, 4000, 16000), "N2": (1000,)})
+    lines = text.splitlines()
+    assert lines[2] == ("| C | 6 | 1000 (of 16000) | -37.800000 | 0.500 | -37.845, estimated "
+                        "exact | +45.000 | 71.2 ± 0.3 | 1234 | 11000 |")
+    assert lines[3] == "| C | | 4000 | not yet run | | | | | | |"
+    assert lines[4].startswith("| C | 6 | 16000 | -37.800000 | >=0.500 |")
+    assert lines[5] == "| N2 | | 1000 | not yet run | | | | | | |"
+    assert not any(line.startswith("| He") for line in lines)   # other settings left out
+    assert lines[-1].startswith("Defaults (float32, 256 walkers, solver `sample`, 2000 "
+                                "evaluation steps); vmc 0.1.0 (abcdef01)")
+    empty = ladder.table([], {"O": (1000,)})
+    assert empty.splitlines()[-1] == "Defaults: no rung run yet. Written by scripts/ladder.py."
+
+
+def test_results_file_later_record_wins(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (
+        _record(energy_ha=-1.0), _record(steps=4000), _record(energy_ha=-2.0))) + "\n")
+    got = ladder.read_results(path)
+    assert [(r["steps"], r["energy_ha"]) for r in got] == [(1000, -2.0), (4000, -37.8)]
+    assert ladder.read_results(tmp_path / "none.jsonl") == []
+
+
+def test_write_readme_replaces_the_block_only(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- ladder:begin -->\nold\n<!-- ladder:end -->\nb\n")
+    ladder.write_readme(readme, "| new |")
+    assert readme.read_text() == "a\n<!-- ladder:begin -->\n| new |\n<!-- ladder:end -->\nb\n"
+    (tmp_path / "other.md").write_text("no block\n")
+    with pytest.raises(SystemExit, match="no <!-- ladder:begin -->"):
+        ladder.write_readme(tmp_path / "other.md", "x")
+
+
+def test_bad_arguments_exit_2(capsys):
+    for argv in (["He", "--steps", "0"], ["He", "--set", "optim.steps=5"]):
+        with pytest.raises(SystemExit) as exit_:
+            ladder.main(argv)
+        assert exit_.value.code == 2
+    assert "set by the ladder itself; use --steps" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="rung 'Xx': no systems/Xx.yaml"):
+        ladder.main(["Xx"])
+
+
+def test_he_ladder_end_to_end(tmp_path, capsys):
+    """He, tiny preset, 6 and 12 steps, one checkpoint kept: the 6-step figure comes from the
+    12-step run's checkpoint and equals a plain 6-step run's evaluation bit for bit."""
+    out, readme = tmp_path / "ladder", tmp_path / "README.md"
+    readme.write_text("<!-- ladder:begin -->\n<!-- ladder:end -->\n")
+    argv = ["He", "--steps", "6", "12", "--preset", "tiny", "--set", "run.keep_checkpoints=1",
+            "--out", str(out), "--readme", str(readme), "--write-readme"]
+    assert ladder.main(argv) == 0
+    records = ladder.read_results(out / "results.jsonl")
+    assert [(r["steps"], r["trained_to"]) for r in records] == [(6, 12), (12, 12)]
+    base = out / "He" / ladder.settings_tag("tiny", ["run.keep_checkpoints=1"])
+    assert [p.name for p in ckpt_list(base / "train")] == ["ckpt_000006.h5", "ckpt_000012.h5"]
+    assert [p.name for p in ckpt_list(base / "at_6")] == ["ckpt_000006.h5"]
+    for r in records:
+        assert r["reference_ha"] == HE["energy"] and r["hf_limit_ha"] == HE["hf_limit"]
+        assert r["deviation_mha"] == pytest.approx(1000 * (r["energy_ha"] - HE["energy"]))
+        assert r["corr_pct"] == pytest.approx(100 * (HE["hf_limit"] - r["energy_ha"])
+                                              / (HE["hf_limit"] - HE["energy"]))
+        assert r["n_params"] == 540 and r["eval_steps"] == 20 and r["n_electrons"] == 2
+        assert r["wall_s"] == pytest.approx(r["pretrain_s"] + r["train_s"] + r["eval_s"])
+        assert r["train_s"] > 0 and r["eval_s"] > 0
+    table = readme.read_text()
+    assert "| He | 2 | 6 (of 12) | " in table and "| He | 2 | 12 | " in table
+    # a plain 6-step run evaluates to the same energy
+    plain = tmp_path / "plain"
+    assert vmc_main(["run", str(ROOT / "systems" / "He.yaml"), "--preset", "tiny",
+                     "--set", "optim.steps=6", "--out", str(plain)]) == 0
+    energy = json.loads((plain / "summary.json").read_text())["energy_ha"]
+    assert records[0]["energy_ha"] == energy
+    # rerun: nothing is repeated
+    capsys.readouterr()
+    assert ladder.main(argv) == 0
+    assert "He: [6, 12] steps: all in" in capsys.readouterr().out
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2
+
+
+def ckpt_list(run_dir):
+    from vmc import checkpoint as ckpt
+    return ckpt.list_checkpoints(run_dir / "checkpoints")
