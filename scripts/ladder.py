@@ -106,6 +106,13 @@ def train(rung: str, run_dir: pathlib.Path, steps: list[int], preset, sets) -> i
     return _vmc(*args, *(["--resume"] if holds_run(run_dir) else []))
 
 
+def trained_steps(run_dir: pathlib.Path) -> int | None:
+    """The step of the run's newest checkpoint, or None when it has none."""
+    from vmc import checkpoint as ckpt
+    paths = ckpt.list_checkpoints(run_dir / "checkpoints")
+    return int(ckpt.read_attrs(paths[-1])["step"]) if paths else None
+
+
 def cut_back(run_dir: pathlib.Path, step: int, out: pathlib.Path) -> None:
     """A fresh copy of the run at `out` as it stood at checkpoint `step`: config.yaml, the
     train.h5 rows of steps before it, run.log's lines up to the training (pretraining), the
@@ -113,7 +120,8 @@ def cut_back(run_dir: pathlib.Path, step: int, out: pathlib.Path) -> None:
     from vmc import checkpoint as ckpt, h5io
     src = ckpt.checkpoint_path(run_dir / "checkpoints", step)
     if not src.is_file():
-        raise SystemExit(f"error: {src}: missing (run.keep_steps should have kept it)")
+        raise SystemExit(f"error: {src}: missing: the run went past step {step} without "
+                         f"keeping it (run.keep_steps); evaluate it in a new run (--out)")
     if out.exists():
         shutil.rmtree(out)
     (out / "checkpoints").mkdir(parents=True)
@@ -194,18 +202,19 @@ def run_rung(rung: str, steps: list[int], out: pathlib.Path, results: pathlib.Pa
         print(f"{rung}: {sorted(set(steps))} steps: all in {results}", flush=True)
         return 0
     base = out / rung / settings_tag(preset, sets)
-    train_dir, top = base / "train", max(steps)
-    code = train(rung, train_dir, sorted(set(steps)), preset, sets)
-    if code != 0:
-        print(f"{rung}: training stopped with exit code {code}; run the same command again "
-              f"to continue", file=sys.stderr)
-        return code
-    if evaluated_at(train_dir) != top:
-        print(f"error: {rung}: {train_dir} has no evaluation at step {top}", file=sys.stderr)
-        return 1
+    train_dir = base / "train"
+    latest = trained_steps(train_dir)
+    if latest is None or latest < max(todo) or (latest == max(todo)
+                                                and evaluated_at(train_dir) != latest):
+        code = train(rung, train_dir, sorted(set(steps)), preset, sets)
+        if code != 0:
+            print(f"{rung}: training stopped with exit code {code}; run the same command "
+                  f"again to continue", file=sys.stderr)
+            return code
+    top = trained_steps(train_dir)
     for s in todo:
-        eval_dir = train_dir if s == top else base / f"at_{s}"
-        if s != top and evaluated_at(eval_dir) != s:
+        eval_dir = train_dir if evaluated_at(train_dir) == s else base / f"at_{s}"
+        if eval_dir != train_dir and evaluated_at(eval_dir) != s:
             from vmc.config import load_config
             cut_back(train_dir, s, eval_dir)
             seed = load_config(train_dir / "config.yaml").eval.seed
