@@ -200,10 +200,7 @@ def read_data(path) -> dict:
 def file_choices(cfg, path, *, preset=None, overrides=()) -> str:
     """The `vmc check` size-rule section for the config file at `path`."""
     mol = cfg.build_molecule()
-    data = read_data(path)
-    if "molecule" not in data:   # only sections matter here; molecule keys are never reported
-        data = {k: v for k, v in data.items() if isinstance(v, dict)}
-    found = choices(cfg, data, n_electrons=mol.n_electrons, ecp=mol.has_ecp, preset=preset,
+    found = choices(cfg, read_data(path), n_electrons=mol.n_electrons, ecp=mol.has_ecp, preset=preset,
                     overrides=tuple(overrides), file_label=pathlib.Path(path).name)
     return describe_choices(found, mol.n_electrons, mol.has_ecp)
 
