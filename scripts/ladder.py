@@ -2,12 +2,14 @@
 molecule file and the defaults, at several step counts, into a JSON-lines results file and
 a README table.
 
-    python scripts/ladder.py C N --steps 1000 4000 16000
-    python scripts/ladder.py O H2O CH4 N2            # --steps 1000 4000 (the default)
+    python scripts/ladder.py --all                    # the whole ladder of issue #14 (LADDER)
+    python scripts/ladder.py C N                      # C and N at 1000, 4000 and 16000 steps
+    python scripts/ladder.py O CO --steps 1000 4000   # any rung at any step counts
     python scripts/ladder.py --write-readme           # only the table, from the results file
     python scripts/ladder.py He --steps 20 40 --preset tiny --out /tmp/ladder   # a smoke test
 
-A rung is any systems/<NAME>.yaml (or examples/<NAME>.yaml). It trains once, to the largest
+A rung is any systems/<NAME>.yaml (or examples/<NAME>.yaml); without --steps it runs at its
+LADDER step counts (1000 and 4000 for a rung not in LADDER). It trains once, to the largest
 step count: `vmc run <file> --out OUT/<rung>/<tag>/train --set optim.steps=MAX
 --set run.keep_steps=[the smaller counts]` (`run.keep_steps` writes checkpoints at those
 steps and never prunes them). The run evaluates its own last step. Each smaller count is
@@ -294,8 +296,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("rungs", nargs="*", help=f"systems to run (the ladder: {' '.join(LADDER)})")
-    p.add_argument("--steps", nargs="+", type=int, default=[1000, 4000],
-                   help="step counts (default 1000 4000); training goes to the largest")
+    p.add_argument("--all", action="store_true", help="run every rung of the ladder")
+    p.add_argument("--steps", nargs="+", type=int,
+                   help="step counts (default: the rung's in LADDER, else 1000 4000); "
+                        "training goes to the largest")
     p.add_argument("--out", default=str(ROOT / "runs" / "ladder"))
     p.add_argument("--results", help="JSON-lines results file (default OUT/results.jsonl)")
     p.add_argument("--preset", help="passed to vmc run (e.g. tiny, for a smoke test)")
@@ -305,7 +309,7 @@ def main(argv=None) -> int:
                    help="write the table into README.md's ladder block")
     p.add_argument("--readme", default=str(ROOT / "README.md"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if any(s < 1 for s in args.steps):
+    if args.steps and any(s < 1 for s in args.steps):
         p.error(f"--steps: {min(args.steps)} is not valid; valid: >= 1")
     for s in args.sets:
         if s.split("=", 1)[0].strip() in ("optim.steps", "run.keep_steps"):
@@ -314,10 +318,12 @@ def main(argv=None) -> int:
     results = pathlib.Path(args.results) if args.results else out / "results.jsonl"
     results.parent.mkdir(parents=True, exist_ok=True)
     code = 0
-    for rung in args.rungs:
+    rungs = list(LADDER) + [r for r in args.rungs if r not in LADDER] if args.all else args.rungs
+    for rung in rungs:
         config_file(rung)
-    for rung in args.rungs:
-        code = run_rung(rung, args.steps, out, results, args.preset, args.sets) or code
+    for rung in rungs:
+        steps = args.steps or list(LADDER.get(rung, (1000, 4000)))
+        code = run_rung(rung, steps, out, results, args.preset, args.sets) or code
     text = table(read_results(results), LADDER, {"preset": args.preset, "set": sorted(args.sets)})
     print(text)
     if args.write_readme:

@@ -77,6 +77,22 @@ def test_bad_arguments_exit_2(capsys):
         ladder.main(["Xx"])
 
 
+def test_rungs_run_at_their_planned_step_counts(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(ladder, "run_rung", lambda rung, steps, *rest: calls.append(
+        (rung, steps)) or 0)
+    assert ladder.main(["--all", "--out", str(tmp_path)]) == 0
+    assert calls == [("C", [1000, 4000, 16000]), ("N", [1000, 4000, 16000]),
+                     ("O", [1000, 4000]), ("H2O", [1000, 4000]), ("CH4", [1000, 4000]),
+                     ("N2", [1000, 4000])]
+    calls.clear()
+    assert ladder.main(["CO", "N", "--steps", "50", "--out", str(tmp_path)]) == 0
+    assert calls == [("CO", [50]), ("N", [50])]
+    calls.clear()
+    assert ladder.main(["CO", "--out", str(tmp_path)]) == 0
+    assert calls == [("CO", [1000, 4000])]
+
+
 def test_he_ladder_end_to_end(tmp_path, capsys):
     """He, tiny preset, 6 and 12 steps, one checkpoint kept: the 6-step figure comes from the
     12-step run's checkpoint and equals a plain 6-step run's evaluation bit for bit."""
