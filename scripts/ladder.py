@@ -25,7 +25,8 @@ continues from its newest checkpoint (`vmc run --resume`), a finished evaluation
 repeated (its line in the results file, or its copy's summary.json, is reused) and an
 unfinished one starts again in a fresh copy. Asking for more steps later extends the run.
 
-`<tag>` is `defaults`, or the `--preset`/`--set` settings (a smoke test never mixes with the
+Results: runs/ladder_results.jsonl (git tracks it, so the table can be rebuilt anywhere), or
+OUT/results.jsonl with --out. `<tag>` is `defaults`, or the `--preset`/`--set` settings (a smoke test never mixes with the
 real runs); the README table shows the records with no `--preset` and no `--set` only.
 Wall time: HF pretraining + training steps up to that step (train.h5 step_time, the first
 step's compilation included) + the evaluation, from run.log.
@@ -51,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 LADDER = {"C": (1000, 4000, 16000), "N": (1000, 4000, 16000), "O": (1000, 4000),
           "H2O": (1000, 4000), "CH4": (1000, 4000), "N2": (1000, 4000)}
 MARKER = "ladder"
+RESULTS = ROOT / "runs" / "ladder_results.jsonl"   # tracked by git (.gitignore), unlike runs/
 
 
 def config_file(name: str) -> pathlib.Path:
@@ -300,8 +302,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", nargs="+", type=int,
                    help="step counts (default: the rung's in LADDER, else 1000 4000); "
                         "training goes to the largest")
-    p.add_argument("--out", default=str(ROOT / "runs" / "ladder"))
-    p.add_argument("--results", help="JSON-lines results file (default OUT/results.jsonl)")
+    p.add_argument("--out", help="run directories (default runs/ladder)")
+    p.add_argument("--results", help="JSON-lines results file (default: "
+                   "runs/ladder_results.jsonl, which git tracks, or OUT/results.jsonl with --out)")
     p.add_argument("--preset", help="passed to vmc run (e.g. tiny, for a smoke test)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="passed to vmc run (repeatable)")
@@ -314,8 +317,9 @@ def main(argv=None) -> int:
     for s in args.sets:
         if s.split("=", 1)[0].strip() in ("optim.steps", "run.keep_steps"):
             p.error(f"--set {s}: set by the ladder itself; use --steps")
-    out = pathlib.Path(args.out)
-    results = pathlib.Path(args.results) if args.results else out / "results.jsonl"
+    out = pathlib.Path(args.out) if args.out else ROOT / "runs" / "ladder"
+    results = (pathlib.Path(args.results) if args.results else out / "results.jsonl"
+               if args.out else RESULTS)
     results.parent.mkdir(parents=True, exist_ok=True)
     code = 0
     rungs = list(LADDER) + [r for r in args.rungs if r not in LADDER] if args.all else args.rungs
