@@ -98,7 +98,7 @@ class SamplerConfig:
 @dataclasses.dataclass(frozen=True)
 class HamiltonianConfig:
     """Local energy settings."""
-    laplacian: str = _field("forward", choices=("forward", "hessian"))
+    laplacian: str = _field("forward", choices=("forward", "forward-sparse", "hessian"))
     # walkers per device whose E_L is evaluated at once (None: all); bounds the memory of the
     # forward Laplacian, which grows as walkers x electrons^2 (scripts/profile_step.py --memory)
     chunk_walkers: Optional[int] = _field(None, lo=1)
