@@ -21,7 +21,10 @@ then the parent's, peak_mb null). The full table of README "Performance and memo
 
     python scripts/bench_laplacian.py --json > laplacian.jsonl      # ~40 min on 2 CPU cores
 
-and a quick look: `python scripts/bench_laplacian.py --systems He Li --sizes default`.
+then `python scripts/bench_laplacian.py --table laplacian.jsonl` (markdown, the default
+re-derived from the current setting, and per case whether the default is the fastest method
+that keeps float32 accuracy, or within 5 % of it). A quick look:
+`python scripts/bench_laplacian.py --systems He Li --sizes default`.
 
 Sizes: 'default' is the configuration's default network; 'benchmark' is FermiNet's
 benchmark network ((128,16)×3 layers, 8 determinants; issue #13) and for the Psiformer
@@ -164,6 +167,48 @@ def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
+def accurate(rows, factor: float = 2.0) -> list:
+    """The rows of one case that keep float32 accuracy: max_abs_dev_ha at most `factor`
+    times the case's smallest (all methods share the float32 network's rounding)."""
+    best = min(r["max_abs_dev_ha"] for r in rows)
+    return [r for r in rows if r["max_abs_dev_ha"] <= factor * best]
+
+
+def check_default(rows, tolerance: float = 0.05) -> tuple:
+    """(fastest accurate method, default method, default's time / fastest's) of one case;
+    `default` is recomputed from the current `hamiltonian.laplacian` default."""
+    from vmc.config import HamiltonianConfig
+    from vmc.hamiltonian import resolve_laplacian
+    r0 = rows[0]
+    pick = resolve_laplacian(HamiltonianConfig().laplacian, r0["ansatz"], r0["n_electrons"])
+    fastest = min(accurate(rows), key=lambda r: r["ms_per_batch"])
+    mine = next(r for r in rows if r["method"] == pick)
+    return fastest["method"], pick, mine["ms_per_batch"] / fastest["ms_per_batch"]
+
+
+def print_table(path) -> None:
+    """A markdown table of saved `--json` rows (file `path`), the default re-derived from
+    the current setting, and per case whether it is the fastest accurate one or within 5 %."""
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    cases = {}
+    for r in rows:
+        cases.setdefault((r["system"], r["ansatz"], r["size"]), []).append(r)
+    print("| system | ansatz | size | method | ms/batch | compile s | peak MB | max abs dE (Ha) |"
+          " |\n|---|---|---|---|---|---|---|---|---|")
+    verdicts = []
+    for case, rs in cases.items():
+        fastest, pick, ratio = check_default(rs)
+        verdicts.append((case, fastest, pick, ratio))
+        for r in rs:
+            mark = "default" if r["method"] == pick else ""
+            print(f"| {' | '.join(case)} | {r['method']} | {r['ms_per_batch']:.1f} | "
+                  f"{r['compile_s']:.1f} | {_fmt(r['peak_mb'], '.0f')} | "
+                  f"{r['max_abs_dev_ha']:.1e} | {mark} |")
+    for case, fastest, pick, ratio in verdicts:
+        ok = "ok" if ratio <= 1.05 else "SLOWER"
+        print(f"{' '.join(case)}: fastest {fastest}, default {pick} at {ratio:.2f}x: {ok}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--systems", nargs="+", default=list(SYSTEMS))
@@ -175,11 +220,15 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-memory", action="store_true", help="no child processes")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--table", default=None, metavar="JSONL",
+                   help="print saved --json rows as a markdown table and check the default")
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     p.add_argument("--cache", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         return _child(args)
+    if args.table:
+        return print_table(args.table)
     with tempfile.TemporaryDirectory(prefix="bench_laplacian_") as cache:
         _setup_jax(cache)
         from vmc.hamiltonian import LAPLACIANS
