@@ -26,4 +26,4 @@ def test_bench_laplacian_json_on_helium(capsys):
         assert r["peak_mb"] >= r["base_mb"] > 50          # a child's RSS, JAX imported
         # float32 E_L of a fresh network against the float64 Hessian: float32 rounding only
         assert 0 < r["max_abs_dev_ha"] < 1e-3
-    assert [r["default"] for r in rows] == [True, False]  # hamiltonian.laplacian: forward
+    assert [r["default"] for r in rows] == [True, False]  # auto: dense for 2 electrons

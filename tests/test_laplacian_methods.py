@@ -91,3 +91,19 @@ def test_resolve_laplacian():
     assert resolve_laplacian("hessian", "psiformer", 10) == "hessian"
     with pytest.raises(ValueError, match="forward-sparse"):
         resolve_laplacian("sparse", "ferminet", 3)
+
+
+def test_auto_picks_sparse_by_ansatz_and_electrons_and_config_resolves_it():
+    from vmc.config import load_config
+    assert resolve_laplacian("auto", "ferminet", 9) == "forward"
+    assert resolve_laplacian("auto", "ferminet", 10) == "forward-sparse"
+    assert resolve_laplacian("auto", "psiformer", 2) == "forward"
+    assert resolve_laplacian("auto", "psiformer", 3) == "forward-sparse"
+    assert resolve_laplacian("auto", "hf", 30) == "forward"
+    root = __import__("pathlib").Path(__file__).resolve().parents[1] / "systems"
+    assert load_config(root / "Ne.yaml").hamiltonian.laplacian == "forward-sparse"
+    assert load_config(root / "N.yaml").hamiltonian.laplacian == "forward"
+    assert load_config(root / "N.yaml", overrides=("ansatz.name=psiformer",)
+                       ).hamiltonian.laplacian == "forward-sparse"
+    assert load_config(root / "Ne.yaml", overrides=("hamiltonian.laplacian=hessian",)
+                       ).hamiltonian.laplacian == "hessian"

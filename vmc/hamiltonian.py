@@ -22,18 +22,35 @@ LAPLACIANS = ("forward", "forward-sparse", "hessian")
 SPARSE_THRESHOLD = 6
 
 
+# 'auto' (hamiltonian.laplacian's default): folx sparse from this many electrons on, else
+# folx dense. From scripts/bench_laplacian.py's table (README, Performance and memory; CPU,
+# 32 walkers, a loaded machine): FermiNet's sparse pass took 1.1-2.8x dense's time up to
+# O (8 electrons) and 0.3-0.9x at Ne and H2O (10); the Psiformer's 0.7-1.04x from Li on,
+# 1.5-2.4x for He. The Hessian loop took 1.3-3.4x dense's time (two noisy rows aside).
+SPARSE_FROM = {"ferminet": 10, "psiformer": 3}
+
+
 def resolve_laplacian(setting: str, ansatz: str, n_electrons: int) -> str:
     """The method of `kinetic_parts` that `hamiltonian.laplacian: setting` means for a case.
 
     Args:
-      setting: one of LAPLACIANS, returned as is.
-      ansatz: 'ferminet', 'psiformer' or 'hf'; n_electrons: electrons of the molecule.
+      setting: 'auto' (folx sparse, 'forward-sparse', for an ansatz with at least
+        SPARSE_FROM[ansatz] electrons, else folx dense, 'forward') or one of LAPLACIANS,
+        returned as is.
+      ansatz: 'ferminet', 'psiformer' or 'hf' (always dense under 'auto').
+      n_electrons: electrons of the molecule.
+    Returns:
+      one of LAPLACIANS.
     Raises:
       ValueError: unknown setting.
     """
     if setting in LAPLACIANS:
         return setting
-    raise ValueError(f"hamiltonian.laplacian: unknown {setting!r}; valid: {', '.join(LAPLACIANS)}")
+    if setting == "auto":
+        from_n = SPARSE_FROM.get(ansatz)
+        return "forward-sparse" if from_n is not None and n_electrons >= from_n else "forward"
+    raise ValueError(f"hamiltonian.laplacian: unknown {setting!r}; valid: auto, "
+                     f"{', '.join(LAPLACIANS)}")
 
 
 def potential_energy(x, atoms, charges, nuclear_repulsion: float = 0.0):
@@ -130,7 +147,8 @@ def make_local_energy(log_psi: Callable, molecule, laplacian: str = "forward",
     Args:
       log_psi: (params, x) -> (sign, logabs).
       molecule: `vmc.system.Molecule`.
-      laplacian: one of LAPLACIANS (kinetic_from_logabs).
+      laplacian: one of LAPLACIANS (kinetic_from_logabs; the setting 'auto' is resolved
+        to one of them by the configuration, `resolve_laplacian`).
       dtype: dtype of the nuclear coordinates fed to the potential.
       ecp_rule: spherical rule of the non-local estimator (`vmc.ecp.quadrature`).
     Raises:
