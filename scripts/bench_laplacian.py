@@ -167,46 +167,58 @@ def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
-def accurate(rows, factor: float = 2.0) -> list:
+def accurate(rows, factor: float = 10.0) -> list:
     """The rows of one case that keep float32 accuracy: max_abs_dev_ha at most `factor`
-    times the case's smallest (all methods share the float32 network's rounding)."""
-    best = min(r["max_abs_dev_ha"] for r in rows)
-    return [r for r in rows if r["max_abs_dev_ha"] <= factor * best]
+    times the case's smallest, or at most the float32 Hessian loop's own (the methods share
+    the float32 network, and one walker near a node of ψ can set a case's maximum)."""
+    devs = {r["method"]: r["max_abs_dev_ha"] for r in rows}
+    limit = max(factor * min(devs.values()), devs.get("hessian", 0.0))
+    return [r for r in rows if r["max_abs_dev_ha"] <= limit]
 
 
-def check_default(rows, tolerance: float = 0.05) -> tuple:
+def check_default(rows) -> tuple:
     """(fastest accurate method, default method, default's time / fastest's) of one case;
-    `default` is recomputed from the current `hamiltonian.laplacian` default."""
+    the default is recomputed from the current `hamiltonian.laplacian` default (None when
+    it is not among the accurate rows)."""
     from vmc.config import HamiltonianConfig
     from vmc.hamiltonian import resolve_laplacian
     r0 = rows[0]
     pick = resolve_laplacian(HamiltonianConfig().laplacian, r0["ansatz"], r0["n_electrons"])
-    fastest = min(accurate(rows), key=lambda r: r["ms_per_batch"])
-    mine = next(r for r in rows if r["method"] == pick)
-    return fastest["method"], pick, mine["ms_per_batch"] / fastest["ms_per_batch"]
+    ok = accurate(rows)
+    fastest = min(ok, key=lambda r: r["ms_per_batch"])
+    mine = [r for r in ok if r["method"] == pick]
+    ratio = mine[0]["ms_per_batch"] / fastest["ms_per_batch"] if mine else None
+    return fastest["method"], pick, ratio
 
 
-def print_table(path) -> None:
-    """A markdown table of saved `--json` rows (file `path`), the default re-derived from
-    the current setting, and per case whether it is the fastest accurate one or within 5 %."""
+def print_table(path, tolerance: float = 0.05) -> None:
+    """Saved `--json` rows (file `path`) as a markdown table, one line per case, the methods
+    as h (hessian), f (forward), s (forward-sparse); the default re-derived from the current
+    setting and checked: the fastest accurate method (`accurate`), or within `tolerance`."""
     rows = [json.loads(line) for line in open(path) if line.strip()]
     cases = {}
     for r in rows:
-        cases.setdefault((r["system"], r["ansatz"], r["size"]), []).append(r)
-    print("| system | ansatz | size | method | ms/batch | compile s | peak MB | max abs dE (Ha) |"
-          " |\n|---|---|---|---|---|---|---|---|---|")
-    verdicts = []
-    for case, rs in cases.items():
+        cases.setdefault((r["system"], r["ansatz"], r["size"]), {})[r["method"]] = r
+    short = {"hessian": "h", "forward": "f", "forward-sparse": "s"}
+    order = [m for m in short if any(m in c for c in cases.values())]
+    cols = "/".join(short[m] for m in order)
+    print(f"| system | ansatz | size | n | ms/batch {cols} | compile s {cols} | "
+          f"peak MB {cols} | max abs dE (Ha) {cols} | default | check |")
+    print("|---" * 10 + "|")
+    n_ok = 0
+    for case, by in cases.items():
+        rs = [by[m] for m in order]
         fastest, pick, ratio = check_default(rs)
-        verdicts.append((case, fastest, pick, ratio))
-        for r in rs:
-            mark = "default" if r["method"] == pick else ""
-            print(f"| {' | '.join(case)} | {r['method']} | {r['ms_per_batch']:.1f} | "
-                  f"{r['compile_s']:.1f} | {_fmt(r['peak_mb'], '.0f')} | "
-                  f"{r['max_abs_dev_ha']:.1e} | {mark} |")
-    for case, fastest, pick, ratio in verdicts:
-        ok = "ok" if ratio <= 1.05 else "SLOWER"
-        print(f"{' '.join(case)}: fastest {fastest}, default {pick} at {ratio:.2f}x: {ok}")
+        ok = ratio is not None and ratio <= 1 + tolerance
+        n_ok += ok
+        check = (f"{'ok' if ok else 'NO'}: {ratio:.2f}x {fastest}" if ratio is not None
+                 else "NO: not accurate")
+        def col(key, spec):
+            return " / ".join(_fmt(r[key], spec) for r in rs)
+        print(f"| {' | '.join(case)} | {rs[0]['n_electrons']} | {col('ms_per_batch', '.1f')} | "
+              f"{col('compile_s', '.0f')} | {col('peak_mb', '.0f')} | "
+              f"{col('max_abs_dev_ha', '.0e')} | {short[pick]} | {check} |")
+    print(f"default fastest or within {100 * tolerance:.0f} % of it: {n_ok} of {len(cases)} cases")
 
 
 def main(argv=None) -> None:
