@@ -19,7 +19,7 @@ The children share a temporary JAX compilation cache with the parent, so the par
 compile of the same program is a cache hit. `--no-memory` skips the children (compile_s is
 then the parent's, peak_mb null). The full table of README "Performance and memory" was
 
-    python scripts/bench_laplacian.py --json > laplacian.jsonl      # ~40 min on 2 CPU cores
+    python scripts/bench_laplacian.py --json > laplacian.jsonl      # 30 min on 2 CPU cores
 
 then `python scripts/bench_laplacian.py --table laplacian.jsonl` (markdown, the default
 re-derived from the current setting, and per case whether the default is the fastest method
@@ -222,6 +222,7 @@ def print_table(path, tolerance: float = 0.05) -> None:
 
 
 def main(argv=None) -> None:
+    """Command line (see the module docstring); `argv` None: sys.argv."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--systems", nargs="+", default=list(SYSTEMS))
     p.add_argument("--ansatz", nargs="+", default=list(ANSATZE), choices=ANSATZE)

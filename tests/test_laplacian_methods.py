@@ -8,6 +8,7 @@ warned "could not perform index operation select_n" and materialized every Jacob
 
 import dataclasses
 import logging
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -100,7 +101,7 @@ def test_auto_picks_sparse_by_ansatz_and_electrons_and_config_resolves_it():
     assert resolve_laplacian("auto", "psiformer", 2) == "forward"
     assert resolve_laplacian("auto", "psiformer", 3) == "forward-sparse"
     assert resolve_laplacian("auto", "hf", 30) == "forward"
-    root = __import__("pathlib").Path(__file__).resolve().parents[1] / "systems"
+    root = pathlib.Path(__file__).resolve().parents[1] / "systems"
     assert load_config(root / "Ne.yaml").hamiltonian.laplacian == "forward-sparse"
     assert load_config(root / "N.yaml").hamiltonian.laplacian == "forward"
     assert load_config(root / "N.yaml", overrides=("ansatz.name=psiformer",)
