@@ -98,7 +98,11 @@ class SamplerConfig:
 @dataclasses.dataclass(frozen=True)
 class HamiltonianConfig:
     """Local energy settings."""
-    laplacian: str = _field("forward", choices=("forward", "hessian"))
+    # kinetic energy: "forward" (folx, dense Jacobians), "forward-sparse" (folx, sparse ones),
+    # "hessian" (jvp-of-grad loop), or "auto": forward-sparse for a FermiNet of >= 10
+    # electrons or a Psiformer of >= 3, else forward (vmc.hamiltonian.resolve_laplacian,
+    # from scripts/bench_laplacian.py); config.yaml holds the resolved method
+    laplacian: str = _field("auto", choices=("auto", "forward", "forward-sparse", "hessian"))
     # walkers per device whose E_L is evaluated at once (None: all); bounds the memory of the
     # forward Laplacian, which grows as walkers x electrons^2 (scripts/profile_step.py --memory)
     chunk_walkers: Optional[int] = _field(None, lo=1)
@@ -296,6 +300,9 @@ def _resolve_defaults(cfg: Config, n_electrons: int) -> Config:
     if optim.steps is None:
         optim = dataclasses.replace(optim, steps=rule.optim_steps(n_electrons, ecp_on).value)
     ansatz = cfg.ansatz
+    from vmc.hamiltonian import resolve_laplacian
+    ham = dataclasses.replace(cfg.hamiltonian, laplacian=resolve_laplacian(
+        cfg.hamiltonian.laplacian, ansatz.name, n_electrons))
     if ansatz.jastrow is None:
         ansatz = dataclasses.replace(ansatz, jastrow=rule.jastrow(ansatz.name).value)
     if ev.walkers is None:
@@ -322,7 +329,8 @@ def _resolve_defaults(cfg: Config, n_electrons: int) -> Config:
     if 0 < ev.steps < 16:
         raise InputError(f"eval.steps: {ev.steps} is not valid; valid: 0 (no evaluation) or "
                          f">= 16 (reblocking needs 16 samples)")
-    return dataclasses.replace(cfg, ansatz=ansatz, optim=optim, pretrain=pre, eval=ev)
+    return dataclasses.replace(cfg, ansatz=ansatz, optim=optim, pretrain=pre, eval=ev,
+                               hamiltonian=ham)
 
 
 def config_from_dict(data: dict, *, name: str = "molecule", preset: Optional[str] = None,

@@ -16,7 +16,41 @@ import jax.numpy as jnp
 
 from vmc.ansatz.common import pair_distances
 
-LAPLACIANS = ("forward", "hessian")
+LAPLACIANS = ("forward", "forward-sparse", "hessian")
+# folx's sparsity_threshold for 'forward-sparse': a Jacobian with at most this many non-zero
+# input coordinates stays sparse (one electron: 3, one pair: 6, e.g. FermiNet's h2 stream)
+SPARSE_THRESHOLD = 6
+
+
+# 'auto' (hamiltonian.laplacian's default): folx sparse from this many electrons on, else
+# folx dense. From scripts/bench_laplacian.py's table (README, Performance and memory; CPU,
+# 32 walkers, a loaded machine): FermiNet's sparse pass took 1.1-2.8x dense's time up to
+# O (8 electrons) and 0.3-0.9x at Ne and H2O (10); the Psiformer's 0.7-1.04x from Li on,
+# 1.5-2.4x for He. The Hessian loop took 1.3-3.4x dense's time (two noisy rows aside).
+SPARSE_FROM = {"ferminet": 10, "psiformer": 3}
+
+
+def resolve_laplacian(setting: str, ansatz: str, n_electrons: int) -> str:
+    """The method of `kinetic_parts` that `hamiltonian.laplacian: setting` means for a case.
+
+    Args:
+      setting: 'auto' (folx sparse, 'forward-sparse', for an ansatz with at least
+        SPARSE_FROM[ansatz] electrons, else folx dense, 'forward') or one of LAPLACIANS,
+        returned as is.
+      ansatz: 'ferminet', 'psiformer' or 'hf' (always dense under 'auto').
+      n_electrons: electrons of the molecule.
+    Returns:
+      one of LAPLACIANS.
+    Raises:
+      ValueError: unknown setting.
+    """
+    if setting in LAPLACIANS:
+        return setting
+    if setting == "auto":
+        from_n = SPARSE_FROM.get(ansatz)
+        return "forward-sparse" if from_n is not None and n_electrons >= from_n else "forward"
+    raise ValueError(f"hamiltonian.laplacian: unknown {setting!r}; valid: auto, "
+                     f"{', '.join(LAPLACIANS)}")
 
 
 def potential_energy(x, atoms, charges, nuclear_repulsion: float = 0.0):
@@ -50,8 +84,9 @@ def kinetic_parts(logabs_fn: Callable, x, laplacian: str = "forward"):
     def f(v):
         return logabs_fn(v.reshape(shape))
 
-    if laplacian == "forward":
-        out = folx.forward_laplacian(f, sparsity_threshold=0)(flat)
+    if laplacian in ("forward", "forward-sparse"):
+        threshold = SPARSE_THRESHOLD if laplacian == "forward-sparse" else 0
+        out = folx.forward_laplacian(f, sparsity_threshold=threshold)(flat)
         lap = out.laplacian
         grad = out.jacobian.dense_array.reshape(-1)
     elif laplacian == "hessian":
@@ -63,7 +98,8 @@ def kinetic_parts(logabs_fn: Callable, x, laplacian: str = "forward"):
             return jax.jvp(grad_f, (flat,), (eye[i],))[1][i]
         lap = jnp.sum(jax.lax.map(second, jnp.arange(flat.shape[0])))
     else:
-        raise ValueError(f"hamiltonian.laplacian: unknown {laplacian!r}; valid: forward, hessian")
+        raise ValueError(f"hamiltonian.laplacian: unknown {laplacian!r}; valid: "
+                         f"{', '.join(LAPLACIANS)}")
     return lap, jnp.sum(grad * grad)
 
 
@@ -73,8 +109,9 @@ def kinetic_from_logabs(logabs_fn: Callable, x, laplacian: str = "forward"):
     Args:
       logabs_fn: x (n_electrons, 3) -> log|ψ| scalar.
       x: (n_electrons, 3) bohr.
-      laplacian: 'forward' (folx forward Laplacian) or 'hessian' (Σ_k e_kᵀ ∇²f e_k by
-        jvp-of-grad over the 3 n_electrons coordinates).
+      laplacian: 'forward' (folx forward Laplacian, dense Jacobians), 'forward-sparse'
+        (folx, Jacobians with at most SPARSE_THRESHOLD non-zero coordinates kept sparse) or
+        'hessian' (Σ_k e_kᵀ ∇²f e_k by jvp-of-grad over the 3 n_electrons coordinates).
     Raises:
       ValueError: unknown laplacian.
     """
@@ -110,14 +147,16 @@ def make_local_energy(log_psi: Callable, molecule, laplacian: str = "forward",
     Args:
       log_psi: (params, x) -> (sign, logabs).
       molecule: `vmc.system.Molecule`.
-      laplacian: 'forward' or 'hessian'.
+      laplacian: one of LAPLACIANS (kinetic_from_logabs; the setting 'auto' is resolved
+        to one of them by the configuration, `resolve_laplacian`).
       dtype: dtype of the nuclear coordinates fed to the potential.
       ecp_rule: spherical rule of the non-local estimator (`vmc.ecp.quadrature`).
     Raises:
       ValueError: unknown laplacian or rule.
     """
     if laplacian not in LAPLACIANS:
-        raise ValueError(f"hamiltonian.laplacian: unknown {laplacian!r}; valid: forward, hessian")
+        raise ValueError(f"hamiltonian.laplacian: unknown {laplacian!r}; valid: "
+                         f"{', '.join(LAPLACIANS)}")
     atoms = jnp.asarray(molecule.positions, dtype)
     charges = jnp.asarray(molecule.charges, dtype)
     e_nn = molecule.nuclear_repulsion

@@ -46,8 +46,12 @@ def rescaled_features(x, atoms, smooth=()):
     ae = x[:, None, :] - atoms[None, :, :]
     r_ae = smooth_distance(ae, jnp.linalg.norm(ae, axis=-1, keepdims=True), smooth)
     log_r = jnp.log1p(r_ae)
-    positive = r_ae > 0
-    scale = jnp.where(positive, log_r / jnp.where(positive, r_ae, 1.0), 1.0)
+    # log(1+r)/r, 1 at r = 0, by arithmetic on a 0/1 mask rather than jnp.where: folx's
+    # sparse forward Laplacian needs a select_n's predicate known at trace time, and this
+    # one depends on x, so it materialized every Jacobian (its "could not perform index
+    # operation select_n" warning). The values are the same: r + 0 = r where r > 0.
+    at_nucleus = (r_ae <= 0).astype(r_ae.dtype)
+    scale = (1.0 - at_nucleus) * log_r / (r_ae + at_nucleus) + at_nucleus
     h = jnp.concatenate([ae * scale, log_r], axis=-1).reshape(x.shape[0], -1)
     return h, ae, r_ae
 
