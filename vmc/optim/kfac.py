@@ -7,37 +7,48 @@ The damped Fisher F + λI is approximated block-diagonally:
   damping, Martens & Grosse 2015 §6.3); a kernel W̃ = [W; bias] is preconditioned as
   (A + π√λ I)⁻¹ ∇W̃ (B + √λ/π I)⁻¹;
 - every other parameter (envelope π, σ; Jastrow α): diag(ŌᵀŌ) + λ (exact centred Fisher
-  diagonal).
+  diagonal);
+- optionally minus the rank-1 mean term of each Dense block (below).
 
-Centring (`optim.kfac_centred`; MATH.md §7). A, B are uncentred second moments while F is
+Centring (`optim.kfac_centring`; MATH.md §7). A, B are uncentred second moments while F is
 a covariance: F's block of a Dense layer is E[vec G vec Gᵀ] − m mᵀ, G = Σ_s ã_s b_sᵀ the
 per-walker layer gradient and m = vec E[G] (walker mean, `Statistics.mean`; with the
-factors' 1/n_w, so the same normalisation as F = ŌᵀŌ). On FermiNet's orbital layers
-|m|²/tr F is 3–7 (issue #16): the mean term is the larger part of the uncentred block and
-A ⊗ B badly overestimates F along m. Centred KFAC keeps A ⊗ B for the second moment and
-subtracts the exact rank-1 mean term, M − m mᵀ with M the damped Kronecker product, and
-inverts it by Sherman–Morrison,
+factors' 1/n_w, so the same normalisation as F = ŌᵀŌ). Issue #16 measured |m|²/tr F of
+3–7 on FermiNet's orbital layers: there the mean term is most of the uncentred block, and
+A ⊗ B overestimates F along m. Centred KFAC keeps A ⊗ B for the second moment and
+subtracts a rank-1 mean term, M − c m mᵀ with M the damped Kronecker product, inverted by
+Sherman–Morrison,
 
-    (M − m mᵀ)⁻¹ĝ = M⁻¹ĝ + u (uᵀĝ)/δ,   u = M⁻¹m = vec(A_λ⁻¹ Ḡ B_λ⁻¹),   δ = 1 − mᵀu.
+    (M − c m mᵀ)⁻¹ĝ = M⁻¹ĝ + u (uᵀĝ)/δ,   u = √c M⁻¹m = √c vec(A_λ⁻¹ Ḡ B_λ⁻¹),
+    δ = 1 − c mᵀM⁻¹m.
 
-M^{-1/2}(M − m mᵀ)M^{-1/2} = I − w wᵀ, |w|² = mᵀM⁻¹m, so M − m mᵀ ⪰ δ M: it is SPD iff
-δ > 0. A ⊗ B is no upper bound on the second moment (the expand rule keeps only the
-same-use terms s = s′ of E[vec G vec Gᵀ], while m mᵀ has every pair), so δ ≤ 0 happens;
-where δ ≤ `CENTRED_GUARD` the layer falls back to M alone (uncentred) and the fall-back is
-counted (`OptStats.fallbacks`, per update; `KfacState.fallbacks`, total). Separately centred
-factors (A − āāᵀ) ⊗ (B − b̄b̄ᵀ) are a different, weaker approximation and not used.
+M^{-1/2}(M − c m mᵀ)M^{-1/2} = I − w wᵀ with |w|² = 1 − δ, so M − c m mᵀ ⪰ δ M: SPD iff
+δ > 0. Where δ ≤ `CENTRED_GUARD` the layer falls back to M alone and the fall-back is
+counted (`OptStats.fallbacks`, per update; `KfacState.fallbacks`, total).
+
+The weight c. 'walker': c = 1, F's own mean term. But A ⊗ B is no upper bound on the
+second moment: the expand rule keeps only the same-use terms s = s′ of E[vec G vec Gᵀ]
+(and factorises them as if a and b were independent), while m mᵀ = Σ_{s,s′} of the
+per-use means, every pair. If the S uses of a walker were independent draws, the cross-use
+terms would be (1 − 1/S) m mᵀ, and the covariance consistent with M is
+M − m mᵀ/S: 'use', c = 1/S (S = `DenseLayer.uses`). In the model A ⊗ B assumes (uses
+independent, a independent of b: m = S ā ⊗ b̄, B = S E[b bᵀ] over uses), c = 1/S gives
+1 − δ = (āᵀA⁻¹ā)(b̄ᵀE[b bᵀ]⁻¹b̄) < 1 (Jensen: ā āᵀ ⪯ E[a aᵀ]), so δ > 0; c = 1 gives
+S times that. Measured on
+Li and LiH (README, scripts/bench_kfac_centred.py). Separately centred factors
+(A − āāᵀ) ⊗ (B − b̄b̄ᵀ) are a different, weaker approximation and not used.
 
 A, B, m and the diagonal are exponential moving averages with decay `optim.kfac_cov_ema`
 (the first step takes the batch values). m is averaged like A and B, not taken per batch:
-M − m mᵀ is then the covariance of one and the same EMA-weighted mixture of batches (for
+M − c m mᵀ is then the covariance of one and the same EMA-weighted mixture of batches (for
 exact second moments that is PSD by construction), whereas a per-batch mean against
 averaged second moments has no such bound and would trip the guard on batch noise. The
 damped inverses, u and δ are refreshed every `optim.kfac_inverse_every` updates (Cholesky,
 float64). All of it lives in `KfacState`, a pytree of arrays, so checkpoints carry it.
 
-'kfac': d = M⁻¹ĝ with M the damped Kronecker/diagonal matrix (centred: M − m mᵀ per
-layer); norm constraint on ĝᵀd = dᵀMd. 'kfac-cg': preconditioned CG on the exact damped F (as `vmc.optim.cg`) with
-M⁻¹ as preconditioner, started at the KFAC direction x₀ = M⁻¹ĝ (0 iterations = 'kfac');
+'kfac': d = M⁻¹ĝ with M the damped Kronecker/diagonal matrix (centred: M − c m mᵀ per
+layer); norm constraint on ĝᵀd = dᵀMd. 'kfac-cg': preconditioned CG on the exact damped F
+(as `vmc.optim.cg`) with M⁻¹ as preconditioner, started at the KFAC direction x₀ = M⁻¹ĝ (0 iterations = 'kfac');
 norm constraint on dᵀ(F + λI)d. Convention: ĝ = Cov(E_L, O) = g/2 (FermiNet's).
 
 Diagnostic (`optim.kfac_cosines`): each update also solves the exact SR system of its own
@@ -72,8 +83,9 @@ class KfacState(NamedTuple):
     """count: () int32 updates done; a, b: {layer: EMA factor} float64; a_inv, b_inv: their
     damped inverses at the last refresh; diag: params-like nested dict of the other
     parameters' EMA Fisher diagonal; diag_inv: 1/(diag + λ) at the last refresh; mean:
-    {layer: EMA Ḡ (d̃_in, d_out)}; mean_inv: {layer: u = A_λ⁻¹ Ḡ B_λ⁻¹} and denominator:
-    {layer: δ = 1 − ⟨Ḡ, u⟩ ()} at the last refresh; fallbacks: () int32, centring
+    {layer: EMA Ḡ (d̃_in, d_out)}; mean_inv: {layer: u = √c A_λ⁻¹ Ḡ B_λ⁻¹} and
+    denominator: {layer: δ = 1 − c ⟨Ḡ, A_λ⁻¹ Ḡ B_λ⁻¹⟩ ()} at the last refresh (c:
+    `mean_weights`); fallbacks: () int32, centring
     fall-backs (layer-updates) so far."""
     count: jax.Array
     a: dict
@@ -104,13 +116,21 @@ def _spd_inverse(m):
     return 0.5 * (inv + inv.T)
 
 
-def _inverses(a, b, diag, mean, damping: float):
+def mean_weights(layers: tuple[DenseLayer, ...], centring: str) -> dict:
+    """{layer: c}, the weight of the subtracted mean term c m mᵀ: 1 for 'walker' (F's own
+    mean term), 1/S for 'use' (and for 'none', whose state still carries the terms for the
+    diagnostic): the mean term that the expand rule's model of S independent uses implies."""
+    return {ly.name: 1.0 if centring == "walker" else 1.0 / ly.uses for ly in layers}
+
+
+def _inverses(a, b, diag, mean, weight, damping: float):
     a_inv, b_inv, mean_inv, denominator = {}, {}, {}, {}
     for name in a:
         da, db = damped_factors(a[name], b[name], damping)
         a_inv[name], b_inv[name] = _spd_inverse(da), _spd_inverse(db)
-        mean_inv[name] = a_inv[name] @ mean[name] @ b_inv[name]
-        denominator[name] = 1.0 - jnp.vdot(mean[name], mean_inv[name])
+        u = a_inv[name] @ mean[name] @ b_inv[name]
+        mean_inv[name] = jnp.sqrt(weight[name]) * u
+        denominator[name] = 1.0 - weight[name] * jnp.vdot(mean[name], u)
     return (a_inv, b_inv, jax.tree_util.tree_map(lambda d: 1.0 / (d + damping), diag),
             mean_inv, denominator)
 
@@ -132,9 +152,10 @@ def init_state(layers: tuple[DenseLayer, ...], params) -> KfacState:
                      jnp.zeros((), jnp.int32))
 
 
-def accumulate(state: KfacState, stats, cfg) -> KfacState:
-    """Moving averages of the factors and of Ḡ; inverses, u and δ refreshed every
-    `kfac_inverse_every` updates. The fall-back total is left to `make_kfac`'s update."""
+def accumulate(state: KfacState, stats, cfg, weight: dict) -> KfacState:
+    """Moving averages of the factors and of Ḡ; inverses, u and δ (mean-term weights c:
+    `mean_weights`) refreshed every `kfac_inverse_every` updates. The fall-back total is left
+    to `make_kfac`'s update."""
     decay = jnp.where(state.count == 0, 0.0, cfg.kfac_cov_ema).astype(F64)
     ema = lambda old, new: decay * old + (1.0 - decay) * new  # noqa: E731
     a = jax.tree_util.tree_map(ema, state.a, stats.a)
@@ -143,7 +164,7 @@ def accumulate(state: KfacState, stats, cfg) -> KfacState:
     diag = jax.tree_util.tree_map(ema, state.diag, traverse_util.unflatten_dict(stats.diag))
     a_inv, b_inv, diag_inv, mean_inv, denominator = jax.lax.cond(
         state.count % cfg.kfac_inverse_every == 0,
-        lambda: _inverses(a, b, diag, mean, cfg.damping),
+        lambda: _inverses(a, b, diag, mean, weight, cfg.damping),
         lambda: (state.a_inv, state.b_inv, state.diag_inv, state.mean_inv,
                  state.denominator))
     return KfacState(state.count + 1, a, b, a_inv, b_inv, diag, diag_inv, mean, mean_inv,
@@ -158,8 +179,8 @@ def centring_ok(state: KfacState, guard: float = CENTRED_GUARD) -> dict:
 def precondition(state: KfacState, grad, centred: bool = False):
     """M⁻¹ĝ for ĝ in split form ({layer: (d̃_in, d_out)}, {other key: array}), float64.
 
-    centred: each Dense block is (M − m mᵀ)⁻¹ĝ = M⁻¹ĝ + u ⟨u, ĝ⟩/δ (Sherman–Morrison) where
-    `centring_ok`, M⁻¹ĝ elsewhere (the guard's fall-back).
+    centred: each Dense block is (M − c m mᵀ)⁻¹ĝ = M⁻¹ĝ + u ⟨u, ĝ⟩/δ (Sherman–Morrison, u
+    and δ from `KfacState`) where `centring_ok`, M⁻¹ĝ elsewhere (the guard's fall-back).
     """
     g_dense, g_other = grad
     d_dense = {n: state.a_inv[n] @ g.astype(F64) @ state.b_inv[n] for n, g in g_dense.items()}
@@ -206,7 +227,7 @@ def _pcg_solve(cfg, log_psi, layers, params, walkers, state: KfacState, grad, d_
 
     def m_inv(r):
         return to_flat(precondition(state, split_params(layers, unravel(r)),
-                                    cfg.kfac_centred))
+                                    cfg.kfac_centring != "none"))
 
     res = pcg(op.matvec, to_flat(grad), to_flat(d_kfac), cfg.cg_maxiter, cfg.cg_tol, m_inv)
     return (unravel(res.x), op.curvature(res.x), res.iterations.astype(F64), res.residual)
@@ -229,7 +250,7 @@ def make_kfac(cfg, log_psi: Callable, module, kind: str = "kfac") -> Optimizer:
 
     Args:
       cfg: `vmc.config.OptimConfig` (lr, lr_decay_steps, damping > 0, norm_constraint, clip,
-        kfac_cov_ema, kfac_inverse_every, kfac_centred, kfac_cosines (+ jacobian_chunk);
+        kfac_cov_ema, kfac_inverse_every, kfac_centring, kfac_cosines (+ jacobian_chunk);
         cg_maxiter, cg_tol for 'kfac-cg').
       log_psi: (params, x) -> (sign, logabs), calling `module.apply`.
       module: the flax module (`Ansatz.module`).
@@ -244,6 +265,7 @@ def make_kfac(cfg, log_psi: Callable, module, kind: str = "kfac") -> Optimizer:
     if not cfg.damping > 0:
         raise InputError(f"optim.damping: {cfg.damping} is not valid for {kind}; valid: > 0")
     n_electrons = _n_electrons(module)
+    centred = cfg.kfac_centring != "none"
     schedule = lr_schedule(cfg.lr, cfg.lr_decay_steps)
 
     def init(params):
@@ -254,10 +276,10 @@ def make_kfac(cfg, log_psi: Callable, module, kind: str = "kfac") -> Optimizer:
         eps = centred_energies(e_clip.astype(F64), mask)
         layers = discover_layers(log_psi, params, n_electrons)
         stats = make_statistics(log_psi, layers)(params, walkers, eps, mask)
-        state = accumulate(state, stats, cfg)
-        fallbacks = n_fallbacks(state) if cfg.kfac_centred else jnp.zeros((), jnp.int32)
+        state = accumulate(state, stats, cfg, mean_weights(layers, cfg.kfac_centring))
+        fallbacks = n_fallbacks(state) if centred else jnp.zeros((), jnp.int32)
         state = state._replace(fallbacks=state.fallbacks + fallbacks)
-        d = precondition(state, stats.grad, cfg.kfac_centred)
+        d = precondition(state, stats.grad, centred)
         zero = jnp.zeros((), F64)
         if kind == "kfac":
             curvature, iters, resid = _dot(stats.grad, d), zero, zero
