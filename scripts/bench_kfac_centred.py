@@ -10,12 +10,12 @@ on the last `--batches` of them, compared with the exact damped SR direction of 
 d* = Ōᵀ(ŌŌᵀ + λI)⁻¹ε (float64 sample-space solve, λ = optim.damping):
 
 - KFAC uncentred, d = M⁻¹ĝ (what `kfac` does today);
-- KFAC centred, d = (M − m mᵀ)⁻¹ĝ per Dense layer (Sherman–Morrison with the guard,
-  `optim.kfac_centred`);
+- KFAC centred, d = (M − c m mᵀ)⁻¹ĝ per Dense layer (Sherman–Morrison with the guard,
+  `optim.kfac_centring` walker: c = 1, use: c = 1/S, fit: c fitted to F along M⁻¹m);
 - kfac-cg: PCG on the exact F + λI from x₀ = M⁻¹ĝ, preconditioned by either, after
   `--cg-iters` iterations (products with the formed Ō, float64).
 
-Also per batch: the guard's fall-backs (layers with δ = 1 − mᵀM⁻¹m ≤ guard) and, per layer
+Also per batch: the guard's fall-backs (layers with δ = 1 − c mᵀM⁻¹m ≤ guard) and, per layer
 (ema 0), |m|²/tr F_layer, the share of the mean term in the uncentred block. Printed as
 markdown: the median (and quartiles) of each cosine over the batches.
 
@@ -26,6 +26,7 @@ markdown: the median (and quartiles) of each cosine over the batches.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import pathlib
 import sys
@@ -44,8 +45,9 @@ import yaml  # noqa: E402
 
 from vmc.config import config_from_dict  # noqa: E402
 from vmc.optim.cg import pcg  # noqa: E402
-from vmc.optim.kfac import (CENTRED_GUARD, accumulate, init_state,  # noqa: E402
-                            mean_weights, n_fallbacks, precondition)
+from vmc.optim.kfac import (CENTRED_GUARD, FIT_GUARD, accumulate,  # noqa: E402
+                            guard_for, init_state, mean_weights, n_fallbacks,
+                            precondition)
 from vmc.optim.kfac_capture import (discover_layers, make_statistics,  # noqa: E402
                                     merge_params, split_params)
 from vmc.optim.kfac_cosine import cosine  # noqa: E402
@@ -57,7 +59,7 @@ from vmc.train import make_train_step  # noqa: E402
 F64 = jnp.float64
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EMAS = (0.95, 0.0)
-CENTRINGS = ("walker", "use")   # 'none' is the uncentred direction of either state
+CENTRINGS = ("walker", "use", "fit")   # 'none' is the uncentred direction of either state
 
 
 def log(msg):
@@ -130,16 +132,16 @@ def measure(system, setup, data, args):
                  for n, i in idx.items()}
         return stats, blocks, exact, share
 
-    @jax.jit
-    def directions(state, stats, blocks, exact):
+    @functools.partial(jax.jit, static_argnums=4)
+    def directions(state, stats, blocks, exact, guard):
         o = JacobianBlocks.build(blocks)
         g = ravel(merge_params(layers, *stats.grad))
         out = {}
         for centred in (False, True):
-            d = ravel(merge_params(layers, *precondition(state, stats.grad, centred)))
+            d = ravel(merge_params(layers, *precondition(state, stats.grad, centred, guard)))
             out[("kfac", centred)] = cosine(d, exact)
             m_inv = lambda r, c=centred: ravel(merge_params(  # noqa: E731
-                layers, *precondition(state, split_params(layers, unravel(r)), c)))
+                layers, *precondition(state, split_params(layers, unravel(r)), c, guard)))
             mv = lambda v: o.rmatvec(o.matvec(v)) + cfg.damping * v  # noqa: E731
             res = pcg(mv, g, d, args.cg_iters, 0.0, m_inv)
             out[("kfac-cg", centred)] = cosine(res.x, exact)
@@ -152,18 +154,23 @@ def measure(system, setup, data, args):
         **{**cfg.__dict__, "kfac_cov_ema": e}), weights[c]), static_argnums=(2, 3))
     rows, shares, falls, deltas = [], [], {k: [] for k in keys}, []
     t0 = time.perf_counter()
+    stats_only = jax.jit(lambda p, w, e: stats_fn(p, w, centred_energies(
+        clip_local_energy(e.astype(F64), cfg.clip)[0])))
     for k, (params, walkers, e_l) in enumerate(data):
+        if k < args.warm:      # these batches only fill the moving averages
+            stats = stats_only(params, walkers, e_l)
+            for key in keys:
+                states[key] = acc(states[key], stats, *key)
+            continue
         stats, blocks, exact, share = batch(params, walkers, e_l)
         for key in keys:
             states[key] = acc(states[key], stats, *key)
-        if k < args.warm:
-            continue
         row = {}
         for (ema, c) in keys:
-            cos = directions(states[(ema, c)], stats, blocks, exact)
+            cos = directions(states[(ema, c)], stats, blocks, exact, guard_for(c))
             for (kind, centred), v in cos.items():
                 row[(kind, c if centred else "none", ema)] = float(v)
-            falls[(ema, c)].append(int(n_fallbacks(states[(ema, c)])))
+            falls[(ema, c)].append(int(n_fallbacks(states[(ema, c)], guard_for(c))))
         rows.append(row)
         shares.append({n: float(v) for n, v in share.items()})
         deltas.append({(n, key): float(states[key].denominator[n]) for key in keys
@@ -190,7 +197,8 @@ def table(system, setup, layers, rows, shares, falls, args):
         jax.random.PRNGKey(0))))
     lines = [f"\n{system}: p = {p}, n_w = {args.walkers}, λ = {setup.cfg.optim.damping:g}, "
              f"{len(rows)} consecutive batches after {args.train} `sample` steps "
-             f"(+{args.warm} to fill the EMA); guard δ ≤ {CENTRED_GUARD:g}\n",
+             f"(+{args.warm} to fill the EMA); guard δ ≤ {CENTRED_GUARD:g} "
+             f"(fit: {FIT_GUARD:g})\n",
              "| direction | centring | factors | cos median | quartiles | guard fall-backs "
              "(layer-batches) |", "|---|---|---|---|---|---|"]
     n_layers = len(layers)

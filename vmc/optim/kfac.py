@@ -23,7 +23,7 @@ Sherman–Morrison,
     δ = 1 − c mᵀM⁻¹m.
 
 M^{-1/2}(M − c m mᵀ)M^{-1/2} = I − w wᵀ with |w|² = 1 − δ, so M − c m mᵀ ⪰ δ M: SPD iff
-δ > 0. Where δ ≤ `CENTRED_GUARD` the layer falls back to M alone and the fall-back is
+δ > 0. Where δ ≤ guard (`CENTRED_GUARD`; 'fit': `FIT_GUARD`) the layer falls back to M alone and the fall-back is
 counted (`OptStats.fallbacks`, per update; `KfacState.fallbacks`, total).
 
 The weight c. 'walker': c = 1, F's own mean term. But A ⊗ B is no upper bound on the
@@ -34,8 +34,12 @@ terms would be (1 − 1/S) m mᵀ, and the covariance consistent with M is
 M − m mᵀ/S: 'use', c = 1/S (S = `DenseLayer.uses`). In the model A ⊗ B assumes (uses
 independent, a independent of b: m = S ā ⊗ b̄, B = S E[b bᵀ] over uses), c = 1/S gives
 1 − δ = (āᵀA⁻¹ā)(b̄ᵀE[b bᵀ]⁻¹b̄) < 1 (Jensen: ā āᵀ ⪯ E[a aᵀ]), so δ > 0; c = 1 gives
-S times that. Measured on
-Li and LiH (README, scripts/bench_kfac_centred.py). Separately centred factors
+S times that. Measured on Li and LiH (README, scripts/bench_kfac_centred.py), neither model
+holds: δ < 0 on most layers for both weights, and the guard drops the term. 'fit': c chosen
+so that the centred block is exact along u, uᵀ(M − c m mᵀ)u = uᵀ(F + λI)u with the
+walker variance of G_i·u from this batch's activations: c = (q − σ²)/q², q = mᵀM⁻¹m,
+σ² = uᵀ(F + λI)u, and δ = σ²/q > 0 always (the guard then only catches rounding). It costs
+one more contraction of the activations per layer (as much as ĝ). Separately centred factors
 (A − āāᵀ) ⊗ (B − b̄b̄ᵀ) are a different, weaker approximation and not used.
 
 A, B, m and the diagonal are exponential moving averages with decay `optim.kfac_cov_ema`
@@ -76,17 +80,23 @@ from vmc.optim.sr import (Optimizer, OptStats, apply_direction, centred_energies
 F64 = jnp.float64
 
 
-CENTRED_GUARD = 1e-3   # centred KFAC: δ = 1 − mᵀM⁻¹m at or below this falls back to M
+CENTRED_GUARD = 1e-3   # centred KFAC: δ = 1 − c mᵀM⁻¹m at or below this falls back to M
+FIT_GUARD = 1e-12      # 'fit': δ = σ²/q > 0 by construction; only rounding is caught
+
+
+def guard_for(centring: str) -> float:
+    """The δ threshold of the centring fall-back: `FIT_GUARD` for 'fit', else
+    `CENTRED_GUARD` (fixed c: δ ≤ 1e-3 would let the mean term amplify M⁻¹ over 1000×)."""
+    return FIT_GUARD if centring == "fit" else CENTRED_GUARD
 
 
 class KfacState(NamedTuple):
     """count: () int32 updates done; a, b: {layer: EMA factor} float64; a_inv, b_inv: their
     damped inverses at the last refresh; diag: params-like nested dict of the other
     parameters' EMA Fisher diagonal; diag_inv: 1/(diag + λ) at the last refresh; mean:
-    {layer: EMA Ḡ (d̃_in, d_out)}; mean_inv: {layer: u = √c A_λ⁻¹ Ḡ B_λ⁻¹} and
-    denominator: {layer: δ = 1 − c ⟨Ḡ, A_λ⁻¹ Ḡ B_λ⁻¹⟩ ()} at the last refresh (c:
-    `mean_weights`); fallbacks: () int32, centring
-    fall-backs (layer-updates) so far."""
+    {layer: EMA Ḡ (d̃_in, d_out)}; mean_inv: {layer: u = A_λ⁻¹ Ḡ B_λ⁻¹}, weight: {layer: c
+    ()} and denominator: {layer: δ = 1 − c ⟨Ḡ, u⟩ ()} at the last refresh; fallbacks: ()
+    int32, centring fall-backs (layer-updates) so far."""
     count: jax.Array
     a: dict
     b: dict
@@ -96,6 +106,7 @@ class KfacState(NamedTuple):
     diag_inv: dict
     mean: dict
     mean_inv: dict
+    weight: dict
     denominator: dict
     fallbacks: jax.Array
 
@@ -116,23 +127,45 @@ def _spd_inverse(m):
     return 0.5 * (inv + inv.T)
 
 
-def mean_weights(layers: tuple[DenseLayer, ...], centring: str) -> dict:
-    """{layer: c}, the weight of the subtracted mean term c m mᵀ: 1 for 'walker' (F's own
-    mean term), 1/S for 'use' (and for 'none', whose state still carries the terms for the
-    diagnostic): the mean term that the expand rule's model of S independent uses implies."""
+def mean_weights(layers: tuple[DenseLayer, ...], centring: str):
+    """{layer: c}, the fixed weight of the subtracted mean term c m mᵀ: 1 for 'walker' (F's
+    own mean term), 1/S for 'use' (the mean term of the expand rule's model of S independent
+    uses; also for 'none', where only the diagnostic reads it); None for 'fit' (c fitted per
+    refresh: `_fitted_weight`)."""
+    if centring == "fit":
+        return None
     return {ly.name: 1.0 if centring == "walker" else 1.0 / ly.uses for ly in layers}
 
 
-def _inverses(a, b, diag, mean, weight, damping: float):
-    a_inv, b_inv, mean_inv, denominator = {}, {}, {}, {}
+def _fitted_weight(stats, name, u, q, damping: float):
+    """(c, δ) with uᵀ(M − c m mᵀ)u = uᵀ(F + λI)u exactly, u = M⁻¹m, q = mᵀu = uᵀMu:
+    c = (q − σ²)/q², δ = 1 − c q = σ²/q, σ² = Var_walkers(G_i·U) + λ|u|² from this batch's
+    activations (G_i·U = Σ_s ã_sᵀ U b_s, U = u as a (d̃_in, d_out) matrix)."""
+    a, b = stats.activations[name]
+    proj = jnp.einsum("nsi,ij,nsj->n", a.astype(F64), u, b.astype(F64),
+                      precision=jax.lax.Precision.HIGHEST)
+    w = stats.walker_weights
+    mean = jnp.dot(w, proj)
+    sigma2 = jnp.dot(w, (proj - mean) ** 2) + damping * jnp.vdot(u, u)
+    q = jnp.maximum(q, jnp.finfo(F64).tiny)
+    return (q - sigma2) / q ** 2, sigma2 / q
+
+
+def _inverses(a, b, diag, mean, weight, stats, damping: float):
+    a_inv, b_inv, mean_inv, c, denominator = {}, {}, {}, {}, {}
     for name in a:
         da, db = damped_factors(a[name], b[name], damping)
         a_inv[name], b_inv[name] = _spd_inverse(da), _spd_inverse(db)
         u = a_inv[name] @ mean[name] @ b_inv[name]
-        mean_inv[name] = jnp.sqrt(weight[name]) * u
-        denominator[name] = 1.0 - weight[name] * jnp.vdot(mean[name], u)
+        q = jnp.vdot(mean[name], u)
+        if weight is None:
+            c[name], denominator[name] = _fitted_weight(stats, name, u, q, damping)
+        else:
+            c[name] = jnp.asarray(weight[name], F64)
+            denominator[name] = 1.0 - c[name] * q
+        mean_inv[name] = u
     return (a_inv, b_inv, jax.tree_util.tree_map(lambda d: 1.0 / (d + damping), diag),
-            mean_inv, denominator)
+            mean_inv, c, denominator)
 
 
 def init_state(layers: tuple[DenseLayer, ...], params) -> KfacState:
@@ -148,27 +181,27 @@ def init_state(layers: tuple[DenseLayer, ...], params) -> KfacState:
                      {k: eye(i) for k, (i, _) in dims.items()},
                      {k: eye(o) for k, (_, o) in dims.items()},
                      diag, jax.tree_util.tree_map(jnp.ones_like, diag),
-                     zeros, dict(zeros), {k: jnp.ones((), F64) for k in dims},
-                     jnp.zeros((), jnp.int32))
+                     zeros, dict(zeros), {k: jnp.zeros((), F64) for k in dims},
+                     {k: jnp.ones((), F64) for k in dims}, jnp.zeros((), jnp.int32))
 
 
-def accumulate(state: KfacState, stats, cfg, weight: dict) -> KfacState:
-    """Moving averages of the factors and of Ḡ; inverses, u and δ (mean-term weights c:
-    `mean_weights`) refreshed every `kfac_inverse_every` updates. The fall-back total is left
-    to `make_kfac`'s update."""
+def accumulate(state: KfacState, stats, cfg, weight) -> KfacState:
+    """Moving averages of the factors and of Ḡ; inverses, u, c and δ refreshed every
+    `kfac_inverse_every` updates (weight: `mean_weights`, None: c fitted on this batch). The
+    fall-back total is left to `make_kfac`'s update."""
     decay = jnp.where(state.count == 0, 0.0, cfg.kfac_cov_ema).astype(F64)
     ema = lambda old, new: decay * old + (1.0 - decay) * new  # noqa: E731
     a = jax.tree_util.tree_map(ema, state.a, stats.a)
     b = jax.tree_util.tree_map(ema, state.b, stats.b)
     mean = jax.tree_util.tree_map(ema, state.mean, stats.mean)
     diag = jax.tree_util.tree_map(ema, state.diag, traverse_util.unflatten_dict(stats.diag))
-    a_inv, b_inv, diag_inv, mean_inv, denominator = jax.lax.cond(
+    a_inv, b_inv, diag_inv, mean_inv, c, denominator = jax.lax.cond(
         state.count % cfg.kfac_inverse_every == 0,
-        lambda: _inverses(a, b, diag, mean, weight, cfg.damping),
-        lambda: (state.a_inv, state.b_inv, state.diag_inv, state.mean_inv,
+        lambda: _inverses(a, b, diag, mean, weight, stats, cfg.damping),
+        lambda: (state.a_inv, state.b_inv, state.diag_inv, state.mean_inv, state.weight,
                  state.denominator))
     return KfacState(state.count + 1, a, b, a_inv, b_inv, diag, diag_inv, mean, mean_inv,
-                     denominator, state.fallbacks)
+                     c, denominator, state.fallbacks)
 
 
 def centring_ok(state: KfacState, guard: float = CENTRED_GUARD) -> dict:
@@ -176,28 +209,29 @@ def centring_ok(state: KfacState, guard: float = CENTRED_GUARD) -> dict:
     return {n: d > guard for n, d in state.denominator.items()}
 
 
-def precondition(state: KfacState, grad, centred: bool = False):
+def precondition(state: KfacState, grad, centred: bool = False,
+                 guard: float = CENTRED_GUARD):
     """M⁻¹ĝ for ĝ in split form ({layer: (d̃_in, d_out)}, {other key: array}), float64.
 
-    centred: each Dense block is (M − c m mᵀ)⁻¹ĝ = M⁻¹ĝ + u ⟨u, ĝ⟩/δ (Sherman–Morrison, u
-    and δ from `KfacState`) where `centring_ok`, M⁻¹ĝ elsewhere (the guard's fall-back).
+    centred: each Dense block is (M − c m mᵀ)⁻¹ĝ = M⁻¹ĝ + (c/δ) u ⟨u, ĝ⟩ (Sherman–Morrison;
+    u = M⁻¹m, c, δ from `KfacState`) where `centring_ok`, M⁻¹ĝ elsewhere (the guard's fall-back).
     """
     g_dense, g_other = grad
     d_dense = {n: state.a_inv[n] @ g.astype(F64) @ state.b_inv[n] for n, g in g_dense.items()}
     if centred:
-        ok = centring_ok(state)
+        ok = centring_ok(state, guard)
         for n, g in g_dense.items():
             u, delta = state.mean_inv[n], state.denominator[n]
-            coef = jnp.where(ok[n], jnp.vdot(u, g.astype(F64)) / jnp.where(ok[n], delta, 1.0),
-                             0.0)
+            coef = jnp.where(ok[n], state.weight[n] * jnp.vdot(u, g.astype(F64))
+                             / jnp.where(ok[n], delta, 1.0), 0.0)
             d_dense[n] = d_dense[n] + coef * u
     inv = traverse_util.flatten_dict(state.diag_inv)
     return d_dense, {k: g.astype(F64) * inv[k] for k, g in g_other.items()}
 
 
-def n_fallbacks(state: KfacState) -> jax.Array:
-    """() int32: layers whose centring falls back to M (δ ≤ `CENTRED_GUARD`)."""
-    return sum((~ok).astype(jnp.int32) for ok in centring_ok(state).values())
+def n_fallbacks(state: KfacState, guard: float = CENTRED_GUARD) -> jax.Array:
+    """() int32: layers whose centring falls back to M (δ ≤ guard)."""
+    return sum((~ok).astype(jnp.int32) for ok in centring_ok(state, guard).values())
 
 
 def _dot(x, y) -> jax.Array:
@@ -227,7 +261,7 @@ def _pcg_solve(cfg, log_psi, layers, params, walkers, state: KfacState, grad, d_
 
     def m_inv(r):
         return to_flat(precondition(state, split_params(layers, unravel(r)),
-                                    cfg.kfac_centring != "none"))
+                                    cfg.kfac_centring != "none", guard_for(cfg.kfac_centring)))
 
     res = pcg(op.matvec, to_flat(grad), to_flat(d_kfac), cfg.cg_maxiter, cfg.cg_tol, m_inv)
     return (unravel(res.x), op.curvature(res.x), res.iterations.astype(F64), res.residual)
@@ -241,7 +275,7 @@ def _cosines(cfg, log_psi, layers, params, walkers, eps, mask, state, grad, appl
                                cfg.jacobian_chunk)
     flat = lambda split: ravel(merge_params(layers, *split))  # noqa: E731
     return (cosine(flat(precondition(state, grad, False)), exact),
-            cosine(flat(precondition(state, grad, True)), exact),
+            cosine(flat(precondition(state, grad, True, guard_for(cfg.kfac_centring))), exact),
             cosine(ravel(applied), exact))
 
 
@@ -266,6 +300,7 @@ def make_kfac(cfg, log_psi: Callable, module, kind: str = "kfac") -> Optimizer:
         raise InputError(f"optim.damping: {cfg.damping} is not valid for {kind}; valid: > 0")
     n_electrons = _n_electrons(module)
     centred = cfg.kfac_centring != "none"
+    guard = guard_for(cfg.kfac_centring)
     schedule = lr_schedule(cfg.lr, cfg.lr_decay_steps)
 
     def init(params):
@@ -277,9 +312,9 @@ def make_kfac(cfg, log_psi: Callable, module, kind: str = "kfac") -> Optimizer:
         layers = discover_layers(log_psi, params, n_electrons)
         stats = make_statistics(log_psi, layers)(params, walkers, eps, mask)
         state = accumulate(state, stats, cfg, mean_weights(layers, cfg.kfac_centring))
-        fallbacks = n_fallbacks(state) if centred else jnp.zeros((), jnp.int32)
+        fallbacks = n_fallbacks(state, guard) if centred else jnp.zeros((), jnp.int32)
         state = state._replace(fallbacks=state.fallbacks + fallbacks)
-        d = precondition(state, stats.grad, centred)
+        d = precondition(state, stats.grad, centred, guard)
         zero = jnp.zeros((), F64)
         if kind == "kfac":
             curvature, iters, resid = _dot(stats.grad, d), zero, zero

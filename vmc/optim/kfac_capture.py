@@ -58,13 +58,19 @@ class Statistics(NamedTuple):
 
     a, b: {layer name: A (d̃_in, d̃_in), B (d_out, d_out)}; grad: ĝ in split form
     ({name: (d̃_in, d_out)}, other); diag: diag(ŌᵀŌ) of the other parameters; mean:
-    {layer name: Ḡ = E[∂log|ψ|/∂W̃] (d̃_in, d_out)} over the (good) walkers.
+    {layer name: Ḡ = E[∂log|ψ|/∂W̃] (d̃_in, d_out)} over the (good) walkers; activations:
+    {layer name: (ã (n_w, S, d̃_in), b (n_w, S, d_out))} per walker and use, in the network's
+    dtype, zero for walkers left out (for exact projections G_i·V = Σ_s ã_sᵀ V b_s; unused,
+    XLA drops them); walker_weights: (n_w,) float64, 1/n_good for the walkers that count,
+    else 0.
     """
     a: dict
     b: dict
     grad: tuple
     diag: dict
     mean: dict
+    activations: dict
+    walker_weights: jax.Array
 
 
 def _is_dense_call(context) -> bool:
@@ -184,7 +190,7 @@ def make_statistics(log_psi: Callable, layers: tuple[DenseLayer, ...]) -> Callab
         keep = mask[:, None, None]
         n_g = jnp.maximum(jnp.sum(mask), 1).astype(F64)
         w = jnp.where(mask, eps.astype(F64), 0.0) / jnp.sqrt(n_g)
-        fa, fb, g_dense, g_mean = {}, {}, {}, {}
+        fa, fb, g_dense, g_mean, acts_out = {}, {}, {}, {}, {}
         for layer in layers:
             a = jnp.concatenate([x.reshape(n_w, -1, layer.d_in) for x in acts[layer.name]], 1)
             b = jnp.concatenate([x.reshape(n_w, -1, layer.d_out) for x in b_raw[layer.name]],
@@ -200,6 +206,7 @@ def make_statistics(log_psi: Callable, layers: tuple[DenseLayer, ...]) -> Callab
             bw = (b * w.astype(b.dtype)[:, None, None]).reshape(b2.shape)
             g_dense[layer.name] = _gram(a2, bw)
             g_mean[layer.name] = _gram(a2, b2) / n_g
+            acts_out[layer.name] = (a, b)
         g_other, diag = {}, {}
         for k, o in o_other.items():
             m = mask.reshape((n_w,) + (1,) * (o.ndim - 1))
@@ -207,6 +214,7 @@ def make_statistics(log_psi: Callable, layers: tuple[DenseLayer, ...]) -> Callab
             g_other[k] = jnp.tensordot(w, o, axes=1)
             mean = jnp.sum(o, axis=0) / n_g
             diag[k] = jnp.sum(jnp.where(m, (o - mean) ** 2, 0.0), axis=0) / n_g
-        return Statistics(fa, fb, (g_dense, g_other), diag, g_mean)
+        return Statistics(fa, fb, (g_dense, g_other), diag, g_mean, acts_out,
+                          jnp.where(mask, 1.0 / n_g, 0.0))
 
     return stats
