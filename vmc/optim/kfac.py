@@ -23,8 +23,9 @@ Sherman–Morrison,
     δ = 1 − c mᵀM⁻¹m.
 
 M^{-1/2}(M − c m mᵀ)M^{-1/2} = I − w wᵀ with |w|² = 1 − δ, so M − c m mᵀ ⪰ δ M: SPD iff
-δ > 0. Where δ ≤ guard (`CENTRED_GUARD`; 'fit': `FIT_GUARD`) the layer falls back to M alone and the fall-back is
-counted (`OptStats.fallbacks`, per update; `KfacState.fallbacks`, total).
+δ > 0. Where δ ≤ guard (`CENTRED_GUARD`; 'fit': `FIT_GUARD`) the layer falls back to M
+alone and the fall-back is counted (`OptStats.fallbacks`, per update; `KfacState.fallbacks`,
+total).
 
 The weight c. 'walker': c = 1, F's own mean term. But A ⊗ B is no upper bound on the
 second moment: the expand rule keeps only the same-use terms s = s′ of E[vec G vec Gᵀ]
@@ -52,8 +53,8 @@ float64). All of it lives in `KfacState`, a pytree of arrays, so checkpoints car
 
 'kfac': d = M⁻¹ĝ with M the damped Kronecker/diagonal matrix (centred: M − c m mᵀ per
 layer); norm constraint on ĝᵀd = dᵀMd. 'kfac-cg': preconditioned CG on the exact damped F
-(as `vmc.optim.cg`) with M⁻¹ as preconditioner, started at the KFAC direction x₀ = M⁻¹ĝ (0 iterations = 'kfac');
-norm constraint on dᵀ(F + λI)d. Convention: ĝ = Cov(E_L, O) = g/2 (FermiNet's).
+(as `vmc.optim.cg`) with M⁻¹ as preconditioner, started at the KFAC direction x₀ = M⁻¹ĝ
+(0 iterations = 'kfac'); norm constraint on dᵀ(F + λI)d. Convention: ĝ = Cov(E_L, O) = g/2 (FermiNet's).
 
 Diagnostic (`optim.kfac_cosines`): each update also solves the exact SR system of its own
 batch in sample space (`vmc.optim.kfac_cosine`; n_w × n_w in float64, O formed: n_w p memory)
@@ -205,7 +206,7 @@ def accumulate(state: KfacState, stats, cfg, weight) -> KfacState:
 
 
 def centring_ok(state: KfacState, guard: float = CENTRED_GUARD) -> dict:
-    """{layer: () bool}: δ = 1 − mᵀM⁻¹m > guard, i.e. M − m mᵀ ⪰ guard·M is used."""
+    """{layer: () bool}: δ = 1 − c mᵀM⁻¹m > guard, i.e. M − c m mᵀ ⪰ guard·M is used."""
     return {n: d > guard for n, d in state.denominator.items()}
 
 
@@ -214,7 +215,8 @@ def precondition(state: KfacState, grad, centred: bool = False,
     """M⁻¹ĝ for ĝ in split form ({layer: (d̃_in, d_out)}, {other key: array}), float64.
 
     centred: each Dense block is (M − c m mᵀ)⁻¹ĝ = M⁻¹ĝ + (c/δ) u ⟨u, ĝ⟩ (Sherman–Morrison;
-    u = M⁻¹m, c, δ from `KfacState`) where `centring_ok`, M⁻¹ĝ elsewhere (the guard's fall-back).
+    u = M⁻¹m, c, δ from `KfacState`) where `centring_ok` (guard: the δ threshold), M⁻¹ĝ
+    elsewhere (the guard's fall-back).
     """
     g_dense, g_other = grad
     d_dense = {n: state.a_inv[n] @ g.astype(F64) @ state.b_inv[n] for n, g in g_dense.items()}
@@ -268,8 +270,9 @@ def _pcg_solve(cfg, log_psi, layers, params, walkers, state: KfacState, grad, d_
 
 
 def _cosines(cfg, log_psi, layers, params, walkers, eps, mask, state, grad, applied):
-    """cos∠ to the exact SR direction of this batch of the uncentred KFAC, centred KFAC and
-    applied directions (`vmc.optim.kfac_cosine`)."""
+    """cos∠ to the exact SR direction of this batch of the uncentred KFAC, centred KFAC (with
+    kfac_centring 'none': the 'use' centring the state carries) and applied directions
+    (`vmc.optim.kfac_cosine`)."""
     ravel, _ = float64_ravel(params)
     exact = exact_sr_direction(log_psi, params, walkers, eps, cfg.damping, mask,
                                cfg.jacobian_chunk)
