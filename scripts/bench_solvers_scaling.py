@@ -8,7 +8,8 @@ steps) and two consecutive batches are drawn. Each solver (its defaults: damping
 cg_maxiter 100, cg_tol 1e-4, ℓ = 16 rebuilt every update) is warm-started by an update on
 the first batch, then its update on the second batch is timed, compiled, the solvers
 interleaved round by round (`--repeats` rounds, median), so load drift on the shared CPU
-hits all alike.
+hits all alike. "residual" is ‖ĝ − (F + λI)d‖/‖ĝ‖ where CG stopped (at the tolerance or the
+100-iteration cap).
 
 F-products per update: cg: its + 2 (initial residual, curvature of the norm constraint);
 nystrom-cg: its + 2 + ℓ/k (the sketch's ℓ products amortised over its k-update reuse);
@@ -101,26 +102,23 @@ def measure(args, params, n_w):
         opt = make_optimizer(cfg, setup.ansatz.log_psi, **kw)
         upd = jax.jit(opt.update)
         _, st, _ = upd(params, opt.init(params), w0, e0, 0)
-        t = time.perf_counter()
         out = jax.block_until_ready(upd(params, st, w1, e1, 1))
-        log(f"  n_w = {n_w}, {solver}: first update (with compile) "
-            f"{time.perf_counter() - t:.1f} s, {int(out[2].iterations)} its")
-        fns.append((solver, cfg, upd, st, int(out[2].iterations)))
+        fns.append((solver, cfg, upd, st, int(out[2].iterations), float(out[2].residual)))
     times = [[] for _ in fns]
     for _ in range(args.repeats):
-        for i, (_, _, upd, st, _) in enumerate(fns):
+        for i, (_, _, upd, st, _, _) in enumerate(fns):
             t = time.perf_counter()
             jax.block_until_ready(upd(params, st, w1, e1, 1))
             times[i].append(time.perf_counter() - t)
     rows = []
-    for (solver, cfg, _, _, its), ts in zip(fns, times):
+    for (solver, cfg, _, _, its, resid), ts in zip(fns, times):
         if solver == "sample":
             prods = "Ō formed"
         elif solver == "nystrom-cg":
             prods = f"{its + 2 + cfg.nystrom_rank / cfg.nystrom_refresh_every:g}"
         else:
             prods = f"{its + 2}"
-        rows.append((n_w, solver, its, prods, float(np.median(ts))))
+        rows.append((n_w, solver, its, resid, prods, float(np.median(ts))))
         log(f"  n_w = {n_w}, {solver}: {its} its, {prods} products, "
             f"{1e3 * np.median(ts):.0f} ms")
     return rows
@@ -144,11 +142,13 @@ def main(argv=None) -> int:
         rows += measure(args, params, n_w)
     lines = [f"He: p = {p}, float32 network, one update per solver (defaults, warm start), "
              f"median of {args.repeats} interleaved rounds\n",
-             "| n_w | solver | CG its | F-products | ms/update |", "|---|---|---|---|---|"]
-    lines += [f"| {n} | {s} | {i if s != 'sample' else '—'} | {pr} | {1e3 * t:.0f} |"
-              for n, s, i, pr, t in rows]
+             "| n_w | solver | CG its | residual | F-products | ms/update |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {n} | {s} | {i if s != 'sample' else '—'} | "
+              f"{f'{r:.1e}' if s != 'sample' else 'exact'} | {pr} | {1e3 * t:.0f} |"
+              for n, s, i, r, pr, t in rows]
     best = {}
-    for n, s, _, _, t in rows:
+    for n, s, _, _, _, t in rows:
         if n not in best or t < best[n][1]:
             best[n] = (s, t)
     lines.append("\nfastest per n_w: " + ", ".join(f"{n}: {s}" for n, (s, _) in best.items()))
