@@ -273,3 +273,23 @@ def test_cosines_diagnostic(x64):
         np.testing.assert_allclose(float(st.cosine_centred), cos(d_c, exact), rtol=1e-9)
         np.testing.assert_allclose(float(st.cosine_applied), cos(d, exact), rtol=1e-9)
     assert float(st.cosine_applied) > float(st.cosine_centred)    # 2 CG iterations help
+
+
+def test_fit_leaves_masked_walkers_out(x64):
+    """A walker masked out changes nothing: 'fit' on n_w walkers with the last one masked
+    equals 'fit' on the first n_w − 1 (c, δ and the direction)."""
+    module = _TwoLayer()
+    log_psi, params, x, e_l = _toy(module, 17, 3, shift=0.3)
+    cfg = _cfg(kfac_centring="fit")
+    opt = make_optimizer(cfg, log_psi, module=module)
+    update = jax.jit(opt.update)
+    mask = jnp.arange(17) < 16
+    e_masked = jnp.where(mask, e_l, 0.0)
+    new_m, s_m, _ = update(params, opt.init(params), x, e_masked, 0, mask)
+    new_r, s_r, _ = update(params, opt.init(params), x[:16], e_l[:16], 0)
+    for name in s_r.weight:
+        np.testing.assert_allclose(float(s_m.weight[name]), float(s_r.weight[name]),
+                                   rtol=1e-9)
+        np.testing.assert_allclose(float(s_m.denominator[name]),
+                                   float(s_r.denominator[name]), rtol=1e-9)
+    np.testing.assert_allclose(_flat(new_m), _flat(new_r), rtol=1e-9, atol=1e-12)
