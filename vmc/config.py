@@ -141,6 +141,12 @@ class OptimConfig:
     cg_tol: float = _field(1e-4, lo=0.0)
     spring_mu: float = _field(0.9, lo=0.0, hi=0.999)
     kfac_cov_ema: float = _field(0.95, lo=0.0, lt=1.0)
+    # kfac, kfac-cg: subtract the rank-1 mean term per Dense layer, M − c m mᵀ, c = 1
+    # ("walker"), 1/uses ("use"), fitted to the exact F along M⁻¹m ("fit"), or not ("none")
+    # (vmc.optim.kfac); kfac_cosines: log each update's cosines to the exact SR direction
+    # (forms O: n_w p)
+    kfac_centring: str = _field("none", choices=("none", "walker", "use", "fit"))
+    kfac_cosines: bool = False
     kfac_inverse_every: int = _field(1, lo=1)
     # nystrom-cg: sketch rank ℓ, rebuilt every k updates or after a solve of more iterations
     # (measured on He, README: ℓ = 16 gives the fastest update on CPU; k = 1)

@@ -7,18 +7,61 @@ The damped Fisher F + λI is approximated block-diagonally:
   damping, Martens & Grosse 2015 §6.3); a kernel W̃ = [W; bias] is preconditioned as
   (A + π√λ I)⁻¹ ∇W̃ (B + √λ/π I)⁻¹;
 - every other parameter (envelope π, σ; Jastrow α): diag(ŌᵀŌ) + λ (exact centred Fisher
-  diagonal).
+  diagonal);
+- optionally minus the rank-1 mean term of each Dense block (below).
 
-A, B and the diagonal are exponential moving averages with decay `optim.kfac_cov_ema`
-(the first step takes the batch values); the damped inverses are refreshed every
-`optim.kfac_inverse_every` updates (Cholesky, float64). All of it lives in `KfacState`, a
-pytree of arrays, so checkpoints carry it. KFAC's factors are uncentred; the exact F is the
-centred covariance.
+Centring (`optim.kfac_centring`; MATH.md §7). A, B are uncentred second moments while F is
+a covariance: F's block of a Dense layer is E[vec G vec Gᵀ] − m mᵀ, G = Σ_s ã_s b_sᵀ the
+per-walker layer gradient and m = vec E[G] (walker mean, `Statistics.mean`; with the
+factors' 1/n_w, so the same normalisation as F = ŌᵀŌ). Issue #16 measured |m|²/tr F of
+3–7 on FermiNet's orbital layers: there the mean term is most of the uncentred block, and
+A ⊗ B overestimates F along m. Centred KFAC keeps A ⊗ B for the second moment and
+subtracts a rank-1 mean term, M − c m mᵀ with M the damped Kronecker product, inverted by
+Sherman–Morrison,
 
-'kfac': d = M⁻¹ĝ with M the damped Kronecker/diagonal matrix; norm constraint on
-ĝᵀd = dᵀMd. 'kfac-cg': preconditioned CG on the exact damped F (as `vmc.optim.cg`) with
-M⁻¹ as preconditioner, started at the KFAC direction x₀ = M⁻¹ĝ (0 iterations = 'kfac');
-norm constraint on dᵀ(F + λI)d. Convention: ĝ = Cov(E_L, O) = g/2 (FermiNet's).
+    (M − c m mᵀ)⁻¹ĝ = M⁻¹ĝ + u (uᵀĝ)/δ,   u = √c M⁻¹m = √c vec(A_λ⁻¹ Ḡ B_λ⁻¹),
+    δ = 1 − c mᵀM⁻¹m.
+
+M^{-1/2}(M − c m mᵀ)M^{-1/2} = I − w wᵀ with |w|² = 1 − δ, so M − c m mᵀ ⪰ δ M: SPD iff
+δ > 0. Where δ ≤ guard (`CENTRED_GUARD`; 'fit': `FIT_GUARD`) the layer falls back to M
+alone and the fall-back is counted (`OptStats.fallbacks`, per update; `KfacState.fallbacks`,
+total).
+
+The weight c. 'walker': c = 1, F's own mean term. But A ⊗ B is no upper bound on the
+second moment: the expand rule keeps only the same-use terms s = s′ of E[vec G vec Gᵀ]
+(and factorises them as if a and b were independent), while m mᵀ = Σ_{s,s′} of the
+per-use means, every pair. If the S uses of a walker were independent draws, the cross-use
+terms would be (1 − 1/S) m mᵀ, and the covariance consistent with M is
+M − m mᵀ/S: 'use', c = 1/S (S = `DenseLayer.uses`). In the model A ⊗ B assumes (uses
+independent, a independent of b: m = S ā ⊗ b̄, B = S E[b bᵀ] over uses), c = 1/S gives
+1 − δ = (āᵀA⁻¹ā)(b̄ᵀE[b bᵀ]⁻¹b̄) < 1 (Jensen: ā āᵀ ⪯ E[a aᵀ]), so δ > 0; c = 1 gives
+S times that. Measured on Li and LiH (README, scripts/bench_kfac_centred.py), neither model
+holds: δ < 0 on most layers for both weights, and the guard drops the term. 'fit': c chosen
+so that the centred block is exact along u, uᵀ(M − c m mᵀ)u = uᵀ(F + λI)u with the
+walker variance of G_i·u from this batch's activations: c = (q − σ²)/q², q = mᵀM⁻¹m,
+σ² = uᵀ(F + λI)u, and δ = σ²/q > 0 always (the guard then only catches rounding). It costs
+one more contraction of the activations per layer (as much as ĝ). Measured (README): none of
+the three moves the direction; the cosine to the exact SR direction changed by ≤ 0.002 on Li
+and LiH, and the fitted c is often negative (A ⊗ B is below F along u), hence the default
+'none'. Separately centred factors
+(A − āāᵀ) ⊗ (B − b̄b̄ᵀ) are a different, weaker approximation and not used.
+
+A, B, m and the diagonal are exponential moving averages with decay `optim.kfac_cov_ema`
+(the first step takes the batch values). m is averaged like A and B, not taken per batch:
+M − c m mᵀ is then the covariance of one and the same EMA-weighted mixture of batches (for
+exact second moments that is PSD by construction), whereas a per-batch mean against
+averaged second moments has no such bound and would trip the guard on batch noise. The
+damped inverses, u and δ are refreshed every `optim.kfac_inverse_every` updates (Cholesky,
+float64). All of it lives in `KfacState`, a pytree of arrays, so checkpoints carry it.
+
+'kfac': d = M⁻¹ĝ with M the damped Kronecker/diagonal matrix (centred: M − c m mᵀ per
+layer); norm constraint on ĝᵀd = dᵀMd. 'kfac-cg': preconditioned CG on the exact damped F
+(as `vmc.optim.cg`) with M⁻¹ as preconditioner, started at the KFAC direction x₀ = M⁻¹ĝ
+(0 iterations = 'kfac'); norm constraint on dᵀ(F + λI)d. Convention: ĝ = Cov(E_L, O) = g/2 (FermiNet's).
+
+Diagnostic (`optim.kfac_cosines`): each update also solves the exact SR system of its own
+batch in sample space (`vmc.optim.kfac_cosine`; n_w × n_w in float64, O formed: n_w p memory)
+and reports the cosines of the uncentred, centred and applied directions to it.
 """
 
 from __future__ import annotations
@@ -31,6 +74,7 @@ from flax import traverse_util
 
 from vmc.errors import InputError
 from vmc.optim.cg import linearize_fisher, pcg
+from vmc.optim.kfac_cosine import cosine, exact_sr_direction
 from vmc.optim.kfac_capture import (DenseLayer, discover_layers, make_statistics,
                                     merge_params, split_params)
 from vmc.optim.sr import (Optimizer, OptStats, apply_direction, centred_energies,
@@ -40,10 +84,23 @@ from vmc.optim.sr import (Optimizer, OptStats, apply_direction, centred_energies
 F64 = jnp.float64
 
 
+CENTRED_GUARD = 1e-3   # centred KFAC: δ = 1 − c mᵀM⁻¹m at or below this falls back to M
+FIT_GUARD = 1e-12      # 'fit': δ = σ²/q > 0 by construction; only rounding is caught
+
+
+def guard_for(centring: str) -> float:
+    """The δ threshold of the centring fall-back: `FIT_GUARD` for 'fit', else
+    `CENTRED_GUARD` (fixed c: δ ≤ 1e-3 would let the mean term amplify M⁻¹ over 1000×)."""
+    return FIT_GUARD if centring == "fit" else CENTRED_GUARD
+
+
 class KfacState(NamedTuple):
     """count: () int32 updates done; a, b: {layer: EMA factor} float64; a_inv, b_inv: their
     damped inverses at the last refresh; diag: params-like nested dict of the other
-    parameters' EMA Fisher diagonal; diag_inv: 1/(diag + λ) at the last refresh."""
+    parameters' EMA Fisher diagonal; diag_inv: 1/(diag + λ) at the last refresh; mean:
+    {layer: EMA Ḡ (d̃_in, d_out)}; mean_inv: {layer: u = A_λ⁻¹ Ḡ B_λ⁻¹}, weight: {layer: c
+    ()} and denominator: {layer: δ = 1 − c ⟨Ḡ, u⟩ ()} at the last refresh; fallbacks: ()
+    int32, centring fall-backs (layer-updates) so far."""
     count: jax.Array
     a: dict
     b: dict
@@ -51,6 +108,11 @@ class KfacState(NamedTuple):
     b_inv: dict
     diag: dict
     diag_inv: dict
+    mean: dict
+    mean_inv: dict
+    weight: dict
+    denominator: dict
+    fallbacks: jax.Array
 
 
 def damped_factors(a, b, damping: float):
@@ -69,48 +131,112 @@ def _spd_inverse(m):
     return 0.5 * (inv + inv.T)
 
 
-def _inverses(a, b, diag, damping: float):
-    a_inv, b_inv = {}, {}
+def mean_weights(layers: tuple[DenseLayer, ...], centring: str):
+    """{layer: c}, the fixed weight of the subtracted mean term c m mᵀ: 1 for 'walker' (F's
+    own mean term), 1/S for 'use' (the mean term of the expand rule's model of S independent
+    uses; also for 'none', where only the diagnostic reads it); None for 'fit' (c fitted per
+    refresh: `_fitted_weight`)."""
+    if centring == "fit":
+        return None
+    return {ly.name: 1.0 if centring == "walker" else 1.0 / ly.uses for ly in layers}
+
+
+def _fitted_weight(stats, name, u, q, damping: float):
+    """(c, δ) with uᵀ(M − c m mᵀ)u = uᵀ(F + λI)u exactly, u = M⁻¹m, q = mᵀu = uᵀMu:
+    c = (q − σ²)/q², δ = 1 − c q = σ²/q, σ² = Var_walkers(G_i·U) + λ|u|² from this batch's
+    activations (G_i·U = Σ_s ã_sᵀ U b_s, U = u as a (d̃_in, d_out) matrix)."""
+    a, b = stats.activations[name]
+    proj = jnp.einsum("nsi,ij,nsj->n", a.astype(F64), u, b.astype(F64),
+                      precision=jax.lax.Precision.HIGHEST)
+    w = stats.walker_weights
+    mean = jnp.dot(w, proj)
+    sigma2 = jnp.dot(w, (proj - mean) ** 2) + damping * jnp.vdot(u, u)
+    q = jnp.maximum(q, jnp.finfo(F64).tiny)
+    return (q - sigma2) / q ** 2, sigma2 / q
+
+
+def _inverses(a, b, diag, mean, weight, stats, damping: float):
+    a_inv, b_inv, mean_inv, c, denominator = {}, {}, {}, {}, {}
     for name in a:
         da, db = damped_factors(a[name], b[name], damping)
         a_inv[name], b_inv[name] = _spd_inverse(da), _spd_inverse(db)
-    return a_inv, b_inv, jax.tree_util.tree_map(lambda d: 1.0 / (d + damping), diag)
+        u = a_inv[name] @ mean[name] @ b_inv[name]
+        q = jnp.vdot(mean[name], u)
+        if weight is None:
+            c[name], denominator[name] = _fitted_weight(stats, name, u, q, damping)
+        else:
+            c[name] = jnp.asarray(weight[name], F64)
+            denominator[name] = 1.0 - c[name] * q
+        mean_inv[name] = u
+    return (a_inv, b_inv, jax.tree_util.tree_map(lambda d: 1.0 / (d + damping), diag),
+            mean_inv, c, denominator)
 
 
 def init_state(layers: tuple[DenseLayer, ...], params) -> KfacState:
-    """Zero factors (the first update replaces them) and identity inverses."""
+    """Zero factors and mean (the first update replaces them) and identity inverses."""
     _, other = split_params(layers, params)
     dims = {ly.name: (ly.d_in + int(ly.bias), ly.d_out) for ly in layers}
     eye = lambda n: jnp.eye(n, dtype=F64)  # noqa: E731
     diag = traverse_util.unflatten_dict({k: jnp.zeros(v.shape, F64) for k, v in other.items()})
+    zeros = {k: jnp.zeros(d, F64) for k, d in dims.items()}
     return KfacState(jnp.zeros((), jnp.int32),
                      {k: jnp.zeros((i, i), F64) for k, (i, _) in dims.items()},
                      {k: jnp.zeros((o, o), F64) for k, (_, o) in dims.items()},
                      {k: eye(i) for k, (i, _) in dims.items()},
                      {k: eye(o) for k, (_, o) in dims.items()},
-                     diag, jax.tree_util.tree_map(jnp.ones_like, diag))
+                     diag, jax.tree_util.tree_map(jnp.ones_like, diag),
+                     zeros, dict(zeros), {k: jnp.zeros((), F64) for k in dims},
+                     {k: jnp.ones((), F64) for k in dims}, jnp.zeros((), jnp.int32))
 
 
-def accumulate(state: KfacState, stats, cfg) -> KfacState:
-    """Moving averages of the factors; inverses refreshed every `kfac_inverse_every`."""
+def accumulate(state: KfacState, stats, cfg, weight) -> KfacState:
+    """Moving averages of the factors and of Ḡ; inverses, u, c and δ refreshed every
+    `kfac_inverse_every` updates (weight: `mean_weights`, None: c fitted on this batch). The
+    fall-back total is left to `make_kfac`'s update."""
     decay = jnp.where(state.count == 0, 0.0, cfg.kfac_cov_ema).astype(F64)
     ema = lambda old, new: decay * old + (1.0 - decay) * new  # noqa: E731
     a = jax.tree_util.tree_map(ema, state.a, stats.a)
     b = jax.tree_util.tree_map(ema, state.b, stats.b)
+    mean = jax.tree_util.tree_map(ema, state.mean, stats.mean)
     diag = jax.tree_util.tree_map(ema, state.diag, traverse_util.unflatten_dict(stats.diag))
-    a_inv, b_inv, diag_inv = jax.lax.cond(
+    a_inv, b_inv, diag_inv, mean_inv, c, denominator = jax.lax.cond(
         state.count % cfg.kfac_inverse_every == 0,
-        lambda: _inverses(a, b, diag, cfg.damping),
-        lambda: (state.a_inv, state.b_inv, state.diag_inv))
-    return KfacState(state.count + 1, a, b, a_inv, b_inv, diag, diag_inv)
+        lambda: _inverses(a, b, diag, mean, weight, stats, cfg.damping),
+        lambda: (state.a_inv, state.b_inv, state.diag_inv, state.mean_inv, state.weight,
+                 state.denominator))
+    return KfacState(state.count + 1, a, b, a_inv, b_inv, diag, diag_inv, mean, mean_inv,
+                     c, denominator, state.fallbacks)
 
 
-def precondition(state: KfacState, grad):
-    """M⁻¹ĝ for ĝ in split form ({layer: (d̃_in, d_out)}, {other key: array}), float64."""
+def centring_ok(state: KfacState, guard: float = CENTRED_GUARD) -> dict:
+    """{layer: () bool}: δ = 1 − c mᵀM⁻¹m > guard, i.e. M − c m mᵀ ⪰ guard·M is used."""
+    return {n: d > guard for n, d in state.denominator.items()}
+
+
+def precondition(state: KfacState, grad, centred: bool = False,
+                 guard: float = CENTRED_GUARD):
+    """M⁻¹ĝ for ĝ in split form ({layer: (d̃_in, d_out)}, {other key: array}), float64.
+
+    centred: each Dense block is (M − c m mᵀ)⁻¹ĝ = M⁻¹ĝ + (c/δ) u ⟨u, ĝ⟩ (Sherman–Morrison;
+    u = M⁻¹m, c, δ from `KfacState`) where `centring_ok` (guard: the δ threshold), M⁻¹ĝ
+    elsewhere (the guard's fall-back).
+    """
     g_dense, g_other = grad
     d_dense = {n: state.a_inv[n] @ g.astype(F64) @ state.b_inv[n] for n, g in g_dense.items()}
+    if centred:
+        ok = centring_ok(state, guard)
+        for n, g in g_dense.items():
+            u, delta = state.mean_inv[n], state.denominator[n]
+            coef = jnp.where(ok[n], state.weight[n] * jnp.vdot(u, g.astype(F64))
+                             / jnp.where(ok[n], delta, 1.0), 0.0)
+            d_dense[n] = d_dense[n] + coef * u
     inv = traverse_util.flatten_dict(state.diag_inv)
     return d_dense, {k: g.astype(F64) * inv[k] for k, g in g_other.items()}
+
+
+def n_fallbacks(state: KfacState, guard: float = CENTRED_GUARD) -> jax.Array:
+    """() int32: layers whose centring falls back to M (δ ≤ guard)."""
+    return sum((~ok).astype(jnp.int32) for ok in centring_ok(state, guard).values())
 
 
 def _dot(x, y) -> jax.Array:
@@ -139,10 +265,24 @@ def _pcg_solve(cfg, log_psi, layers, params, walkers, state: KfacState, grad, d_
         return ravel(merge_params(layers, *split))
 
     def m_inv(r):
-        return to_flat(precondition(state, split_params(layers, unravel(r))))
+        return to_flat(precondition(state, split_params(layers, unravel(r)),
+                                    cfg.kfac_centring != "none", guard_for(cfg.kfac_centring)))
 
     res = pcg(op.matvec, to_flat(grad), to_flat(d_kfac), cfg.cg_maxiter, cfg.cg_tol, m_inv)
     return (unravel(res.x), op.curvature(res.x), res.iterations.astype(F64), res.residual)
+
+
+def _cosines(cfg, log_psi, layers, params, walkers, eps, mask, state, grad, applied):
+    """cos∠ to the exact SR direction of this batch of the uncentred KFAC, centred KFAC (with
+    kfac_centring 'none': the 'use' centring the state carries) and applied directions
+    (`vmc.optim.kfac_cosine`)."""
+    ravel, _ = float64_ravel(params)
+    exact = exact_sr_direction(log_psi, params, walkers, eps, cfg.damping, mask,
+                               cfg.jacobian_chunk)
+    flat = lambda split: ravel(merge_params(layers, *split))  # noqa: E731
+    return (cosine(flat(precondition(state, grad, False)), exact),
+            cosine(flat(precondition(state, grad, True, guard_for(cfg.kfac_centring))), exact),
+            cosine(ravel(applied), exact))
 
 
 def make_kfac(cfg, log_psi: Callable, module, kind: str = "kfac") -> Optimizer:
@@ -150,9 +290,12 @@ def make_kfac(cfg, log_psi: Callable, module, kind: str = "kfac") -> Optimizer:
 
     Args:
       cfg: `vmc.config.OptimConfig` (lr, lr_decay_steps, damping > 0, norm_constraint, clip,
-        kfac_cov_ema, kfac_inverse_every; cg_maxiter, cg_tol for 'kfac-cg').
+        kfac_cov_ema, kfac_inverse_every, kfac_centring, kfac_cosines (+ jacobian_chunk);
+        cg_maxiter, cg_tol for 'kfac-cg').
       log_psi: (params, x) -> (sign, logabs), calling `module.apply`.
       module: the flax module (`Ansatz.module`).
+    Stats: fallbacks = layers whose centring fell back to M this update; with kfac_cosines
+      the three cosines (`OptStats`).
     Raises:
       InputError: no module (e.g. the 'hf' ansatz), or damping <= 0.
     """
@@ -162,6 +305,8 @@ def make_kfac(cfg, log_psi: Callable, module, kind: str = "kfac") -> Optimizer:
     if not cfg.damping > 0:
         raise InputError(f"optim.damping: {cfg.damping} is not valid for {kind}; valid: > 0")
     n_electrons = _n_electrons(module)
+    centred = cfg.kfac_centring != "none"
+    guard = guard_for(cfg.kfac_centring)
     schedule = lr_schedule(cfg.lr, cfg.lr_decay_steps)
 
     def init(params):
@@ -172,8 +317,10 @@ def make_kfac(cfg, log_psi: Callable, module, kind: str = "kfac") -> Optimizer:
         eps = centred_energies(e_clip.astype(F64), mask)
         layers = discover_layers(log_psi, params, n_electrons)
         stats = make_statistics(log_psi, layers)(params, walkers, eps, mask)
-        state = accumulate(state, stats, cfg)
-        d = precondition(state, stats.grad)
+        state = accumulate(state, stats, cfg, mean_weights(layers, cfg.kfac_centring))
+        fallbacks = n_fallbacks(state, guard) if centred else jnp.zeros((), jnp.int32)
+        state = state._replace(fallbacks=state.fallbacks + fallbacks)
+        d = precondition(state, stats.grad, centred, guard)
         zero = jnp.zeros((), F64)
         if kind == "kfac":
             curvature, iters, resid = _dot(stats.grad, d), zero, zero
@@ -187,6 +334,9 @@ def make_kfac(cfg, log_psi: Callable, module, kind: str = "kfac") -> Optimizer:
         direction = jax.tree_util.tree_structure(params).unflatten(
             jax.tree_util.tree_leaves(direction))
         new, norm = apply_direction(params, direction, lr, scale)
-        return new, state, OptStats(lr, norm, scale, frac, iters, resid)
+        cosines = (_cosines(cfg, log_psi, layers, params, walkers, eps, mask, state,
+                            stats.grad, direction) if cfg.kfac_cosines else ())
+        return new, state, OptStats(lr, norm, scale, frac, iters, resid,
+                                    fallbacks.astype(F64), *cosines)
 
     return Optimizer(init, update)

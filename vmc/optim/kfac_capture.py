@@ -20,7 +20,12 @@ All other parameters (envelope π, σ; Jastrow α; anything not in an nn.Dense) 
 diagonal of the exact centred Fisher, diag(ŌᵀŌ), from per-walker gradients.
 
 The gradient ĝ = Ōᵀε = Σ_i O_i ε_i/√n_w comes from the same pass: for a Dense layer
-∂log|ψ|/∂W̃ = Σ_s ã_s b_sᵀ exactly.
+∂log|ψ|/∂W̃ = Σ_s ã_s b_sᵀ exactly. So does the walker mean of that per-walker gradient,
+
+    Ḡ = 1/n_w Σ_{walkers, uses} ã bᵀ = E[G]      (d̃_in, d_out),   m = vec Ḡ,
+
+the mean term of the centred block (`vmc.optim.kfac`, centred KFAC; MATH.md §7): with the
+factors' normalisation, F's block is E[vec G vec Gᵀ] − m mᵀ exactly.
 """
 
 from __future__ import annotations
@@ -52,12 +57,20 @@ class Statistics(NamedTuple):
     """One batch's KFAC statistics (float64).
 
     a, b: {layer name: A (d̃_in, d̃_in), B (d_out, d_out)}; grad: ĝ in split form
-    ({name: (d̃_in, d_out)}, other); diag: diag(ŌᵀŌ) of the other parameters.
+    ({name: (d̃_in, d_out)}, other); diag: diag(ŌᵀŌ) of the other parameters; mean:
+    {layer name: Ḡ = E[∂log|ψ|/∂W̃] (d̃_in, d_out)} over the (good) walkers; activations:
+    {layer name: (ã (n_w, S, d̃_in), b (n_w, S, d_out))} per walker and use, in the network's
+    dtype, zero for walkers left out (for exact projections G_i·V = Σ_s ã_sᵀ V b_s; unused,
+    XLA drops them); walker_weights: (n_w,) float64, 1/n_good for the walkers that count,
+    else 0.
     """
     a: dict
     b: dict
     grad: tuple
     diag: dict
+    mean: dict
+    activations: dict
+    walker_weights: jax.Array
 
 
 def _is_dense_call(context) -> bool:
@@ -177,7 +190,7 @@ def make_statistics(log_psi: Callable, layers: tuple[DenseLayer, ...]) -> Callab
         keep = mask[:, None, None]
         n_g = jnp.maximum(jnp.sum(mask), 1).astype(F64)
         w = jnp.where(mask, eps.astype(F64), 0.0) / jnp.sqrt(n_g)
-        fa, fb, g_dense = {}, {}, {}
+        fa, fb, g_dense, g_mean, acts_out = {}, {}, {}, {}, {}
         for layer in layers:
             a = jnp.concatenate([x.reshape(n_w, -1, layer.d_in) for x in acts[layer.name]], 1)
             b = jnp.concatenate([x.reshape(n_w, -1, layer.d_out) for x in b_raw[layer.name]],
@@ -192,6 +205,8 @@ def make_statistics(log_psi: Callable, layers: tuple[DenseLayer, ...]) -> Callab
             fb[layer.name] = _gram(b2, b2) / n_g
             bw = (b * w.astype(b.dtype)[:, None, None]).reshape(b2.shape)
             g_dense[layer.name] = _gram(a2, bw)
+            g_mean[layer.name] = _gram(a2, b2) / n_g
+            acts_out[layer.name] = (a, b)
         g_other, diag = {}, {}
         for k, o in o_other.items():
             m = mask.reshape((n_w,) + (1,) * (o.ndim - 1))
@@ -199,6 +214,7 @@ def make_statistics(log_psi: Callable, layers: tuple[DenseLayer, ...]) -> Callab
             g_other[k] = jnp.tensordot(w, o, axes=1)
             mean = jnp.sum(o, axis=0) / n_g
             diag[k] = jnp.sum(jnp.where(m, (o - mean) ** 2, 0.0), axis=0) / n_g
-        return Statistics(fa, fb, (g_dense, g_other), diag)
+        return Statistics(fa, fb, (g_dense, g_other), diag, g_mean, acts_out,
+                          jnp.where(mask, 1.0 / n_g, 0.0))
 
     return stats

@@ -28,6 +28,15 @@ class OptStats(NamedTuple):
     clip_fraction: jax.Array      # fraction of walkers whose E_L was clipped
     iterations: jax.Array         # solver iterations (CG); 0 for direct solves
     residual: jax.Array           # relative residual of the solve (CG); 0 for direct solves
+    # kfac/kfac-cg with optim.kfac_centring != none: layers whose centring fell back to the
+    # uncentred block this update (0 otherwise)
+    fallbacks: Any = 0.0
+    # optim.kfac_cosines: cosines to the exact SR direction (F + λI)⁻¹ĝ of the update's own
+    # batch of the uncentred KFAC, centred KFAC and applied (before the norm constraint)
+    # directions; NaN when not measured
+    cosine_uncentred: Any = float("nan")
+    cosine_centred: Any = float("nan")
+    cosine_applied: Any = float("nan")
 
 
 class Optimizer(NamedTuple):
