@@ -33,6 +33,7 @@ def test_hf_vmc_energy_matches_pyscf(x64, name):
     walkers, steps = 2048, 120
     cfg = config_from_dict({"atoms": MOLECULES[name]}, name=name,
                            overrides=("ansatz.name=hf", "pretrain.basis=cc-pvdz",
+                                      "hamiltonian.f64_rescue=0",
                                       "sampler.moves=8", f"sampler.walkers={walkers}"))
     setup = build(cfg)
     assert abs(setup.hf.energy - HF_ENERGY[name]) < 1e-6
@@ -65,6 +66,7 @@ def test_hf_vmc_ccecp_oxygen_matches_pyscf(x64):
     cfg = config_from_dict({"atoms": [{"symbol": "O", "position": [0.0, 0.0, 0.0]}],
                             "spin": 2}, name="O",
                            overrides=("ansatz.name=hf", "hamiltonian.ecp=ccecp",
+                                      "hamiltonian.f64_rescue=0",
                                       "hamiltonian.ecp_rule=tetrahedron", "sampler.moves=10",
                                       f"sampler.walkers={walkers}"))
     assert cfg.pretrain.basis == "ccecp-cc-pvdz"
