@@ -99,12 +99,12 @@ def test_auto_picks_sparse_by_ansatz_and_electrons_and_config_resolves_it():
     assert resolve_laplacian("auto", "ferminet", 9) == "forward"
     assert resolve_laplacian("auto", "ferminet", 10) == "forward-sparse"
     assert resolve_laplacian("auto", "psiformer", 2) == "forward"
-    assert resolve_laplacian("auto", "psiformer", 3) == "forward-sparse"
+    assert resolve_laplacian("auto", "psiformer", 30) == "forward"
     assert resolve_laplacian("auto", "hf", 30) == "forward"
     root = pathlib.Path(__file__).resolve().parents[1] / "systems"
     assert load_config(root / "Ne.yaml").hamiltonian.laplacian == "forward-sparse"
     assert load_config(root / "N.yaml").hamiltonian.laplacian == "forward"
-    assert load_config(root / "N.yaml", overrides=("ansatz.name=psiformer",)
-                       ).hamiltonian.laplacian == "forward-sparse"
+    assert load_config(root / "Ne.yaml", overrides=("ansatz.name=psiformer",)
+                       ).hamiltonian.laplacian == "forward"
     assert load_config(root / "Ne.yaml", overrides=("hamiltonian.laplacian=hessian",)
                        ).hamiltonian.laplacian == "hessian"

@@ -83,7 +83,7 @@ class HamiltonianConfig:
     """Local energy settings."""
     # kinetic energy: "forward" (folx, dense Jacobians), "forward-sparse" (folx, sparse ones),
     # "hessian" (jvp-of-grad loop), or "auto": forward-sparse for a FermiNet of >= 10
-    # electrons or a Psiformer of >= 3, else forward (vmc.hamiltonian.resolve_laplacian,
+    # electrons, else forward (vmc.hamiltonian.resolve_laplacian,
     # from scripts/bench_laplacian.py); config.yaml holds the resolved method
     laplacian: str = _field("auto", choices=("auto", "forward", "forward-sparse", "hessian"))
     # walkers per device whose E_L is evaluated at once (None: all); bounds the memory of the

@@ -27,7 +27,9 @@ SPARSE_THRESHOLD = 6
 # 32 walkers, a loaded machine): FermiNet's sparse pass took 1.1-2.8x dense's time up to
 # O (8 electrons) and 0.3-0.9x at Ne and H2O (10); the Psiformer's 0.7-1.04x from Li on,
 # 1.5-2.4x for He. The Hessian loop took 1.3-3.4x dense's time (two noisy rows aside).
-SPARSE_FROM = {"ferminet": 10, "psiformer": 3}
+# Psiformer: dense. Its sparse pass compiles 2-3x longer (20 against 7 s) and at 256 walkers
+# is no faster (Li 1.06x, N 0.91x dense; README "Laplacian methods")
+SPARSE_FROM = {"ferminet": 10}
 
 
 def resolve_laplacian(setting: str, ansatz: str, n_electrons: int) -> str:
@@ -37,7 +39,7 @@ def resolve_laplacian(setting: str, ansatz: str, n_electrons: int) -> str:
       setting: 'auto' (folx sparse, 'forward-sparse', for an ansatz with at least
         SPARSE_FROM[ansatz] electrons, else folx dense, 'forward') or one of LAPLACIANS,
         returned as is.
-      ansatz: 'ferminet', 'psiformer' or 'hf' (always dense under 'auto').
+      ansatz: 'ferminet', 'psiformer' or 'hf' (the last two always dense under 'auto').
       n_electrons: electrons of the molecule.
     Returns:
       one of LAPLACIANS.
