@@ -26,13 +26,14 @@ TARGETS = {"He": (0.3, 0.08, 300), "H2": (0.3, 0.08, 300), "Li": (1.0, 0.25, 600
            "Li-": (2.0, None, None), "B+": (2.0, None, None)}
 
 
-def config_file(name: str) -> pathlib.Path:
-    """systems/<name>.yaml, else examples/<name>.yaml."""
+def config_file(name: str, label: str = "") -> pathlib.Path:
+    """systems/<name>.yaml, else examples/<name>.yaml; else SystemExit with one error line
+    (`label` goes after "error: ", e.g. "rung 'X': ")."""
     for folder in ("systems", "examples"):
         path = ROOT / folder / f"{name}.yaml"
         if path.exists():
             return path
-    raise SystemExit(f"error: no systems/{name}.yaml or examples/{name}.yaml")
+    raise SystemExit(f"error: {label}no systems/{name}.yaml or examples/{name}.yaml")
 
 
 def run(name: str, out: pathlib.Path) -> dict:

@@ -53,8 +53,8 @@ from vmc.optim.kfac_capture import (discover_layers, make_statistics,  # noqa: E
 from vmc.optim.kfac_cosine import cosine  # noqa: E402
 from vmc.optim.sr import (JacobianBlocks, centred_energies, clip_local_energy,  # noqa: E402
                           float64_ravel, jacobian_blocks)
-from vmc.train import build, init_state as train_init, make_burn_in_step  # noqa: E402
-from vmc.train import make_train_step  # noqa: E402
+from vmc.stages import burn_in  # noqa: E402
+from vmc.train import build, init_state as train_init, make_train_step  # noqa: E402
 
 F64 = jnp.float64
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -82,13 +82,8 @@ def batches(system, args):
     """(setup, list of (params, walkers, e_l)): the batches of the `--warm` + `--batches`
     steps after `--train` steps of `sample` (parameters before each update)."""
     setup = build(_config(system, args))
-    state = train_init(setup, jax.random.PRNGKey(args.seed))
-    burn = make_burn_in_step(setup)
     key = jax.random.PRNGKey(args.seed + 1)
-    mcmc = state.mcmc
-    for t in range(setup.cfg.sampler.burn_in):
-        mcmc, _ = burn(state.params, mcmc, jax.random.fold_in(key, t))
-    state = state._replace(mcmc=mcmc)
+    state = burn_in(setup, train_init(setup, jax.random.PRNGKey(args.seed)), key, log)
     step = make_train_step(setup)
     e_l_fn = jax.jit(setup.batched_local_energy)
     out, t0 = [], time.perf_counter()

@@ -49,7 +49,8 @@ from vmc.optim.kfac import make_kfac  # noqa: E402
 from vmc.optim.nystrom import (eigenpairs_from_jacobian, fisher_block,  # noqa: E402
                                nystrom_sketch)
 from vmc.optim.sr import centred_energies, centred_jacobian, clip_local_energy  # noqa: E402
-from vmc.train import build, init_state, make_burn_in_step, make_train_step  # noqa: E402
+from vmc.stages import burn_in  # noqa: E402
+from vmc.train import build, init_state, make_train_step  # noqa: E402
 
 F64 = jnp.float64
 SYSTEMS = {"He": ([{"symbol": "He", "position": [0.0, 0.0, 0.0]}], 0),
@@ -70,13 +71,8 @@ def _config(system, solver="sample", seed=0, **optim):
 
 def _burned_in(setup, seed):
     """(initial state after `sampler.burn_in` fixed-parameter steps, the burn-in key)."""
-    state = init_state(setup, jax.random.PRNGKey(seed))
-    burn = make_burn_in_step(setup)
     key = jax.random.PRNGKey(seed + 1)
-    mcmc = state.mcmc
-    for t in range(setup.cfg.sampler.burn_in):
-        mcmc, _ = burn(state.params, mcmc, jax.random.fold_in(key, t))
-    return state._replace(mcmc=mcmc), key
+    return burn_in(setup, init_state(setup, jax.random.PRNGKey(seed)), key, log), key
 
 
 def batches(system, equil, olds, seed=0):

@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 
 from vmc.config import config_from_dict  # noqa: E402
 from vmc.optim import make_optimizer  # noqa: E402
+from vmc.stages import burn_in  # noqa: E402
 from vmc.train import build, init_state, make_burn_in_step, make_train_step  # noqa: E402
 
 SOLVERS = ("sample", "cg", "nystrom-cg", "kfac-cg")
@@ -64,13 +65,8 @@ def _config(args, walkers, solver="sample"):
 def trained_params(args):
     """Parameters after burn-in and `--train` sample steps at 256 walkers."""
     setup = build(_config(args, 256))
-    state = init_state(setup, jax.random.PRNGKey(args.seed))
-    burn = make_burn_in_step(setup)
     key = jax.random.PRNGKey(args.seed + 1)
-    mcmc = state.mcmc
-    for t in range(setup.cfg.sampler.burn_in):
-        mcmc, _ = burn(state.params, mcmc, jax.random.fold_in(key, t))
-    state = state._replace(mcmc=mcmc)
+    state = burn_in(setup, init_state(setup, jax.random.PRNGKey(args.seed)), key, log)
     step = make_train_step(setup)
     for t in range(args.train):
         state, stats = step(state, jax.random.fold_in(key, 10_000 + t), t)

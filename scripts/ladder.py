@@ -47,6 +47,9 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import accuracy  # noqa: E402  (scripts/accuracy.py: config_file)
 
 # the ladder of issue #14, in table order, with the step counts each rung runs at
 LADDER = {"C": (1000, 4000, 16000), "N": (1000, 4000, 16000), "O": (1000, 4000),
@@ -56,12 +59,8 @@ RESULTS = ROOT / "runs" / "ladder_results.jsonl"   # tracked by git (.gitignore)
 
 
 def config_file(name: str) -> pathlib.Path:
-    """systems/<name>.yaml, else examples/<name>.yaml."""
-    for folder in ("systems", "examples"):
-        path = ROOT / folder / f"{name}.yaml"
-        if path.exists():
-            return path
-    raise SystemExit(f"error: rung {name!r}: no systems/{name}.yaml or examples/{name}.yaml")
+    """systems/<name>.yaml, else examples/<name>.yaml (`accuracy.config_file`)."""
+    return accuracy.config_file(name, f"rung {name!r}: ")
 
 
 def settings_tag(preset: str | None, sets: list[str]) -> str:

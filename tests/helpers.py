@@ -1,5 +1,6 @@
 """Helpers shared by the test modules (imported as `helpers`; tests/ is on sys.path)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,3 +46,26 @@ def cut_back_copy(run_dir, out, step: int):
     for name in ("summary.json", "eval.h5"):
         (out / name).unlink(missing_ok=True)
     return out
+
+
+class TwoLayer(nn.Module):
+    """Two Dense layers shared over the S = 3 rows of x, plus a non-Dense parameter α:
+    log|ψ| = Σ_s c · Dense₂(tanh(Dense₁(x_s))) − α Σ x² (float64; KFAC's layer capture)."""
+    n_up: int = 3
+    n_down: int = 0
+
+    @nn.compact
+    def __call__(self, x):
+        h = jnp.tanh(nn.Dense(4, name="hidden", param_dtype=jnp.float64)(x))
+        y = nn.Dense(2, name="out", param_dtype=jnp.float64)(h)
+        alpha = self.param("alpha", nn.initializers.ones, (), jnp.float64)
+        return jnp.ones((), x.dtype), jnp.sum(y * jnp.array([1.0, -0.5])) - alpha * jnp.sum(x * x)
+
+
+def toy_batch(module, n_w, n_e, seed=0, shift=0.0):
+    """(log_psi, params, walkers (n_w, n_e, 3) (normal + shift), e_l (n_w,)) for a toy
+    flax module (float64 must be on)."""
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=(n_w, n_e, 3)) + shift)
+    params = jax.jit(module.init)(jax.random.PRNGKey(seed), x[0])
+    return (lambda p, xx: module.apply(p, xx)), params, x, jnp.asarray(rng.normal(size=n_w))

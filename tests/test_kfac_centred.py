@@ -21,6 +21,8 @@ from vmc.optim.kfac import (CENTRED_GUARD, FIT_GUARD, init_state, n_fallbacks,
 from vmc.optim.kfac_capture import discover_layers, make_statistics
 from vmc.optim.sr import centred_energies, centred_jacobian
 
+from helpers import TwoLayer, toy_batch
+
 LAMBDA = 1e-3
 
 
@@ -40,26 +42,6 @@ class _OneUse(nn.Module):
     def __call__(self, x):
         y = nn.Dense(3, name="w", param_dtype=jnp.float64)(x.ravel())
         return jnp.ones((), x.dtype), jnp.dot(y, jnp.array([1.0, -0.5, 0.25]))
-
-
-class _TwoLayer(nn.Module):
-    """Two Dense layers shared over the S = 3 rows of x and a non-Dense α."""
-    n_up: int = 3
-    n_down: int = 0
-
-    @nn.compact
-    def __call__(self, x):
-        h = jnp.tanh(nn.Dense(4, name="hidden", param_dtype=jnp.float64)(x))
-        y = nn.Dense(2, name="out", param_dtype=jnp.float64)(h)
-        alpha = self.param("alpha", nn.initializers.ones, (), jnp.float64)
-        return jnp.ones((), x.dtype), jnp.sum(y * jnp.array([1.0, -0.5])) - alpha * jnp.sum(x * x)
-
-
-def _toy(module, n_w, n_e, seed=0, shift=0.0):
-    rng = np.random.default_rng(seed)
-    x = jnp.asarray(rng.normal(size=(n_w, n_e, 3)) + shift)
-    params = jax.jit(module.init)(jax.random.PRNGKey(seed), x[0])
-    return (lambda p, xx: module.apply(p, xx)), params, x, jnp.asarray(rng.normal(size=n_w))
 
 
 def _cfg(**kw):
@@ -139,8 +121,8 @@ def _gradient(log_psi, params, x, e_l):
 
 def test_mean_is_the_walker_mean_of_the_layer_gradient(x64):
     """Ḡ = E[∂log|ψ|/∂W̃] exactly, so that E[vec G vec Gᵀ] − m mᵀ is F's block (ŌᵀŌ)."""
-    module = _TwoLayer()
-    log_psi, params, x, e_l = _toy(module, 6, 3)
+    module = TwoLayer()
+    log_psi, params, x, e_l = toy_batch(module, 6, 3)
     layers = discover_layers(log_psi, params, 3)
     stats = jax.jit(make_statistics(log_psi, layers))(params, x, centred_energies(e_l))
     o = np.asarray(jax.vmap(lambda xx: ravel_pytree(jax.grad(
@@ -158,7 +140,7 @@ def test_mean_is_the_walker_mean_of_the_layer_gradient(x64):
 @pytest.mark.parametrize("centring", ["walker", "use"])
 def test_centred_direction_equals_dense_solve_of_its_matrix(x64, centring):
     module = _OneUse()
-    log_psi, params, x, e_l = _toy(module, 12, 2, shift=0.7)
+    log_psi, params, x, e_l = toy_batch(module, 12, 2, shift=0.7)
     d, state, stats = _step(_cfg(kfac_centring=centring), module, log_psi, params, x, e_l)
     _, g = _gradient(log_psi, params, x, e_l)
     m, deltas, falls = _own_matrix(params, state, {"w": 1.0})      # one use: c = 1 either way
@@ -173,8 +155,8 @@ def test_centred_direction_equals_dense_solve_of_its_matrix(x64, centring):
 @pytest.mark.parametrize("centring", ["walker", "use"])
 def test_shared_layers_dense_solve_and_fallback_count(x64, centring):
     """S = 3 uses: c = 1 or 1/3; each layer centred or fallen back as its own δ says."""
-    module = _TwoLayer()
-    log_psi, params, x, e_l = _toy(module, 16, 3, shift=0.3)
+    module = TwoLayer()
+    log_psi, params, x, e_l = toy_batch(module, 16, 3, shift=0.3)
     d, state, stats = _step(_cfg(kfac_centring=centring), module, log_psi, params, x, e_l)
     weights = {n: 1.0 if centring == "walker" else 1.0 / 3 for n in state.a}
     m, deltas, falls = _own_matrix(params, state, weights)
@@ -189,8 +171,8 @@ def test_fit_is_exact_along_the_mean_direction(x64):
     """'fit': c = (q − σ²)/q² makes uᵀ(M − c m mᵀ)u = uᵀ(F + λI)u for u = M⁻¹m (F: this
     batch's exact block), so δ = σ²/q > 0 and no layer falls back; the direction is the
     dense solve of that matrix."""
-    module = _TwoLayer()
-    log_psi, params, x, e_l = _toy(module, 16, 3, shift=0.3)
+    module = TwoLayer()
+    log_psi, params, x, e_l = toy_batch(module, 16, 3, shift=0.3)
     d, state, stats = _step(_cfg(kfac_centring="fit"), module, log_psi, params, x, e_l)
     obar, g = _gradient(log_psi, params, x, e_l)
     f = obar.T @ obar + LAMBDA * np.eye(g.size)
@@ -216,8 +198,8 @@ def test_fit_is_exact_along_the_mean_direction(x64):
 
 def test_guard_falls_back_and_counts(x64):
     """A mean term with 1 − c mᵀM⁻¹m ≤ guard is dropped (that layer only) and counted."""
-    module = _TwoLayer()
-    log_psi, params, x, e_l = _toy(module, 16, 3, shift=0.3)
+    module = TwoLayer()
+    log_psi, params, x, e_l = toy_batch(module, 16, 3, shift=0.3)
     cfg = _cfg(kfac_centring="use", kfac_cov_ema=0.5)
     _, s1, _ = _step(cfg, module, log_psi, params, x, e_l)
     # scale the stored mean of one layer: its next EMA mean gives δ ≪ 0, the other stays
@@ -239,7 +221,7 @@ def test_guard_threshold_boundary(x64):
     """δ = guard falls back (the block is M alone); δ = 2·guard applies M⁻¹ĝ + (c/δ)u⟨u, ĝ⟩
     (c = 1)."""
     module = _OneUse()
-    log_psi, params, x, _ = _toy(module, 4, 2)
+    log_psi, params, x, _ = toy_batch(module, 4, 2)
     layers = discover_layers(log_psi, params, 2)
     state = init_state(layers, params)
     rng = np.random.default_rng(3)
@@ -258,8 +240,8 @@ def test_guard_threshold_boundary(x64):
 def test_cosines_diagnostic(x64):
     """optim.kfac_cosines: cos∠ to the exact (F + λI)⁻¹ĝ of the uncentred, centred and
     applied directions; NaN when off."""
-    module = _TwoLayer()
-    log_psi, params, x, e_l = _toy(module, 16, 3, shift=0.3)
+    module = TwoLayer()
+    log_psi, params, x, e_l = toy_batch(module, 16, 3, shift=0.3)
     obar, g = _gradient(log_psi, params, x, e_l)
     exact = np.linalg.solve(obar.T @ obar + LAMBDA * np.eye(g.size), g)
     cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)  # noqa: E731
@@ -278,8 +260,8 @@ def test_cosines_diagnostic(x64):
 def test_fit_leaves_masked_walkers_out(x64):
     """A walker masked out changes nothing: 'fit' on n_w walkers with the last one masked
     equals 'fit' on the first n_w − 1 (c, δ and the direction)."""
-    module = _TwoLayer()
-    log_psi, params, x, e_l = _toy(module, 17, 3, shift=0.3)
+    module = TwoLayer()
+    log_psi, params, x, e_l = toy_batch(module, 17, 3, shift=0.3)
     cfg = _cfg(kfac_centring="fit")
     opt = make_optimizer(cfg, log_psi, module=module)
     update = jax.jit(opt.update)

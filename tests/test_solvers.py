@@ -26,6 +26,8 @@ from vmc.optim.sr import (centred_energies, centred_jacobian, energy_gradient,
                           sample_space_direction)
 from vmc.system import make_molecule
 
+from helpers import TwoLayer, toy_batch
+
 N_W = 32
 LAMBDA = 1e-3
 
@@ -183,28 +185,6 @@ class _Linear(nn.Module):
         return jnp.ones((), x.dtype), y[0]
 
 
-class _TwoLayer(nn.Module):
-    """Two Dense layers shared over the S = 3 rows of x, plus a non-Dense parameter α:
-    log|ψ| = Σ_s c · Dense₂(tanh(Dense₁(x_s))) − α Σ x²."""
-    n_up: int = 3
-    n_down: int = 0
-
-    @nn.compact
-    def __call__(self, x):
-        h = jnp.tanh(nn.Dense(4, name="hidden", param_dtype=jnp.float64)(x))
-        y = nn.Dense(2, name="out", param_dtype=jnp.float64)(h)
-        alpha = self.param("alpha", nn.initializers.ones, (), jnp.float64)
-        return jnp.ones((), x.dtype), jnp.sum(y * jnp.array([1.0, -0.5])) - alpha * jnp.sum(x * x)
-
-
-def _toy(module, n_w, n_e, seed=0):
-    """(log_psi, params, walkers (n_w, n_e, 3), e_l (n_w,)) for a toy module."""
-    rng = np.random.default_rng(seed)
-    x = jnp.asarray(rng.normal(size=(n_w, n_e, 3)))
-    params = jax.jit(module.init)(jax.random.PRNGKey(seed), x[0])
-    return (lambda p, xx: module.apply(p, xx)), params, x, jnp.asarray(rng.normal(size=n_w))
-
-
 def _exact(log_psi, params, x, e_l, damping=LAMBDA):
     """(Ō, ε, ĝ, F + λI) in numpy."""
     obar = np.asarray(jax.jit(lambda p, xx: centred_jacobian(log_psi, p, xx)[0])(params, x))
@@ -221,7 +201,7 @@ def _step(cfg, log_psi, params, x, e_l, module=None, state=None):
 
 
 def test_cg_iteration_cap_and_loose_tolerance(x64):
-    log_psi, params, x, e_l = _toy(_Linear(n=12), 16, 4)
+    log_psi, params, x, e_l = toy_batch(_Linear(n=12), 16, 4)
     _, _, g, f = _exact(log_psi, params, x, e_l)
     _, _, stats = _step(_cfg("cg", cg_tol=1e-14, cg_maxiter=3), log_psi, params, x, e_l)
     assert int(stats.iterations) == 3 and float(stats.residual) > 1e-14
@@ -234,8 +214,8 @@ def test_cg_iteration_cap_and_loose_tolerance(x64):
 def test_spring_recursion(x64):
     """φ_k = μ φ_{k−1} + Ōᵀ(ŌŌᵀ + λI)⁻¹(ε − μ Ō φ_{k−1}) over two steps, n_w < p."""
     mu, n_w = 0.7, 8
-    log_psi, params, x, e_l = _toy(_Linear(n=12), n_w, 4)
-    _, _, x2, e_l2 = _toy(_Linear(n=12), n_w, 4, seed=1)
+    log_psi, params, x, e_l = toy_batch(_Linear(n=12), n_w, 4)
+    _, _, x2, e_l2 = toy_batch(_Linear(n=12), n_w, 4, seed=1)
     cfg = _cfg("spring", spring_mu=mu)
     d1, state, _ = _step(cfg, log_psi, params, x, e_l)
     d2, _, _ = _step(cfg, log_psi, params, x2, e_l2, state=state)
@@ -247,8 +227,8 @@ def test_spring_recursion(x64):
 
 
 def test_kfac_expand_rule_factors_and_gradient(x64):
-    module = _TwoLayer()
-    log_psi, params, x, e_l = _toy(module, 5, 3)
+    module = TwoLayer()
+    log_psi, params, x, e_l = toy_batch(module, 5, 3)
     layers = discover_layers(log_psi, params, 3)
     assert [(ly.name, ly.d_in, ly.d_out, ly.bias, ly.uses) for ly in layers] == [
         ("hidden", 3, 4, True, 3), ("out", 4, 2, True, 3)]
@@ -279,9 +259,9 @@ def test_kfac_expand_rule_factors_and_gradient(x64):
 
 
 def test_kfac_moving_average_and_inverse_refresh(x64):
-    module = _TwoLayer()
-    log_psi, params, x, e_l = _toy(module, 16, 3)
-    _, _, x2, e_l2 = _toy(module, 16, 3, seed=1)
+    module = TwoLayer()
+    log_psi, params, x, e_l = toy_batch(module, 16, 3)
+    _, _, x2, e_l2 = toy_batch(module, 16, 3, seed=1)
     cfg = _cfg("kfac", kfac_cov_ema=0.9, kfac_inverse_every=2)
     d1, s1, _ = _step(cfg, log_psi, params, x, e_l, module)
     m1, _ = _kron_matrix(params, s1)
@@ -302,8 +282,8 @@ def test_kfac_moving_average_and_inverse_refresh(x64):
 
 
 def test_kfac_cg_zero_iterations_equals_kfac_and_tight_equals_dense(x64):
-    module = _TwoLayer()
-    log_psi, params, x, e_l = _toy(module, 16, 3)
+    module = TwoLayer()
+    log_psi, params, x, e_l = toy_batch(module, 16, 3)
     _, _, g, f = _exact(log_psi, params, x, e_l)
     d_kfac, _, _ = _step(_cfg("kfac"), log_psi, params, x, e_l, module)
     d0, _, stats = _step(_cfg("kfac-cg", cg_maxiter=0), log_psi, params, x, e_l, module)
@@ -324,7 +304,7 @@ def test_norm_constraint_bounds_step_in_solver_metric(x64, solver):
     quadratic with O = (x₁, x₂): F̂ = F exact, or KFAC's (A + π√λ) ⊗ (B + √λ/π) with
     A = E[O Oᵀ] (uncentred) and B = E[1] = 1."""
     module = _Linear(n=2)
-    log_psi, params, x, e_l = _toy(module, 16, 1)
+    log_psi, params, x, e_l = toy_batch(module, 16, 1)
     o = np.asarray(x[:, 0, :2])
     obar, eps, g, curv = _exact(log_psi, params, x, e_l)
     np.testing.assert_allclose(obar, (o - o.mean(0)) / 4.0, rtol=1e-14)

@@ -155,11 +155,17 @@ def _fitted_weight(stats, name, u, q, damping: float):
     return (q - sigma2) / q ** 2, sigma2 / q
 
 
-def _inverses(a, b, diag, mean, weight, stats, damping: float):
+def _inverses(a, b, diag, mean, weight, stats, damping: float, previous=None):
+    """Damped inverses of the factors and the diagonal; u, c and δ of the mean term, or,
+    with `previous` (a KfacState: the mean term is not tracked), its u, c and δ unchanged."""
     a_inv, b_inv, mean_inv, c, denominator = {}, {}, {}, {}, {}
     for name in a:
         da, db = damped_factors(a[name], b[name], damping)
         a_inv[name], b_inv[name] = _spd_inverse(da), _spd_inverse(db)
+        if previous is not None:
+            mean_inv[name] = previous.mean_inv[name]
+            c[name], denominator[name] = previous.weight[name], previous.denominator[name]
+            continue
         u = a_inv[name] @ mean[name] @ b_inv[name]
         q = jnp.vdot(mean[name], u)
         if weight is None:
@@ -189,19 +195,21 @@ def init_state(layers: tuple[DenseLayer, ...], params) -> KfacState:
                      {k: jnp.ones((), F64) for k in dims}, jnp.zeros((), jnp.int32))
 
 
-def accumulate(state: KfacState, stats, cfg, weight) -> KfacState:
+def accumulate(state: KfacState, stats, cfg, weight, track_mean: bool = True) -> KfacState:
     """Moving averages of the factors and of Ḡ; inverses, u, c and δ refreshed every
     `kfac_inverse_every` updates (weight: `mean_weights`, None: c fitted on this batch). The
-    fall-back total is left to `make_kfac`'s update."""
+    fall-back total is left to `make_kfac`'s update. track_mean False (no centring and no
+    cosine diagnostic): Ḡ, u, c and δ stay as they are, so plain KFAC pays nothing for them."""
     decay = jnp.where(state.count == 0, 0.0, cfg.kfac_cov_ema).astype(F64)
     ema = lambda old, new: decay * old + (1.0 - decay) * new  # noqa: E731
     a = jax.tree_util.tree_map(ema, state.a, stats.a)
     b = jax.tree_util.tree_map(ema, state.b, stats.b)
-    mean = jax.tree_util.tree_map(ema, state.mean, stats.mean)
+    mean = jax.tree_util.tree_map(ema, state.mean, stats.mean) if track_mean else state.mean
     diag = jax.tree_util.tree_map(ema, state.diag, traverse_util.unflatten_dict(stats.diag))
     a_inv, b_inv, diag_inv, mean_inv, c, denominator = jax.lax.cond(
         state.count % cfg.kfac_inverse_every == 0,
-        lambda: _inverses(a, b, diag, mean, weight, stats, cfg.damping),
+        lambda: _inverses(a, b, diag, mean, weight, stats, cfg.damping,
+                          None if track_mean else state),
         lambda: (state.a_inv, state.b_inv, state.diag_inv, state.mean_inv, state.weight,
                  state.denominator))
     return KfacState(state.count + 1, a, b, a_inv, b_inv, diag, diag_inv, mean, mean_inv,
@@ -317,7 +325,8 @@ def make_kfac(cfg, log_psi: Callable, module, kind: str = "kfac") -> Optimizer:
         eps = centred_energies(e_clip.astype(F64), mask)
         layers = discover_layers(log_psi, params, n_electrons)
         stats = make_statistics(log_psi, layers)(params, walkers, eps, mask)
-        state = accumulate(state, stats, cfg, mean_weights(layers, cfg.kfac_centring))
+        state = accumulate(state, stats, cfg, mean_weights(layers, cfg.kfac_centring),
+                           track_mean=centred or cfg.kfac_cosines)
         fallbacks = n_fallbacks(state, guard) if centred else jnp.zeros((), jnp.int32)
         state = state._replace(fallbacks=state.fallbacks + fallbacks)
         d = precondition(state, stats.grad, centred, guard)
