@@ -69,3 +69,20 @@ def toy_batch(module, n_w, n_e, seed=0, shift=0.0):
     x = jnp.asarray(rng.normal(size=(n_w, n_e, 3)) + shift)
     params = jax.jit(module.init)(jax.random.PRNGKey(seed), x[0])
     return (lambda p, xx: module.apply(p, xx)), params, x, jnp.asarray(rng.normal(size=n_w))
+
+
+HE_TRAINED = __import__("pathlib").Path(__file__).parent / "data" / "he_trained.h5"
+
+
+def load_he_trained(setup, dtype):
+    """The trained He FermiNet of tests/data/he_trained.h5 (a checkpoint of schema 1, the
+    old one-electron input order) as `setup`'s parameter pytree in `dtype`, converted to
+    today's layout by `vmc.stages.current_layout`."""
+    from vmc import checkpoint as ckpt
+    from vmc.stages import current_layout
+    raw = ckpt.read_tree_raw(HE_TRAINED, "params")
+    tmpl = jax.eval_shape(setup.ansatz.init, jax.random.PRNGKey(0))
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, _: jnp.asarray(raw["/".join(str(getattr(k, "key", k)) for k in p)], dtype),
+        tmpl)
+    return current_layout(setup, params, ckpt.read_attrs(HE_TRAINED))[0]

@@ -145,3 +145,62 @@ def test_orbitals_and_log_psi_is_one_pass_of_both(x64, name, jastrow):
         np.testing.assert_allclose(logabs, want_logabs, rtol=1e-12)
         if jastrow:   # the Jastrow factor is in: log|Σ det| of the orbitals alone differs
             assert abs(float(log_sum_det(mats)[1] - logabs)) > 1e-6
+
+
+def test_shared_rows_dense_is_dense_of_the_concatenation(x64):
+    """SharedRowsDense: nn.Dense's parameters (same initial values) and its output on
+    concat_blocks(local, shared) to float64 rounding; a wrong row order would differ at O(1)."""
+    import flax.linen as nn
+
+    from vmc.ansatz.common import SharedRowsDense, concat_blocks
+    rng = np.random.default_rng(0)
+    local = [jnp.asarray(rng.normal(size=(5, d))) for d in (7, 3, 3)]
+    shared = [jnp.asarray(rng.normal(size=(d,))) for d in (7, 7)]
+    full = concat_blocks(local, shared)
+    assert full.shape == (5, 27) and np.allclose(full[:, 13:20], np.broadcast_to(shared[0], (5, 7)))
+    kw = dict(dtype=jnp.float64, param_dtype=jnp.float64)
+    split, dense = SharedRowsDense(6, **kw), nn.Dense(6, **kw)
+    key = jax.random.PRNGKey(3)
+    p_split = split.init(key, local, shared)
+    p_dense = dense.init(key, full)
+    for k in ("kernel", "bias"):
+        np.testing.assert_array_equal(p_split["params"][k], p_dense["params"][k])
+    p = jax.tree_util.tree_map(lambda a: a + jnp.asarray(rng.normal(size=a.shape)), p_dense)
+    np.testing.assert_allclose(split.apply(p, local, shared), dense.apply(p, full),
+                               rtol=1e-13, atol=1e-13)
+    swapped = {"params": {"kernel": p["params"]["kernel"][::-1], "bias": p["params"]["bias"]}}
+    assert np.max(np.abs(split.apply(swapped, local, shared) - dense.apply(p, full))) > 0.1
+
+
+def test_schema1_checkpoint_gives_the_wavefunction_it_was_saved_with(x64):
+    """tests/data/he_trained.h5 was written by the FermiNet of checkpoint schema 1 (the
+    old one-electron input order). Its parameters, reordered by `current_layout`, are the
+    trained He again: the stored log|ψ| of its 256 walkers (one optimizer step stale, as a
+    checkpoint's are) to 1e-2, and E_L at those walkers, distributed as |ψ|², averages to
+    He's exact energy with the small variance of a trained network. Without the reordering
+    neither holds."""
+    from helpers import HE_TRAINED, load_he_trained
+    from vmc import checkpoint as ckpt
+    from vmc.config import config_from_dict
+    from vmc.train import build
+    assert ckpt.read_attrs(HE_TRAINED)["schema_version"] == 1
+    d = {"atoms": [{"symbol": "He", "position": [0.0, 0.0, 0.0]}],
+         "ansatz": {"hidden_one": [32, 32, 32], "hidden_two": [8, 8, 8], "determinants": 8}}
+    setup = build(config_from_dict(d, name="He"))
+    mcmc = ckpt.read_tree_raw(HE_TRAINED, "mcmc")
+    walkers = jnp.asarray(mcmc["walkers"])
+    logabs = jax.jit(jax.vmap(setup.ansatz.log_psi, in_axes=(None, 0)))
+    e_l = jax.jit(lambda p: setup.batched_local_energy(p, walkers))
+    new = load_he_trained(setup, jnp.float32)
+    raw = ckpt.read_tree_raw(HE_TRAINED, "params")
+    old = jax.tree_util.tree_map_with_path(
+        lambda p, _: jnp.asarray(raw["/".join(str(getattr(k, "key", k)) for k in p)]), new)
+    for params, right in ((new, True), (old, False)):
+        dev = np.max(np.abs(np.asarray(logabs(params, walkers)[1]) - mcmc["logabs"]))
+        e = np.asarray(e_l(params), np.float64)
+        print(f"{'converted' if right else 'as stored'}: max |Δ log|ψ|| {dev:.2e}, "
+              f"E_L mean {e.mean():.5f} Ha, variance {e.var():.2e} Ha²")
+        if right:
+            assert dev < 1e-2 and abs(e.mean() + 2.903724) < 5e-3 and e.var() < 5e-3
+        else:
+            assert dev > 0.05 and e.var() > 0.05

@@ -31,6 +31,8 @@ from vmc.obs_report import parse_observables, summarize_observables
 from vmc.sampler import init_walkers
 from vmc.train import build
 
+from helpers import load_he_trained
+
 H2 = lambda r: [{"symbol": "H", "position": [0.0, 0.0, 0.0]},  # noqa: E731
                 {"symbol": "H", "position": [0.0, 0.0, r]}]
 LIH = [{"symbol": "Li", "position": [0.0, 0.0, 0.0]}, {"symbol": "H", "position": [0.0, 0.0, 3.015]}]
@@ -115,11 +117,7 @@ def test_s2_trained_he_is_zero(x64):
     d = {"atoms": [{"symbol": "He", "position": [0.0, 0.0, 0.0]}],
          "ansatz": {"hidden_one": [32, 32, 32], "hidden_two": [8, 8, 8], "determinants": 8}}
     setup = build(config_from_dict(d, name="He"))
-    raw = ckpt.read_tree_raw(pathlib.Path(__file__).parent / "data" / "he_trained.h5", "params")
-    tmpl = jax.eval_shape(setup.ansatz.init, jax.random.PRNGKey(0))
-    params = jax.tree_util.tree_map_with_path(
-        lambda p, _: jnp.asarray(raw["/".join(str(getattr(k, "key", k)) for k in p)],
-                                 jnp.float32), tmpl)
+    params = load_he_trained(setup, jnp.float32)
     w = init_walkers(jax.random.PRNGKey(0), setup.molecule, 128, 1.0, setup.dtype)
     res = evaluate(setup, params, w, 0.3, steps=20, burn_in=20, key=jax.random.PRNGKey(1),
                    observables=("s2",))

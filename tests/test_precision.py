@@ -21,6 +21,8 @@ from vmc.config import config_from_dict
 from vmc.hamiltonian import kinetic_from_logabs, make_local_energy
 from vmc.train import build
 
+from helpers import load_he_trained
+
 # one worker runs this module: its module fixtures are built once (pyproject: loadgroup)
 pytestmark = pytest.mark.xdist_group("precision")
 
@@ -37,12 +39,6 @@ def _setup(precision: str, x64: bool):
     return build(config_from_dict(d, name="He"))
 
 
-def _load_params(template, dtype):
-    raw = ckpt.read_tree_raw(DATA, "params")
-
-    def leaf(path, _):
-        return jnp.asarray(raw["/".join(str(getattr(k, "key", k)) for k in path)], dtype)
-    return jax.tree_util.tree_map_with_path(leaf, template)
 
 
 def _nudge(x, rng):
@@ -57,9 +53,8 @@ def near_node():
     """(setup64, params64, params32, X (256, 2, 3) float32 points, k (256,) det index)."""
     with jax.enable_x64(True):
         s64 = _setup("float64", True)
-        tmpl = jax.eval_shape(s64.ansatz.init, jax.random.PRNGKey(0))
-        p32 = _load_params(tmpl, jnp.float32)
-        p64 = _load_params(tmpl, jnp.float64)   # the same numbers, exactly
+        p32 = load_he_trained(s64, jnp.float32)
+        p64 = load_he_trained(s64, jnp.float64)   # the same numbers, exactly
 
         def dets(x):
             m = s64.ansatz.orbitals(p64, x)[0]

@@ -41,7 +41,7 @@ __all__ = ["SCHEMA_VERSION", "CheckpointError", "NonFiniteError", "save", "resto
            "read_attrs", "read_tree_raw", "checkpoint_path", "list_checkpoints",
            "latest_valid", "prune"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: FermiNet one-electron rows reordered (ansatz.ferminet.params_from_schema1)
 _RESERVED = ("schema_version", "code_version", "checksum")
 _NAME_RE = re.compile(r"^ckpt_(\d+)\.h5$")
 _LIVE_GLOB = "ckpt_*.h5"

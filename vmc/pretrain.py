@@ -43,6 +43,7 @@ from vmc import parallel
 from vmc.sampler import MCMCState, adapt_width, make_moves, make_sampler
 
 GROUP = "pretrain"
+SYNC_EVERY = 50    # pretraining steps between reads of the loss (host syncs)
 
 
 class PretrainState(NamedTuple):
@@ -196,14 +197,19 @@ def pretrain(setup, state, key, run_dir, log: Callable = print):
     t0 = time.time()
     first = loss = pmove = float("nan")
     try:
-        for t in range(steps):
+        pending = []   # losses still on the device: read every SYNC_EVERY steps, so the
+        for t in range(steps):   # host does not wait for each step before queuing the next
             pstate, loss_t, pmove_t = step(pstate, jax.random.fold_in(key, t), t)
-            loss = float(loss_t)
-            first = loss if t == 0 else first
-            writer.append({"step": t, "loss": loss})
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
+            pending.append(loss_t)
+            if len(pending) == SYNC_EVERY or t == steps - 1:
+                values = [float(v) for v in jax.device_get(pending)]
+                for i, v in enumerate(values):
+                    writer.append({"step": t + 1 - len(values) + i, "loss": v})
+                first = values[0] if t + 1 == len(values) else first
+                loss, pending = values[-1], []
+                if bar is not None:
+                    bar.update(len(values))
+                    bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
         pmove = float(pmove_t) if steps else pmove
     finally:
         writer.close()

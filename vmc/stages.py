@@ -51,6 +51,30 @@ def _bar_log(bar, log):
     return write
 
 
+def current_layout(setup: Setup, params, attrs: dict, log=None):
+    """A checkpoint's parameters in this version's layout, and whether they were converted.
+
+    Checkpoints of schema 1 hold a FermiNet whose one-electron layers take their input in
+    the old order (`vmc.ansatz.ferminet.params_from_schema1`); their rows are reordered,
+    so the wavefunction is the same. Other ansätze and schema ≥ 2 pass unchanged.
+
+    Args:
+      setup: the run's Setup (its ansatz module); params: the restored pytree;
+      attrs: the checkpoint's attributes (`schema_version`); log: one-line logger or None.
+    Returns:
+      (params, converted: bool).
+    """
+    from vmc.ansatz.ferminet import FermiNet, params_from_schema1
+    if int(attrs.get("schema_version", 1)) >= 2 or not isinstance(setup.ansatz.module,
+                                                                  FermiNet):
+        return params, False
+    if log is not None:
+        log(f"checkpoint schema {attrs.get('schema_version')} (vmc "
+            f"{attrs.get('code_version', '?')}): FermiNet one-electron kernel rows "
+            f"reordered to schema {ckpt.SCHEMA_VERSION}'s layout (the same wavefunction)")
+    return params_from_schema1(setup.ansatz.module, params), True
+
+
 def restore(setup: Setup, run_dir: pathlib.Path, log,
              what: str = "--resume") -> tuple[TrainState, int, int]:
     """State from the newest valid checkpoint; walkers resized if the count changed.
@@ -65,6 +89,13 @@ def restore(setup: Setup, run_dir: pathlib.Path, log,
         raise InputError(f"{what}: no valid checkpoint in {d}")
     trees, attrs = ckpt.restore(path, {"params": template.params,
                                        "opt_state": template.opt_state})
+    params, converted = current_layout(setup, trees["params"], attrs, log)
+    opt_state = trees["opt_state"]
+    if converted:
+        if jax.tree_util.tree_leaves(opt_state):
+            log("resume: the optimizer state of a schema-1 checkpoint is not reordered: it "
+                "starts afresh (the run continues, not bit-identically to the old version)")
+        opt_state = setup.optimizer.init(params)
     raw = ckpt.read_tree_raw(path, "mcmc")
     walkers = raw["walkers"]
     n_w = setup.cfg.sampler.walkers
@@ -73,7 +104,7 @@ def restore(setup: Setup, run_dir: pathlib.Path, log,
             f"{'cycling through' if n_w > walkers.shape[0] else 'keeping the first'} "
             f"{n_w} of them")
         walkers = resize_walkers(walkers, n_w)
-        logabs = jax.vmap(lambda x: setup.ansatz.log_psi(trees["params"], x)[1])(walkers)
+        logabs = jax.vmap(lambda x: setup.ansatz.log_psi(params, x)[1])(walkers)
     else:
         logabs = raw["logabs"]
     # every process reads the same file and places its own slice (any device/process layout)
@@ -82,7 +113,7 @@ def restore(setup: Setup, run_dir: pathlib.Path, log,
                      jax.numpy.asarray(raw["width"]))
     log(f"{'resume' if what == '--resume' else 'evaluate'}: from {path.name} "
         f"(step {attrs['step']})")
-    return (TrainState(trees["params"], trees["opt_state"], mcmc), int(attrs["step"]),
+    return (TrainState(params, opt_state, mcmc), int(attrs["step"]),
             int(attrs.get("rejected", 0)))
 
 

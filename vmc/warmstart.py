@@ -26,11 +26,12 @@ def warm_start(setup, state, run_dir: pathlib.Path, log: Callable = print):
     if path is None:
         raise InputError(f"--init-from {str(run_dir)!r}: no valid checkpoint")
     try:
-        trees, _ = ckpt.restore(path, {"params": state.params})
+        trees, attrs = ckpt.restore(path, {"params": state.params})
     except ckpt.CheckpointError as err:
         raise InputError(f"--init-from {str(run_dir)!r}: parameters do not fit this ansatz "
                          f"and molecule ({err})") from None
-    params = trees["params"]
+    from vmc.stages import current_layout
+    params, _ = current_layout(setup, trees["params"], attrs, log)
     mcmc = state.mcmc
     walkers = ckpt.read_tree_raw(path, "mcmc")["walkers"]
     if walkers.shape[1:] == mcmc.walkers.shape[1:] and walkers.dtype == mcmc.walkers.dtype:

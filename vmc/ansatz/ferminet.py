@@ -12,16 +12,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vmc.ansatz.common import (Envelope, Jastrow, electron_features, psi_from_orbitals,
-                               orbital_matrices, spin_blocks)
+from vmc.ansatz.common import (Envelope, Jastrow, SharedRowsDense, electron_features,
+                               orbital_matrices, psi_from_orbitals, spin_blocks)
 
 
 class FermiNetLayer(nn.Module):
     """One interaction layer: permutation-equivariant one- and two-electron updates.
 
     h1: (n, d1) one-electron stream; h2: (n, n, d2) two-electron stream.
-    The one-electron input concatenates h1_i, the spin-up and spin-down means of h1 and the
-    spin-up and spin-down means over j of h2_ij (Pfau et al. 2020, eq. 5).
+    The one-electron input concatenates h1_i, the spin-up and spin-down means over j of h2_ij,
+    and the spin-up and spin-down means of h1 (Pfau et al. 2020, eq. 5; in this order, the
+    per-electron blocks first, since checkpoint schema 2: `SharedRowsDense`).
     """
     n_up: int
     width_one: int
@@ -31,14 +32,13 @@ class FermiNetLayer(nn.Module):
     @nn.compact
     def __call__(self, h1, h2):
         n = h1.shape[0]
-        feats = [h1]
+        local, shared = [h1], []
         for sl in spin_blocks(self.n_up, n):
             if sl.stop > sl.start:
-                feats.append(jnp.broadcast_to(jnp.mean(h1[sl], axis=0), h1.shape))
-                feats.append(jnp.mean(h2[:, sl], axis=1))
-        f = jnp.concatenate(feats, axis=-1)
-        new1 = jnp.tanh(nn.Dense(self.width_one, dtype=self.dtype, param_dtype=self.dtype,
-                                 name="one")(f))
+                local.append(jnp.mean(h2[:, sl], axis=1))
+                shared.append(jnp.mean(h1[sl], axis=0))
+        new1 = jnp.tanh(SharedRowsDense(self.width_one, dtype=self.dtype,
+                                        param_dtype=self.dtype, name="one")(local, shared))
         h1 = new1 + h1 if new1.shape == h1.shape else new1
         if self.width_two is not None:
             new2 = jnp.tanh(nn.Dense(self.width_two, dtype=self.dtype, param_dtype=self.dtype,
@@ -115,3 +115,47 @@ class FermiNet(nn.Module):
         """(sign, log|ψ|) of one configuration x: (n_electrons, 3) bohr; `atoms` as in
         `orbitals` (None: the static nuclear positions)."""
         return psi_from_orbitals(self, self.orbitals(x, atoms), x)
+
+
+def schema1_row_order(module: FermiNet, layer: int) -> list[int]:
+    """Rows of `layer_{layer}/one/kernel` as checkpoint schema 1 stored them, in today's order.
+
+    Schema 1 (vmc before `SharedRowsDense`) ordered the one-electron input
+    [h1_i, ⟨h1⟩_up, ⟨h2_i·⟩_up, ⟨h1⟩_down, ⟨h2_i·⟩_down]; schema 2 orders it
+    [h1_i, ⟨h2_i·⟩_up, ⟨h2_i·⟩_down, ⟨h1⟩_up, ⟨h1⟩_down] (empty spins omitted in both).
+    Returns the permutation `perm` with new_kernel = old_kernel[perm].
+    """
+    d1 = 4 * len(module.atoms) if layer == 0 else module.hidden_one[layer - 1]
+    d2 = 4 if layer == 0 else module.hidden_two[layer - 1]
+    spins = [ns for ns in (module.n_up, module.n_down) if ns > 0]
+    old, at = {}, d1                  # old block start of (kind, spin)
+    for s in range(len(spins)):
+        old[("h1", s)] = at
+        old[("h2", s)] = at + d1
+        at += d1 + d2
+    perm = list(range(d1))
+    for s in range(len(spins)):
+        perm += range(old[("h2", s)], old[("h2", s)] + d2)
+    for s in range(len(spins)):
+        perm += range(old[("h1", s)], old[("h1", s)] + d1)
+    return perm
+
+
+def params_from_schema1(module: FermiNet, params):
+    """FermiNet parameters of a schema-1 checkpoint in today's layout (the same ψ).
+
+    Args:
+      module: the `FermiNet` the parameters belong to; params: its parameter pytree
+        ({'params': {'layer_i': {'one': {'kernel', 'bias'}, ...}, ...}}).
+    Returns:
+      the pytree with each `layer_i/one/kernel`'s rows reordered (`schema1_row_order`).
+    """
+    inner = dict(params["params"])
+    for i in range(len(module.hidden_one)):
+        name = f"layer_{i}"
+        layer = dict(inner[name])
+        one = dict(layer["one"])
+        one["kernel"] = jnp.asarray(one["kernel"])[jnp.asarray(schema1_row_order(module, i))]
+        layer["one"] = one
+        inner[name] = layer
+    return {**params, "params": inner}

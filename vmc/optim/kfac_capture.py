@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from vmc.ansatz.common import SharedRowsDense, concat_blocks
+
 F64 = jnp.float64
 
 
@@ -77,6 +79,14 @@ def _is_dense_call(context) -> bool:
     return isinstance(context.module, nn.Dense) and context.method_name == "__call__"
 
 
+def _dense_input(context, args):
+    """A Dense call's input a (rows, d_in): a `SharedRowsDense`'s blocks concatenated with
+    their shared rows broadcast (what nn.Dense on the concatenation would have seen)."""
+    if isinstance(context.module, SharedRowsDense):
+        return concat_blocks(*args)
+    return args[0]
+
+
 def _name(path) -> str:
     return ".".join(path)
 
@@ -92,7 +102,7 @@ def discover_layers(log_psi: Callable, params, n_electrons: int) -> tuple[DenseL
         out = next_fun(*args, **kwargs)
         if _is_dense_call(context):
             calls.setdefault(tuple(context.module.path), []).append(
-                (args[0].shape, out.shape))
+                (_dense_input(context, args).shape, out.shape))
         return out
 
     def run(p, x):
@@ -166,7 +176,7 @@ def make_statistics(log_psi: Callable, layers: tuple[DenseLayer, ...]) -> Callab
             if name is None:
                 return out
             uses = acts.setdefault(name, [])
-            uses.append(args[0])
+            uses.append(_dense_input(context, args))
             return out + perturb[name][len(uses) - 1]
 
         p = traverse_util.unflatten_dict({**dense_raw, **other})
