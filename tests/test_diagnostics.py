@@ -218,14 +218,14 @@ def test_variance_spike_needs_the_floor_too():
 
 
 def test_spikes_that_last_one_step_are_told_from_sustained_ones():
-    """One walker far out (a one-step spike) against a spoiled ψ (variance stays up)."""
+    """One walker far out (a brief spike) against a spoiled ψ (the variance stays up)."""
     from vmc.diagnostics import isolated_spikes, training_flags, variance_spikes
     s = _training_series()
     s["variance"][[1200, 1600]] = 15.0                 # two one-step outliers
     hits, _ = variance_spikes(s["variance"], s["step"])
     assert list(isolated_spikes(s["variance"], s["step"], hits)) == [True, True]
     flag, = training_flags(s)
-    assert "2 back under" in flag.message and "one step" in flag.advice
+    assert "2 back under" in flag.message and "within 3 steps" in flag.advice
     s["variance"][1601:1610] = 12.0                    # the second one stays up
     hits, _ = variance_spikes(s["variance"], s["step"])
     assert list(isolated_spikes(s["variance"], s["step"], hits))[:2] == [True, False]

@@ -19,8 +19,8 @@ after step TRAIN_AFTER (500):
   the median variance of the SPIKE_WINDOW (200) steps before it, and SPIKE_FLOOR (0.1 Ha²)
   (below that one walker's outlier makes such ratios without harm: the He quick start,
   median ~5·10⁻⁴ Ha², has 66x steps at ~0.03 Ha² and ends within 0.01 mHa of exact); the
-  flag counts the spikes that last one step (`isolated_spikes`: one walker far out in E_L,
-  not the parameters) and says so when all of them do;
+  flag counts the brief spikes (`isolated_spikes`: over within 3 steps, one walker far out
+  in E_L, not the parameters) and says so when all of them are;
 * ``energy_rise``: a RISE_WINDOW (100)-step mean energy more than RISE_SIGMA (5) combined
   standard errors above the lowest such mean before it (consecutive windows; their
   standard error from reblocking the steps after step 500, see `energy_rise`): training
@@ -45,7 +45,8 @@ TRAIN_AFTER = 500
 SPIKE_FACTOR = 10.0
 SPIKE_WINDOW = 200
 SPIKE_FLOOR = 0.1      # Ha²
-ISOLATED_BACK = 2.0    # a spike is isolated when the next step is under 2x the median
+ISOLATED_BACK = 2.0    # a spike is brief when, within ISOLATED_WITHIN steps, the variance
+ISOLATED_WITHIN = 3    # is back under ISOLATED_BACK x the running median
 RISE_WINDOW = 100
 RISE_SIGMA = 5.0
 
@@ -179,17 +180,17 @@ def variance_spikes(variance, steps=None, after: int = TRAIN_AFTER,
 
 
 def isolated_spikes(variance, steps, hits, window: int = SPIKE_WINDOW,
-                    back: float = ISOLATED_BACK):
-    """Which variance spikes last one step: the next finite step's variance is below
-    `back` × the running median at the spike.
+                    back: float = ISOLATED_BACK, within: int = ISOLATED_WITHIN):
+    """Which variance spikes are brief: within `within` finite steps after the spike the
+    variance is back below `back` × the running median at the spike.
 
     One walker whose E_L lies far out (near a node of ψ, where E_L ∝ ±1/distance) raises
-    one step's variance by (ΔE)²/n_w and is gone at the next move; a change of the
-    parameters that spoils ψ raises the variance for several steps. In the C atom's ladder
-    run (4000 default steps) all 49 spikes after step 500 were of the first kind: the mean
-    energy moved by ΔE/256 with ΔE = 30–100 Ha of either sign, the next step's variance was
-    1.04x the median, and update norm, norm-constraint scale and clip fraction at the
-    spikes equalled their medians.
+    one step's variance by (ΔE)²/n_w and is gone after a move or two; a change of the
+    parameters that spoils ψ raises the variance for many steps. In the ladder runs with
+    the defaults (4000 steps) C had 49 spikes after step 500 and N 44: the mean energy
+    moved by ΔE/256 with ΔE = 30–100 Ha of either sign (C), the median of the next step's
+    variance was 1.04x the running median, update norm, norm-constraint scale and clip
+    fraction at the spikes equalled their medians, and no energy_rise tripped.
 
     Args:
       variance, steps: as for `variance_spikes`; hits: its step numbers.
@@ -205,7 +206,7 @@ def isolated_spikes(variance, steps, hits, window: int = SPIKE_WINDOW,
     for t in hits:
         i = index[int(t)]
         med = float(np.median(v[max(i - window, 0):i]))
-        out.append(i + 1 < v.size and v[i + 1] < back * med)
+        out.append(bool(np.any(v[i + 1:i + 1 + within] < back * med)))
     return np.asarray(out, bool)
 
 
@@ -277,16 +278,17 @@ def training_flags(stats: Optional[dict], run_dir: str = "RUN") -> list[Flag]:
         advice = ("the optimization is unstable there: lower optim.lr or raise "
                   "optim.damping, and compare the energy before and after the spikes")
         if one_step == hits.size:
-            advice = ("each lasted one step: single walkers far out in E_L (near a node), "
-                      "which the clipped gradient leaves out; more walkers shrink them, and "
-                      "only an energy_rise flag would point at the optimizer")
+            advice = (f"each was over within {ISOLATED_WITHIN} steps: single walkers far "
+                      f"out in E_L (near a node), which the clipped gradient leaves out; "
+                      f"more walkers shrink them, and only an energy_rise flag would point "
+                      f"at the optimizer")
         out.append(Flag("variance_spike",
                         f"training: {hits.size} step(s) after step {TRAIN_AFTER} with a "
                         f"variance over {SPIKE_FACTOR:g}x its {SPIKE_WINDOW}-step median "
                         f"and {SPIKE_FLOOR:g} Ha^2 "
                         f"(first at step {hits[0]}, worst {ratios.max():.0f}x; "
-                        f"{one_step} back under {ISOLATED_BACK:g}x the median at the next "
-                        f"step)", advice))
+                        f"{one_step} back under {ISOLATED_BACK:g}x the median within "
+                        f"{ISOLATED_WITHIN} steps)", advice))
     rise = energy_rise(energy, step)
     if rise is not None:
         out.append(Flag("energy_rise",
