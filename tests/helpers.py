@@ -74,10 +74,11 @@ def toy_batch(module, n_w, n_e, seed=0, shift=0.0):
 HE_TRAINED = __import__("pathlib").Path(__file__).parent / "data" / "he_trained.h5"
 
 
-def load_he_trained(setup, dtype):
+def load_he_trained(setup, dtype=None, convert=True):
     """The trained He FermiNet of tests/data/he_trained.h5 (a checkpoint of schema 1, the
-    old one-electron input order) as `setup`'s parameter pytree in `dtype`, converted to
-    today's layout by `vmc.stages.current_layout`."""
+    old one-electron input order) as `setup`'s parameter pytree in `dtype` (None: as
+    stored), converted to today's layout by `vmc.stages.current_layout` unless `convert`
+    is False."""
     from vmc import checkpoint as ckpt
     from vmc.stages import current_layout
     raw = ckpt.read_tree_raw(HE_TRAINED, "params")
@@ -85,4 +86,6 @@ def load_he_trained(setup, dtype):
     params = jax.tree_util.tree_map_with_path(
         lambda p, _: jnp.asarray(raw["/".join(str(getattr(k, "key", k)) for k in p)], dtype),
         tmpl)
+    if not convert:
+        return params
     return current_layout(setup, params, ckpt.read_attrs(HE_TRAINED))[0]

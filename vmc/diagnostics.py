@@ -274,10 +274,10 @@ def training_flags(stats: Optional[dict], run_dir: str = "RUN") -> list[Flag]:
     out = []
     hits, ratios = variance_spikes(variance, step)
     if hits.size:
-        one_step = int(np.sum(isolated_spikes(variance, step, hits)))
+        brief = int(np.sum(isolated_spikes(variance, step, hits)))
         advice = ("the optimization is unstable there: lower optim.lr or raise "
                   "optim.damping, and compare the energy before and after the spikes")
-        if one_step == hits.size:
+        if brief == hits.size:
             advice = (f"each was over within {ISOLATED_WITHIN} steps: single walkers far "
                       f"out in E_L (near a node), which the clipped gradient leaves out; "
                       f"more walkers shrink them, and only an energy_rise flag would point "
@@ -287,7 +287,7 @@ def training_flags(stats: Optional[dict], run_dir: str = "RUN") -> list[Flag]:
                         f"variance over {SPIKE_FACTOR:g}x its {SPIKE_WINDOW}-step median "
                         f"and {SPIKE_FLOOR:g} Ha^2 "
                         f"(first at step {hits[0]}, worst {ratios.max():.0f}x; "
-                        f"{one_step} back under {ISOLATED_BACK:g}x the median within "
+                        f"{brief} back under {ISOLATED_BACK:g}x the median within "
                         f"{ISOLATED_WITHIN} steps)", advice))
     rise = energy_rise(energy, step)
     if rise is not None:

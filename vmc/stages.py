@@ -93,8 +93,8 @@ def restore(setup: Setup, run_dir: pathlib.Path, log,
     opt_state = trees["opt_state"]
     if converted:
         if jax.tree_util.tree_leaves(opt_state):
-            log("resume: the optimizer state of a schema-1 checkpoint is not reordered: it "
-                "starts afresh (the run continues, not bit-identically to the old version)")
+            log(f"{what}: the optimizer state of a schema-1 checkpoint is not reordered: "
+                f"it starts afresh (not bit-identical to a run of the old version)")
         opt_state = setup.optimizer.init(params)
     raw = ckpt.read_tree_raw(path, "mcmc")
     walkers = raw["walkers"]
