@@ -14,6 +14,9 @@ import pytest
 _CACHE = pathlib.Path(os.environ.get("VMC_TEST_JAX_CACHE",
                                      pathlib.Path(__file__).resolve().parents[1] / ".jax_cache"))
 jax.config.update("jax_compilation_cache_dir", str(_CACHE))
+# `vmc.cli.main` called in this process (run.compile_cache: auto) and `vmc` subprocesses read
+# the same folder, so a program compiled by one is loaded by the other
+os.environ.setdefault("VMC_JAX_CACHE", str(_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 

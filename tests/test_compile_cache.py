@@ -15,3 +15,27 @@ def test_environment_wins_then_setting_then_user_cache_folder(tmp_path):
     for off in ("off", "0", "none", "False", ""):
         assert cache_dir("auto", {**home, "VMC_JAX_CACHE": off}) is None
     assert cache_dir("auto", {}) == pathlib.Path.home() / ".cache" / "vmc" / "jax"
+
+
+def test_resumed_state_lowers_to_the_fresh_runs_program(tmp_path):
+    """A state read back from a checkpoint must give the training step the same XLA program
+    as a fresh start (else `--resume` misses the persistent cache and compiles again):
+    restored leaves that were committed to a device lowered with sharding annotations."""
+    import jax
+    import jax.numpy as jnp
+
+    from vmc import stages
+    from vmc.config import load_config
+    from vmc.loop import save_checkpoint
+    from vmc.train import build, init_state, make_train_step
+
+    cfg = load_config(pathlib.Path(__file__).parent.parent / "systems" / "H2.yaml",
+                      preset="tiny", overrides=("optim.solver=adam", "pretrain.steps=0"))
+    setup = build(cfg, hf=None)
+    fresh = init_state(setup, jax.random.PRNGKey(0))
+    save_checkpoint(tmp_path, fresh, 3, cfg, keep=1)
+    restored, step, _ = stages.restore(setup, tmp_path, lambda line: None)
+    assert step == 3
+    fn = make_train_step(setup)
+    key, zero = jax.random.PRNGKey(1), jnp.asarray(0, jnp.int32)
+    assert fn.lower(restored, key, 3, zero).as_text() == fn.lower(fresh, key, 0, zero).as_text()

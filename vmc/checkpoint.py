@@ -306,7 +306,10 @@ def _rebuild_leaf(dname: str, tmpl: Any, arr: np.ndarray, impl: str | None) -> A
     if want_impl is not None:
         return jax.random.wrap_key_data(arr, impl=want_impl)
     if isinstance(tmpl, jax.Array):
-        return jax.device_put(arr, tmpl.sharding)
+        # an uncommitted template (one device, nothing placed) gives an uncommitted leaf: a
+        # committed one lowers with sharding annotations, a different program than the fresh
+        # run's, so the resumed run would miss the compilation cache
+        return jax.device_put(arr, tmpl.sharding) if tmpl.committed else jax.device_put(arr)
     if isinstance(tmpl, jax.ShapeDtypeStruct):
         return jax.device_put(arr)
     if isinstance(tmpl, np.ndarray):
