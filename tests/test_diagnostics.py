@@ -164,6 +164,17 @@ def test_energy_flags_unit():
     assert [f.code for f in energy_flags(x, reblock(x), x + 1.0)] == ["train_eval_disagree"]
 
 
+def test_training_tail_below_the_evaluation_is_told_from_one_above():
+    """A tail above the evaluation: the energy was still falling; below it: the training
+    energies are biased low (what N's runs show), so the advice differs."""
+    rng = np.random.default_rng(6)
+    x = ar1(0.5, 2000, 1e-3, rng)
+    (above,) = energy_flags(x, reblock(x), x + 0.03)
+    (below,) = energy_flags(x, reblock(x), x - 0.03)
+    assert "still moving" in above.advice and "biased low" not in above.advice
+    assert "biased low" in below.advice and "still moving" not in below.advice
+
+
 # ---------------------------------------------------------------- training detectors
 
 def _training_series(n=4000, seed=0):
