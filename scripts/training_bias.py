@@ -26,36 +26,18 @@ import pathlib
 import subprocess
 import sys
 
-import h5py
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vmc import reblock  # noqa: E402
+from vmc.analysis import load_run  # noqa: E402
 
 
-def last_lr(run: pathlib.Path) -> float:
-    with h5py.File(run / "train.h5", "r") as f:
-        return float(f["stats"]["lr"][-1])
-
-
-def run_moves(run: pathlib.Path) -> int:
-    import yaml
-    return int(yaml.safe_load((run / "config.yaml").read_text())["sampler"]["moves"])
-
-
-def training_rows(run: pathlib.Path, skip: int):
-    with h5py.File(run / "train.h5", "r") as f:
-        s = f["stats"]
-        return np.asarray(s["energy"][skip:]), np.asarray(s["median"][skip:])
-
-
-def evaluation(run: pathlib.Path):
-    """(mean, stderr) of the newest evaluation group in run/eval.h5."""
-    with h5py.File(run / "eval.h5", "r") as f:
-        e = np.asarray(f[sorted(f)[-1]]["energy"][:])
-    r = reblock.reblock(e)
+def newest_evaluation(run) -> tuple[float, float]:
+    """(mean, reblocked stderr) in Ha of the newest evaluation group of a run directory."""
+    r = reblock.reblock(load_run(run).evals[-1].energy)
     return r.mean, r.stderr
 
 
@@ -70,10 +52,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/training_bias")
     a = p.parse_args(argv)
     run, out = pathlib.Path(a.run), pathlib.Path(a.out)
-    lr = a.lr if a.lr is not None else last_lr(run)
-    moves = run_moves(run)
+    start = load_run(run)
+    lr = a.lr if a.lr is not None else float(start.stats["lr"][-1])
+    moves = int(start.config["sampler"]["moves"])
     rows = []
-    e0, s0 = evaluation(run)
+    e0, s0 = newest_evaluation(run)
     print(f"start: {run} evaluated {e0:.6f} Ha ± {s0 * 1e3:.2f} mHa; continuing {a.steps} "
           f"steps at lr {lr:.4g} (constant)", flush=True)
     for m in (moves, a.moves_many):
@@ -86,9 +69,10 @@ def main(argv=None) -> int:
         if subprocess.call(cmd, stdout=subprocess.DEVNULL) != 0:
             print(f"moves {m}: the run failed (see {d}/run.log)")
             return 1
-        e, med = training_rows(d, 50)
+        stats = load_run(d).stats
+        e, med = stats["energy"][50:], stats["median"][50:]
         r = reblock.reblock(e)
-        ev, es = evaluation(d)
+        ev, es = newest_evaluation(d)
         rows.append((m, r.mean, r.stderr, float(np.mean(med)), float(np.mean(e - med)), ev, es))
     print(f"\n{'moves':>5}  {'train mean (Ha)':>16} {'±mHa':>5}  {'mean median':>12}  "
           f"{'mean-med mHa':>12}  {'eval final (Ha)':>15} {'±mHa':>5}  {'train-eval mHa':>15}")
