@@ -55,6 +55,10 @@ import accuracy  # noqa: E402  (scripts/accuracy.py: config_file)
 LADDER = {"C": (1000, 4000, 16000), "N": (1000, 4000, 16000), "O": (1000, 4000),
           "H2O": (1000, 4000), "CH4": (1000, 4000), "N2": (1000, 4000)}
 MARKER = "ladder"
+# bumped when a default the rungs use changes (records and run folders of other versions are
+# kept apart): 1 = one damping for every size (1e-3), 2 = the damping size rule
+# (vmc.size_rule.optim_damping: 0.1 beyond five electrons)
+DEFAULTS_VERSION = 2
 RESULTS = ROOT / "runs" / "ladder_results.jsonl"   # tracked by git (.gitignore), unlike runs/
 
 
@@ -64,10 +68,11 @@ def config_file(name: str) -> pathlib.Path:
 
 
 def settings_tag(preset: str | None, sets: list[str]) -> str:
-    """'defaults' without --preset or --set, else a readable, unique folder name."""
+    """'defaults_v<DEFAULTS_VERSION>' without --preset or --set, else a readable, unique
+    folder name."""
     if preset is None and not sets:
-        return "defaults"
-    text = json.dumps([preset, sorted(sets)])
+        return f"defaults_v{DEFAULTS_VERSION}"
+    text = json.dumps([preset, sorted(sets), DEFAULTS_VERSION])
     return f"{preset or 'set'}_{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
@@ -198,7 +203,7 @@ def _key(rung: str, steps: int, settings: dict) -> str:
 def run_rung(rung: str, steps: list[int], out: pathlib.Path, results: pathlib.Path,
              preset, sets) -> int:
     """Train the rung, evaluate every step count, append the new records; the exit code."""
-    settings = {"preset": preset, "set": sorted(sets)}
+    settings = _settings(preset, sets)
     have = {_key(r["rung"], r["steps"], r["settings"]) for r in read_results(results)}
     todo = [s for s in sorted(set(steps)) if _key(rung, s, settings) not in have]
     if not todo:
@@ -239,7 +244,12 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-DEFAULTS = {"preset": None, "set": []}
+def _settings(preset, sets) -> dict:
+    """What a record was made with: --preset, --set and the version of the defaults."""
+    return {"preset": preset, "set": sorted(sets), "defaults": DEFAULTS_VERSION}
+
+
+DEFAULTS = _settings(None, [])
 
 
 def table(records: list[dict], plan: dict, settings: dict = DEFAULTS) -> str:
@@ -327,7 +337,7 @@ def main(argv=None) -> int:
     for rung in rungs:
         steps = args.steps or list(LADDER.get(rung, (1000, 4000)))
         code = run_rung(rung, steps, out, results, args.preset, args.sets) or code
-    text = table(read_results(results), LADDER, {"preset": args.preset, "set": sorted(args.sets)})
+    text = table(read_results(results), LADDER, _settings(args.preset, args.sets))
     print(text)
     if args.write_readme:
         write_readme(pathlib.Path(args.readme), text)

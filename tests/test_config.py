@@ -44,7 +44,7 @@ def _float_fields():
 FLOAT_FIELDS = _float_fields()
 # a valid value for the settings whose default is None
 NONE_DEFAULTS = {"molecule.reference.energy": -2.5, "molecule.reference.hf_limit": -2.25,
-                 "optim.lr": 0.05, "run.max_minutes": 30.0}
+                 "optim.lr": 0.05, "optim.damping": 2e-3, "run.max_minutes": 30.0}
 
 
 def test_every_float_setting_is_found():

@@ -33,7 +33,9 @@ def _record(**kw):
 
 def test_table_rows_and_not_yet_run():
     text = ladder.table([_record(), _record(steps=16000, plateau=False),
-                         _record(rung="He", steps=1000, settings={"preset": "tiny", "set": []})],
+                         _record(rung="He", steps=1000, settings={"preset": "tiny", "set": []}),
+                         # made with an older version of the defaults: left out
+                         _record(steps=4000, settings={"preset": None, "set": []})],
                         {"C": (1000, 4000, 16000), "N2": (1000,)})
     lines = text.splitlines()
     assert lines[2] == ("| C | 6 | 1000 (of 16000) | -37.800000 | 0.500 | -37.845, estimated "

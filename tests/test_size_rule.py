@@ -52,7 +52,8 @@ def test_settings_without_a_size_rule_say_so():
     assert found["optim.lr"] == f"0.2 (default for SR solvers (sample), {one})"
     assert found["optim.lr_decay_steps"] == (f"1000.0 (default, {one}; t0 of lr/(1 + t/t0), "
                                              f"independent of optim.steps)")
-    assert found["optim.damping"] == f"0.001 (default, {one})"
+    assert found["optim.damping"] == ("0.1 (default for > 5 electrons with sample (N: +11.9 "
+                                      "mHa after 4000 steps, 1e-3: +60.7))")
     assert found["optim.clip"] == f"5.0 (default all-electron, {one})"
     assert found["eval.steps"] == (f"2000 (default, {one}; `vmc eval RUN --steps N` "
                                    f"evaluates longer)")
@@ -60,6 +61,22 @@ def test_settings_without_a_size_rule_say_so():
     assert found["pretrain.basis"] == "cc-pvdz (default all-electron)"
     assert found["ansatz.jastrow"] == "false (default for ferminet: no Jastrow)"
     assert list(found) == list(size_rule.REPORTED)
+
+
+@pytest.mark.parametrize("name, overrides, value, reason", [
+    ("He", [], 0.001, "default for <= 5 electrons"),
+    ("Be", [], 0.001, "default for <= 5 electrons"),
+    ("C", [], 0.1, "default for > 5 electrons with sample"),
+    ("N", ["optim.solver=cg"], 0.1, "default for > 5 electrons with cg"),
+    ("N", ["optim.solver=kfac"], 0.001, "default for kfac, the same for every size"),
+    ("N", ["optim.damping=0.02"], 0.02, "set by --set"),
+    ("O_ccecp", [], 0.001, "default with an ECP, whatever the electron count"),
+])
+def test_damping_follows_the_electron_count_and_the_solver(name, overrides, value, reason):
+    path = SYSTEMS / f"{name}.yaml"
+    found = _section(path, overrides=overrides)
+    assert found["optim.damping"].startswith(f"{value} ({reason}")
+    assert load_config(path, overrides=tuple(overrides)).optim.damping == value
 
 
 def test_an_ecp_gets_the_ecp_defaults():

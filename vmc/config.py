@@ -80,6 +80,9 @@ def _resolve_defaults(cfg: Config, n_electrons: int) -> Config:
     ecp_on = any(e is not None for e in _ecp_names(cfg))
     if optim.lr is None:
         optim = dataclasses.replace(optim, lr=rule.optim_lr(optim.solver).value)
+    if optim.damping is None:
+        optim = dataclasses.replace(optim, damping=rule.optim_damping(
+            n_electrons, ecp_on, optim.solver).value)
     if pre.basis is None:
         pre = dataclasses.replace(pre, basis=rule.pretrain_basis(ecp_on).value)
     if pre.steps is None:

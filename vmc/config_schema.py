@@ -113,7 +113,9 @@ class OptimConfig:
     steps: Optional[int] = _field(None, lo=1)  # None: 1000 for <= 3 electrons (no ECP), else 4000
     lr: Optional[float] = None        # None: 0.2 for SR solvers, 1e-3 for adam
     lr_decay_steps: float = _field(1000.0, lo=1e-9)  # t0 in η_t = η0 / (1 + t/t0)
-    damping: float = _field(1e-3, lo=0.0)
+    # λ in F + λI; None: 0.1 for > 5 electrons (no ECP) with sample/dense/cg/nystrom-cg,
+    # else 1e-3 (`vmc.size_rule.optim_damping`)
+    damping: Optional[float] = _field(None, lo=0.0)
     norm_constraint: Optional[float] = _field(1e-3, gt=0.0)  # C; None: no trust region
     # E_L clipping width in mean abs. deviations (for the gradient); unset: 5.0 all-electron,
     # null (no clipping) when an ECP is on (`ecp_clip_default`)
