@@ -8,6 +8,11 @@ _FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 
+# the CLI's setting (vmc.cli._setup_jax), before NumPy/SciPy load OpenBLAS, whose LAPACK
+# JAX's CPU linear algebra calls: a `vmc run` in this process and one in a subprocess then use
+# the same single-threaded LAPACK (tests/test_resume.py compares the two bit for bit)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import jax  # noqa: E402
 import pytest
 
