@@ -52,8 +52,8 @@ def test_settings_without_a_size_rule_say_so():
     assert found["optim.lr"] == f"0.2 (default for SR solvers (sample), {one})"
     assert found["optim.lr_decay_steps"] == (f"1000.0 (default, {one}; t0 of lr/(1 + t/t0), "
                                              f"independent of optim.steps)")
-    assert found["optim.damping"] == ("0.1 (default for > 5 electrons with sample (N: +11.9 "
-                                      "mHa after 4000 steps, 1e-3: +60.7))")
+    assert found["optim.damping"] == ("0.1 (default for > 5 electrons with sample (4000 "
+                                      "steps: C +19.4, N +18.5 mHa; 1e-3: +27.1, +60.7))")
     assert found["optim.clip"] == f"5.0 (default all-electron, {one})"
     assert found["eval.steps"] == (f"2000 (default, {one}; `vmc eval RUN --steps N` "
                                    f"evaluates longer)")
