@@ -111,6 +111,26 @@ def test_training_step_keeps_a_step_with_one_nan_walker():
     np.testing.assert_allclose(float(stats.energy), e[1:].mean(), rtol=1e-12)
 
 
+def test_rejected_step_returns_its_input_state():
+    """The step itself keeps params, optimizer state and walkers when it rejects (so the
+    loop can queue the next step before reading the stats): all walkers NaN rejects, more
+    than run.max_bad_walkers of them rejects, fewer does not."""
+    setup = _h2_setup()
+    state = init_state(setup, jax.random.PRNGKey(0))
+    n_w = state.mcmc.walkers.shape[0]
+    key = jax.random.PRNGKey(3)
+    leaves = lambda s: [np.asarray(x) for x in jax.tree_util.tree_leaves(s)]
+    for max_bad, poison, kept in [(None, n_w, True), (0.1, n_w // 4, True),
+                                  (0.5, n_w // 4, False)]:
+        step = make_train_step(setup, max_bad_walkers=max_bad)
+        new, stats = step(state, key, 0, jnp.asarray(poison, jnp.int32))
+        assert float(stats.bad_walkers) == poison
+        same = all(np.array_equal(a, b) for a, b in zip(leaves(new), leaves(state)))
+        assert same == kept, (max_bad, poison)
+        if not kept:
+            assert not np.allclose(_flat(new.params), _flat(state.params))
+
+
 def _vmc(args, env):
     e = {**os.environ, "VMC_JAX_CACHE": str(ROOT / ".jax_cache"), "JAX_PLATFORMS": "cpu", **env}
     return subprocess.run([sys.executable, "-m", "vmc.cli", *args], env=e, capture_output=True,

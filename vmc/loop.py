@@ -31,7 +31,7 @@ import numpy as np
 import vmc
 from vmc import checkpoint as ckpt, parallel
 from vmc.config import dump_yaml
-from vmc.train import StepStats, TrainState
+from vmc.train import StepStats, TrainState, step_accepted
 
 
 class Outcome(enum.Enum):
@@ -150,8 +150,8 @@ def _hms(seconds: float) -> str:
 
 
 def _accepted(stats: dict, n_walkers: int, max_bad: float) -> bool:
-    return bool(np.isfinite(stats["energy"]) and np.isfinite(stats["update_norm"])
-                and stats["bad_walkers"] <= max_bad * n_walkers)
+    return bool(step_accepted(stats["energy"], stats["update_norm"], stats["bad_walkers"],
+                              n_walkers, max_bad))
 
 
 def run_loop(step_fn: Callable, state: TrainState, *, start: int, steps: int, train_key,
@@ -160,7 +160,8 @@ def run_loop(step_fn: Callable, state: TrainState, *, start: int, steps: int, tr
     """Run training steps `start` … `steps`−1.
 
     Args:
-      step_fn: jit-compiled `(state, key, t, poison) -> (state, StepStats)` (poison: the
+      step_fn: `vmc.train.make_train_step`'s `(state, key, t, poison) -> (state, StepStats)`,
+        which returns its input state when it rejects the step (poison: the
         number of walkers whose E_L is made NaN, test-only).
       state: the state after `start` completed steps.
       train_key: step t uses `fold_in(train_key, t)`.
@@ -182,17 +183,33 @@ def run_loop(step_fn: Callable, state: TrainState, *, start: int, steps: int, tr
     n_walkers = int(state.mcmc.walkers.shape[0])
     bad_in_row = 0
     clock = _Progress(start)
-    last_ckpt_time = start_time = time.time()
+    last_ckpt_time = start_time = last_done = time.time()
+
+    def dispatch(s: TrainState, i: int):
+        hit = poison == "all" or (isinstance(poison, set) and i in poison)
+        return step_fn(s, jax.random.fold_in(train_key, i), i,
+                       jnp.asarray(poison_count if hit else 0, jnp.int32))
+
+    # In one process, step t+1 is queued before step t's stats are read back, so the host
+    # work below runs while the device computes. The step keeps its input state itself when
+    # it rejects (vmc.train.make_train_step), so the queued step starts from the right state
+    # either way; a stop between steps drops the queued one (its state is not kept). With
+    # several processes the read-back comes first: a peer lost during a queued step would
+    # otherwise surface in the next collective's wait, which JAX ends by aborting the
+    # process after its heartbeat timeout instead of raising (vmc.cli._lost_peer).
+    ahead = jax.process_count() == 1
     t = start
+    inflight = None
     with SignalFlag() as flag:
         while t < steps:
-            tic = time.time()
-            hit = poison == "all" or (isinstance(poison, set) and t in poison)
-            new_state, stats = step_fn(state, jax.random.fold_in(train_key, t), t,
-                                       jnp.asarray(poison_count if hit else 0, jnp.int32))
+            if inflight is None:
+                inflight = dispatch(state, t)
+            new_state, stats = inflight
+            inflight = dispatch(new_state, t + 1) if ahead and t + 1 < steps else None
             stats = {k: float(v) for k, v in jax.device_get(stats._asdict()).items()}
+            state = new_state
             if _accepted(stats, n_walkers, r.max_bad_walkers):
-                state, bad_in_row = new_state, 0
+                bad_in_row = 0
             else:
                 rejected += 1
                 bad_in_row += 1
@@ -203,7 +220,8 @@ def run_loop(step_fn: Callable, state: TrainState, *, start: int, steps: int, tr
                     f"({bad_in_row} in a row, {rejected} in all)")
             if stats["pmove"] < 0.01:
                 log(f"warning: step {t}: pmove {stats['pmove']:.3f}: walkers are stuck")
-            seconds = time.time() - tic
+            now = time.time()
+            seconds, last_done = now - last_done, now
             writer.append(_row(t, stats, rejected, seconds))
             t += 1
             if progress is not None:

@@ -172,7 +172,17 @@ def screen_walkers(batched_logabs: Callable, params, mcmc: MCMCState, previous, 
     return (MCMCState(walkers, logabs, mcmc.width), jnp.where(good, e_l, 0.0), good)
 
 
-def make_train_step(setup: Setup) -> Callable:
+def step_accepted(energy, update_norm, bad_walkers, n_walkers: int, max_bad_walkers: float):
+    """Whether a step's result is kept: finite energy and update, and at most
+    `max_bad_walkers` (a fraction) of the `n_walkers` walkers left out. Works on device
+    arrays (inside the jitted step) and on host floats (vmc.loop) alike, with the same
+    float64 comparison."""
+    return ((energy == energy) & (abs(energy) < float("inf"))
+            & (update_norm == update_norm) & (abs(update_norm) < float("inf"))
+            & (bad_walkers <= max_bad_walkers * n_walkers))
+
+
+def make_train_step(setup: Setup, max_bad_walkers: Optional[float] = None) -> Callable:
     """The jit-compiled VMC step `(state, key, t, poison=0) -> (state, StepStats)`.
 
     Sampling (`sampler.moves` Metropolis moves with the current parameters), local energies,
@@ -180,12 +190,20 @@ def make_train_step(setup: Setup) -> Callable:
     the proposal width adapts towards `sampler.target_pmove`. Energy, variance and median are
     over the good walkers. `poison` (test-only fault injection, vmc.loop) makes the E_L of
     the first `poison` walkers NaN.
+
+    A step that `step_accepted` rejects (non-finite energy or update, or more than
+    `max_bad_walkers` of the walkers left out; default `run.max_bad_walkers`) returns its
+    input state unchanged (parameters, optimizer state and walkers), selected on the device.
+    The host loop then needs no read-back before it queues the next step (vmc.loop), and
+    takes the same decision from the stats.
     """
     s = setup.cfg.sampler
     _, sampler_step = make_sampler(setup.ansatz.log_psi, s.moves, s.target_pmove, s.adapt_rate)
     batched_e_l = setup.batched_local_energy
     batched_logabs = jax.vmap(lambda p, x: setup.ansatz.log_psi(p, x)[1], in_axes=(None, 0))
     optimizer = setup.optimizer
+    if max_bad_walkers is None:
+        max_bad_walkers = setup.cfg.run.max_bad_walkers
 
     def step(state: TrainState, key, t, poison=0):
         mcmc, pmove = sampler_step(state.params, state.mcmc, key)
@@ -210,7 +228,11 @@ def make_train_step(setup: Setup) -> Callable:
             iterations=jnp.asarray(ostats.iterations, jnp.float64),
             residual=jnp.asarray(ostats.residual, jnp.float64),
             bad_walkers=e64.shape[0] - n_good)
-        return TrainState(params, opt_state, mcmc), stats
+        keep = step_accepted(stats.energy, stats.update_norm, stats.bad_walkers,
+                             e64.shape[0], max_bad_walkers)
+        new = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b),
+                                     TrainState(params, opt_state, mcmc), state)
+        return new, stats
 
     return jax.jit(step)
 
