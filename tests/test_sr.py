@@ -220,3 +220,20 @@ def test_jacobian_in_walker_chunks_equals_all_at_once(x64):
         update = make_direct_sr(cfg, ansatz.log_psi, "sample").update
         return _flat(jax.jit(lambda p: update(p, (), walkers, e_l, 0)[0])(params))
     np.testing.assert_allclose(step(5), step(None), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("n", [7, 8, 37, 256])
+def test_symmetric_gram_equals_the_full_product(x64, n):
+    """The row-block Gram (upper blocks only, the rest mirrored) is o oᵀ, also when n is
+    not a multiple of the block count, and symmetric exactly."""
+    from vmc.optim.sr import symmetric_gram
+    o = jnp.asarray(np.random.default_rng(n).normal(size=(n, 301)))
+    g = np.asarray(symmetric_gram(o))
+    full = np.asarray(o @ o.T)
+    np.testing.assert_allclose(g, full, rtol=1e-12, atol=1e-12 * np.abs(full).max())
+    # entries of different row blocks are copies of one product: exactly symmetric
+    from vmc.optim.sr import GRAM_ROW_BLOCKS as b
+    block = np.searchsorted([round(i * n / b) for i in range(1, b)], np.arange(n), "right")
+    apart = block[:, None] != block[None, :]
+    if n >= 2 * b:
+        np.testing.assert_array_equal(g[apart], g.T[apart])

@@ -200,6 +200,31 @@ def _chunked(o, fn, init):
     return jax.lax.scan(body, init, jnp.arange(-(-p // width)))[0]
 
 
+GRAM_ROW_BLOCKS = 4   # symmetric_gram: row blocks (one device); 1 would be o @ oᵀ
+
+
+def symmetric_gram(o):
+    """o oᵀ (n, n) for o (n, p), from the row blocks on and above the diagonal only:
+    b(b+1)/2 of the b² block products (b = `GRAM_ROW_BLOCKS`), the rest by symmetry.
+    The sample-space SR Gram in float64 costs n² p multiply-adds; this saves 1 − (b+1)/(2b)
+    of them (37 % at b = 4; measured 0.73× the time of o @ oᵀ for N's 256 × 11936 in float64,
+    README "Performance"). Each entry is the same dot product as in o @ oᵀ. With several
+    devices (walkers sharded along n) the plain product is left to XLA's partitioner."""
+    n = o.shape[0]
+    b = GRAM_ROW_BLOCKS if jax.device_count() == 1 else 1
+    if b <= 1 or n < 2 * b:
+        return o @ o.T
+    edges = [round(i * n / b) for i in range(b + 1)]
+    rows = [o[edges[i]:edges[i + 1]] for i in range(b)]
+    grid = [[None] * b for _ in range(b)]
+    for i in range(b):
+        for j in range(i, b):
+            grid[i][j] = rows[i] @ rows[j].T
+            if j > i:
+                grid[j][i] = grid[i][j].T
+    return jnp.block(grid)
+
+
 class JacobianBlocks(NamedTuple):
     """Products with Ō = (O − mean O)/√n_w for O given as column blocks (any float dtype),
     accumulated in float64 chunk by chunk (no float64 or centred copy of O is made). With
@@ -232,10 +257,11 @@ class JacobianBlocks(NamedTuple):
         return jnp.where(m, u - mean, 0.0) / jnp.sqrt(n)
 
     def gram(self):
-        """ŌŌᵀ (n_w, n_w) float64."""
+        """ŌŌᵀ (n_w, n_w) float64 (`symmetric_gram` per column chunk)."""
         t = jnp.zeros((self.n_w, self.n_w), F64)
         for o in self.blocks:
-            t = _chunked(o, lambda acc, oc, s, m: acc + (oc * m) @ oc.T, t)
+            # m is 0/1 per column, so (o m) oᵀ = (o m)(o m)ᵀ
+            t = _chunked(o, lambda acc, oc, s, m: acc + symmetric_gram(oc * m), t)
         t = self._centre(self._centre(t).T)
         return 0.5 * (t + t.T)
 
