@@ -207,9 +207,10 @@ def symmetric_gram(o):
     """o oᵀ (n, n) for o (n, p), from the row blocks on and above the diagonal only:
     b(b+1)/2 of the b² block products (b = `GRAM_ROW_BLOCKS`), the rest by symmetry.
     The sample-space SR Gram in float64 costs n² p multiply-adds; this saves 1 − (b+1)/(2b)
-    of them (37 % at b = 4; measured 0.73× the time of o @ oᵀ for N's 256 × 11936 in float64,
-    README "Performance"). Each entry is the same dot product as in o @ oᵀ. With several
-    devices (walkers sharded along n) the plain product is left to XLA's partitioner."""
+    of them (37 % at b = 4). Each entry is the same dot product as in o @ oᵀ: N's whole
+    `sample` update took 0.87× the time with identical parameters after it
+    (scripts/bench_gram.py, README "Performance"). With several devices (walkers sharded
+    along n) the plain product is left to XLA's partitioner."""
     n = o.shape[0]
     b = GRAM_ROW_BLOCKS if jax.device_count() == 1 else 1
     if b <= 1 or n < 2 * b:
