@@ -317,7 +317,7 @@ def test_directory_guard(tmp_path):
 def test_walkers_must_split_over_the_devices(tmp_path):
     """Two host devices: 7 walkers (or 9 evaluation walkers) exit 2 before anything is
     written (a 2-device run with walkers that split: tests/test_parallel.py)."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "VMC_JAX_CACHE": str(ROOT / ".jax_cache"),
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "VMC_JAX_CACHE": os.environ["VMC_JAX_CACHE"],
            "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     env.pop("VMC_FAULT_INJECT", None)
     out = tmp_path / "run"

@@ -17,7 +17,7 @@ from vmc import checkpoint as ckpt
 from vmc import h5io
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CACHE = str(ROOT / ".jax_cache")
+CACHE = os.environ["VMC_JAX_CACHE"]   # conftest: the suite's one cache folder
 H2 = """atoms:
   - {symbol: H, position: [0.0, 0.0, -0.7]}
   - {symbol: H, position: [0.0, 0.0, 0.7]}
