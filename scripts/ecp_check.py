@@ -5,6 +5,7 @@
     python scripts/ecp_check.py cost [--atom S] [--walkers 256] [--steps 20] [--preset tiny]
                                      [--pretrain-steps 200] [--train-steps 100]
     python scripts/ecp_check.py train [--atoms Na Mg O S] [--set optim.steps=...]
+    python scripts/ecp_check.py walkers RUN_DIR [--step N]
 
 hf:    `ansatz.name: hf` with `hamiltonian.ecp: ccecp` must reproduce PySCF's ROHF/RHF energy
        in ccecp-cc-pvdz with the same ECP within 3σ, σ ≤ target (sampled in chunks).
@@ -17,6 +18,10 @@ cost:  one process, the same network: step time and E_L variance of training wit
        and the E_L evaluation time and compiled memory with and without the non-local
        part (ECP runs only).
 train: `vmc run` with ccECP for each atom, then a table of E ± σ against the `refs` numbers.
+walkers: where a trained ECP run's high local energies sit: the checkpoint's walkers binned
+       by their smallest electron–ECP-nucleus distance, with mean E_L and mean non-local
+       part per bin, the highest E_L walkers split into non-local, ECP local and the rest
+       (kinetic + Coulomb), and the non-local channels V_l(r).
 
 Na and Mg (within 0.3 mHa with defaults) train on a 2-core CPU in 4 and 9 minutes
 (`vmc run systems/Na_ccecp.yaml`, README "Pseudopotentials"); O and S (within 5 mHa) need a
@@ -32,6 +37,8 @@ import sys
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+from vmc.cli import _avoid_cpu_deadlock  # noqa: E402  (before JAX starts: LAPACK deadlock)
+_avoid_cpu_deadlock()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -214,6 +221,55 @@ def cmd_train(a) -> int:
     return 0 if all(r[1] == 0 for r in rows) else 1
 
 
+def cmd_walkers(a) -> int:
+    """Per-walker E_L of a run's checkpoint split by distance to the ECP nuclei (one key)."""
+    import pathlib
+    import jax.numpy as jnp
+    from vmc import checkpoint as ckpt, ecp
+    from vmc.config import load_config
+    from vmc.hamiltonian import ecp_table, make_local_energy
+    from vmc.train import build, init_state
+    run = pathlib.Path(a.run)
+    cfg = load_config(run / "config.yaml")
+    setup = build(cfg)
+    state = init_state(setup, jax.random.PRNGKey(0))
+    paths = ckpt.list_checkpoints(run / "checkpoints")
+    path = ckpt.checkpoint_path(run / "checkpoints", a.step) if a.step else paths[-1]
+    trees, attrs = ckpt.restore(path, {"params": state.params, "mcmc": state.mcmc})
+    params, walkers = trees["params"], trees["mcmc"].walkers
+    mol = setup.molecule
+    atoms = jnp.asarray(mol.positions, walkers.dtype)
+    table = ecp_table(mol)
+    if table is None:
+        print(f"{run}: not an ECP run")
+        return 2
+    lp, rule = setup.ansatz.log_psi, cfg.hamiltonian.ecp_rule
+    keys = jax.random.split(jax.random.PRNGKey(a.seed), walkers.shape[0])
+    e_l = make_local_energy(lp, mol, cfg.hamiltonian.laplacian, walkers.dtype, rule)
+    e = np.asarray(jax.jit(jax.vmap(e_l, in_axes=(None, 0, 0)))(params, walkers, keys))
+    nl = np.asarray(jax.jit(jax.vmap(lambda x, k: ecp.nonlocal_energy(
+        table, lambda y: lp(params, y), x, atoms, k, rule)))(walkers, keys))
+    loc = np.asarray(jax.jit(jax.vmap(lambda x: ecp.local_potential(table, x, atoms)))(walkers))
+    centres = np.asarray(mol.positions)[np.asarray(table.atoms)]
+    r = np.linalg.norm(np.asarray(walkers)[:, :, None] - centres[None, None], axis=-1)
+    r = r.min(axis=(1, 2))
+    print(f"{run} step {attrs['step']}: {len(e)} walkers, E_L mean {e.mean():.4f} median "
+          f"{np.median(e):.4f} Ha, non-local cutoff {np.round(table.cutoff, 3).tolist()} bohr")
+    print("smallest electron-ECP nucleus distance (bohr)  walkers  mean E_L (Ha)  mean non-local (Ha)")
+    for lo, hi in [(0, 0.3), (0.3, 0.6), (0.6, 1.0), (1.0, np.inf)]:
+        m = (r >= lo) & (r < hi)
+        if m.any():
+            print(f"  [{lo}, {hi})  {int(m.sum()):5d}  {e[m].mean():10.4f}  {nl[m].mean():10.4f}")
+    print("highest E_L: E_L, non-local, ECP local, rest (kinetic + Coulomb), distance")
+    for i in np.argsort(e)[-a.top:][::-1]:
+        print(f"  {e[i]:9.3f} {nl[i]:9.3f} {loc[i]:9.3f} {e[i] - nl[i] - loc[i]:9.3f} {r[i]:.3f}")
+    rr = np.array([0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2])
+    v = np.asarray(ecp.radial(jnp.asarray(table.nonlocal_)[None], jnp.asarray(rr)[:, None, None]))
+    for k, x in enumerate(rr):
+        print(f"  V_l(r = {x}) = {np.round(v[k, 0], 2).tolist()} Ha (l = 0, 1, ...)")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -242,9 +298,15 @@ def main(argv=None) -> int:
     t.add_argument("--atoms", nargs="+", default=["Na", "Mg", "O", "S"], choices=list(ATOMS))
     t.add_argument("--preset", default=None)
     t.add_argument("--set", nargs="*", default=[])
+    w = sub.add_parser("walkers")
+    w.add_argument("run")
+    w.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
+    w.add_argument("--top", type=int, default=8)
+    w.add_argument("--seed", type=int, default=5)
     a = p.parse_args(argv)
     jax.config.update("jax_enable_x64", True)
-    return {"hf": cmd_hf, "refs": cmd_refs, "cost": cmd_cost, "train": cmd_train}[a.cmd](a)
+    return {"hf": cmd_hf, "refs": cmd_refs, "cost": cmd_cost, "train": cmd_train,
+            "walkers": cmd_walkers}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Pseudopotentials (vmc.ecp, MATH.md §8): rotations, quadrature, the non-local estimator,
 valence-only molecules, input errors."""
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -271,3 +273,30 @@ def test_ecp_runs_default_to_no_clipping():
     clipped, frac = clip_local_energy(jnp.asarray(e), 5.0)
     assert float(frac) == 1 / 256
     assert 40 < (17.0 + 0.18) / (float(clipped[-1]) + 0.18) < 60    # its excess cut ~50x
+
+
+@pytest.mark.parametrize("length", [1.0, 0.25])
+def test_smooth_distance_has_no_cusp_and_its_length_sets_the_scale(x64, length):
+    """√(r² + a²) − a: zero value and (almost) zero slope at an ECP nucleus, curvature 1/a there,
+    r − a + a²/(2r) + … far away; all-electron atoms keep r. ansatz.ecp_smoothing reaches it."""
+    from vmc.ansatz.common import smooth_distance
+    from vmc.config import load_config
+
+    def d(v, smooth):
+        ae = v.reshape(1, 1, 3)
+        return smooth_distance(ae, jnp.linalg.norm(ae, axis=-1, keepdims=True), smooth,
+                               length)[0, 0, 0]
+    u = jnp.asarray([0.6, 0.0, 0.8])
+    assert float(d(0.0 * u, (True,))) == 0.0
+    slope = jax.grad(lambda t: d(t * u, (True,)))
+    # (at 1e-6 bohr, not 0: the all-electron branch's |r| has no derivative at 0)
+    assert abs(float(slope(1e-6))) < 1e-5
+    np.testing.assert_allclose(float(jax.grad(slope)(1e-6)), 1.0 / length, rtol=1e-9)
+    np.testing.assert_allclose(float(d(50.0 * u, (True,))), 50.0 - length, atol=length ** 2 / 90)
+    assert float(d(0.3 * u, (False,))) == pytest.approx(0.3, rel=1e-14)
+    path = pathlib.Path(__file__).resolve().parents[1] / "systems" / "O_ccecp.yaml"
+    assert load_config(path).ansatz.ecp_smoothing == 1.0
+    cfg = load_config(path, overrides=(f"ansatz.ecp_smoothing={length}",))
+    from vmc.train import build
+    ansatz = build(cfg).ansatz
+    assert ansatz.module.smooth_length == length

@@ -26,10 +26,11 @@ SMALL = {"ferminet": dict(hidden_one=(8, 8), hidden_two=(4, 4)),
          "psiformer": dict(heads=2, head_dim=4, layers=2)}
 
 
-def _where_features(x, atoms, smooth=()):
+def _where_features(x, atoms, smooth=(), smooth_length=1.0):
     """The pre-rewrite rescaled_features (jnp.where guard), the reference of the rewrite."""
     ae = x[:, None, :] - atoms[None, :, :]
-    r_ae = psiformer.smooth_distance(ae, jnp.linalg.norm(ae, axis=-1, keepdims=True), smooth)
+    r_ae = psiformer.smooth_distance(ae, jnp.linalg.norm(ae, axis=-1, keepdims=True), smooth,
+                                     smooth_length)
     log_r = jnp.log1p(r_ae)
     positive = r_ae > 0
     scale = jnp.where(positive, log_r / jnp.where(positive, r_ae, 1.0), 1.0)

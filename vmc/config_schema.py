@@ -64,6 +64,9 @@ class AnsatzConfig:
     layer_norm: bool = False
     # determinant stage (orbital matrices -> log|sum det|): float64, or the network's dtype
     det_precision: str = _field("float64", choices=("float64", "network"))
+    # length a (bohr) of the smooth distance √(r² + a²) − a the network sees at ECP atoms
+    # (vmc.ansatz.common.smooth_distance; README "Pseudopotentials"); all-electron atoms: r
+    ecp_smoothing: float = _field(1.0, lo=1e-3, hi=10.0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -72,7 +72,8 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
                           n_down=molecule.n_down, hidden_one=tuple(cfg.hidden_one),
                           hidden_two=tuple(cfg.hidden_two), determinants=cfg.determinants,
                           full_det=cfg.full_det, envelope=cfg.envelope, jastrow=jastrow,
-                          det_precision=cfg.det_precision, dtype=dtype, smooth_atoms=smooth)
+                          det_precision=cfg.det_precision, dtype=dtype, smooth_atoms=smooth,
+                          smooth_length=float(cfg.ecp_smoothing))
     elif cfg.name == "psiformer":
         from vmc.ansatz.psiformer import Psiformer
         module = Psiformer(atoms=atoms, charges=charges, n_up=molecule.n_up,
@@ -80,7 +81,8 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
                            layers=cfg.layers, layer_norm=cfg.layer_norm,
                            determinants=cfg.determinants, full_det=cfg.full_det,
                            envelope=cfg.envelope, jastrow=jastrow,
-                           det_precision=cfg.det_precision, dtype=dtype, smooth_atoms=smooth)
+                           det_precision=cfg.det_precision, dtype=dtype, smooth_atoms=smooth,
+                          smooth_length=float(cfg.ecp_smoothing))
     else:
         raise ValueError(f"ansatz.name: unknown ansatz {cfg.name!r}; valid: ferminet, psiformer, hf")
 

@@ -82,34 +82,39 @@ def pair_distances(x):
     return ee, r_ee
 
 
-def smooth_distance(ae, r_ae, smooth=()):
-    """|r − R_I| at all-electron atoms; √(|r − R_I|² + 1) − 1 (bohr, smooth at the nucleus,
-    |r − R_I| − 1 + O(1/r) far away) at the atoms flagged in `smooth` (ECP atoms, whose
-    potential is finite at the nucleus, so ψ must have no cusp there).
+def smooth_distance(ae, r_ae, smooth=(), length: float = 1.0):
+    """|r − R_I| at all-electron atoms; √(|r − R_I|² + a²) − a (bohr, smooth at the nucleus,
+    |r − R_I| − a + O(1/r) far away; a = `length`, `ansatz.ecp_smoothing`) at the atoms
+    flagged in `smooth` (ECP atoms, whose potential is finite at the nucleus, so ψ must have
+    no cusp there).
 
     Args:
-      ae: (n, n_atoms, 3) bohr; r_ae: (n, n_atoms, 1) bohr; smooth: n_atoms bools or ().
+      ae: (n, n_atoms, 3) bohr; r_ae: (n, n_atoms, 1) bohr; smooth: n_atoms bools or ();
+      length: a > 0, bohr: below it the distance is ≈ r²/(2a), so the network's features are
+        flat on that scale around an ECP nucleus.
     Returns:
       (n, n_atoms, 1) bohr.
     """
     if not any(smooth):
         return r_ae
-    soft = jnp.sqrt(jnp.sum(ae * ae, axis=-1, keepdims=True) + 1.0) - 1.0
+    soft = jnp.sqrt(jnp.sum(ae * ae, axis=-1, keepdims=True) + length * length) - length
     return jnp.where(jnp.asarray(smooth)[None, :, None], soft, r_ae)
 
 
-def electron_features(x, atoms, smooth=()):
+def electron_features(x, atoms, smooth=(), smooth_length: float = 1.0):
     """FermiNet's input features (Pfau et al. 2020, sec. 3).
 
     Args:
       x: (n, 3) electrons, bohr; atoms: (n_atoms, 3) nuclei, bohr.
       smooth: n_atoms bools: ECP atoms, whose distance is `smooth_distance`'s smooth one.
+      smooth_length: its length a, bohr.
     Returns:
       h1: (n, 4 n_atoms) [r_i − R_I, |r_i − R_I|]; h2: (n, n, 4) [r_i − r_j, |r_i − r_j|];
       ae: (n, n_atoms, 3); r_ae: (n, n_atoms, 1).
     """
     ae = x[:, None, :] - atoms[None, :, :]
-    r_ae = smooth_distance(ae, jnp.linalg.norm(ae, axis=-1, keepdims=True), smooth)
+    r_ae = smooth_distance(ae, jnp.linalg.norm(ae, axis=-1, keepdims=True), smooth,
+                           smooth_length)
     ee, r_ee = pair_distances(x)
     h1 = jnp.concatenate([ae, r_ae], axis=-1).reshape(x.shape[0], -1)
     h2 = jnp.concatenate([ee, r_ee], axis=-1)

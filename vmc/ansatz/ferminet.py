@@ -73,6 +73,7 @@ class FermiNet(nn.Module):
     det_precision: str = "float64"
     dtype: jnp.dtype = jnp.float32
     smooth_atoms: tuple = ()   # per atom: True at ECP atoms (no cusp, common.smooth_distance)
+    smooth_length: float = 1.0   # its length a, bohr (ansatz.ecp_smoothing)
 
     def setup(self):
         if len(self.hidden_one) != len(self.hidden_two):
@@ -105,7 +106,8 @@ class FermiNet(nn.Module):
         """
         atoms = jnp.asarray(self.atoms if atoms is None else atoms, self.dtype)
         x = x.astype(self.dtype)
-        h1, h2, ae, r_ae = electron_features(x, atoms, self.smooth_atoms)
+        h1, h2, ae, r_ae = electron_features(x, atoms, self.smooth_atoms,
+                                               self.smooth_length)
         for layer in self.layers:
             h1, h2 = layer(h1, h2)
         return orbital_matrices(h1, ae, r_ae, self.n_up, self.orbital_dense, self.envelopes,

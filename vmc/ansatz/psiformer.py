@@ -32,7 +32,7 @@ from vmc.ansatz.common import (Envelope, Jastrow, orbital_matrices, psi_from_orb
                                smooth_distance)
 
 
-def rescaled_features(x, atoms, smooth=()):
+def rescaled_features(x, atoms, smooth=(), smooth_length: float = 1.0):
     """Log-rescaled electron–nucleus features.
 
     Args:
@@ -44,7 +44,8 @@ def rescaled_features(x, atoms, smooth=()):
       r_ae: (n, n_atoms, 1) |d|.
     """
     ae = x[:, None, :] - atoms[None, :, :]
-    r_ae = smooth_distance(ae, jnp.linalg.norm(ae, axis=-1, keepdims=True), smooth)
+    r_ae = smooth_distance(ae, jnp.linalg.norm(ae, axis=-1, keepdims=True), smooth,
+                           smooth_length)
     log_r = jnp.log1p(r_ae)
     # log(1+r)/r, 1 at r = 0, by arithmetic on a 0/1 mask rather than jnp.where: folx's
     # sparse forward Laplacian needs a select_n's predicate known at trace time, and this
@@ -112,6 +113,7 @@ class Psiformer(nn.Module):
     det_precision: str = "float64"
     dtype: jnp.dtype = jnp.float32
     smooth_atoms: tuple = ()   # per atom: True at ECP atoms (no cusp, common.smooth_distance)
+    smooth_length: float = 1.0   # its length a, bohr (ansatz.ecp_smoothing)
 
     def setup(self):
         width = self.heads * self.head_dim
@@ -141,7 +143,8 @@ class Psiformer(nn.Module):
         `atoms`: optional traced (n_atoms, 3) nuclei, bohr (None: the static ones)."""
         atoms = jnp.asarray(self.atoms if atoms is None else atoms, self.dtype)
         n = x.shape[0]
-        feats, ae, r_ae = rescaled_features(x, atoms, self.smooth_atoms)
+        feats, ae, r_ae = rescaled_features(x, atoms, self.smooth_atoms,
+                                                 self.smooth_length)
         spin = jnp.where(jnp.arange(n) < self.n_up, 1.0, -1.0).astype(self.dtype)
         h = self.embed(jnp.concatenate([feats, spin[:, None]], axis=-1))
         for i in range(self.layers):
