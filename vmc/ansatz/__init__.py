@@ -82,7 +82,7 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
                            determinants=cfg.determinants, full_det=cfg.full_det,
                            envelope=cfg.envelope, jastrow=jastrow,
                            det_precision=cfg.det_precision, dtype=dtype, smooth_atoms=smooth,
-                          smooth_length=float(cfg.ecp_smoothing))
+                           smooth_length=float(cfg.ecp_smoothing))
     else:
         raise ValueError(f"ansatz.name: unknown ansatz {cfg.name!r}; valid: ferminet, psiformer, hf")
 

@@ -127,13 +127,15 @@ class Envelope(nn.Module):
     'isotropic': σ_{kI} scalar; 'full': σ_{kI} a 3×3 matrix (FermiNet's full envelope).
     Input ae: (n, n_atoms, 3), r_ae: (n, n_atoms, 1) bohr (already smooth at ECP atoms,
     `smooth_distance`). Output (n, n_orbitals). At atoms flagged in `smooth` the full
-    envelope's |σ d| becomes √(|σ d|² + 1) − 1, so no cusp is imposed there.
+    envelope's |σ d| becomes √(|σ d|² + a²) − a (a = `smooth_length`, bohr), so no cusp is
+    imposed there.
     """
     n_atoms: int
     n_orbitals: int
     kind: str = "isotropic"
     dtype: jnp.dtype = jnp.float32
     smooth: tuple = ()
+    smooth_length: float = 1.0
 
     @nn.compact
     def __call__(self, ae, r_ae):
@@ -149,7 +151,8 @@ class Envelope(nn.Module):
             v = jnp.einsum("nai,aijk->najk", ae, sigma)                      # (n, A, 3, k)
             dist = jnp.sqrt(jnp.sum(v * v, axis=2) + 1e-12)
             if any(self.smooth):
-                soft = jnp.sqrt(jnp.sum(v * v, axis=2) + 1.0) - 1.0
+                a = self.smooth_length
+                soft = jnp.sqrt(jnp.sum(v * v, axis=2) + a * a) - a
                 dist = jnp.where(jnp.asarray(self.smooth)[None, :, None], soft, dist)
         else:
             raise ValueError(f"ansatz.envelope: unknown kind {self.kind!r}; valid: isotropic, full")

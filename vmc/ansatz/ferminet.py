@@ -88,7 +88,8 @@ class FermiNet(nn.Module):
                                        param_dtype=self.dtype, name=f"orbital_{s}")
                               for s, n_out in zip(("up", "down"), self.n_out)]
         self.envelopes = [Envelope(len(self.atoms), self.determinants * n_out, self.envelope,
-                                   self.dtype, self.smooth_atoms, name=f"envelope_{s}")
+                                   self.dtype, self.smooth_atoms, self.smooth_length,
+                                   name=f"envelope_{s}")
                           for s, n_out in zip(("up", "down"), self.n_out)]
         if self.jastrow:
             self.jastrow_factor = Jastrow(self.n_up, self.dtype)
@@ -107,7 +108,7 @@ class FermiNet(nn.Module):
         atoms = jnp.asarray(self.atoms if atoms is None else atoms, self.dtype)
         x = x.astype(self.dtype)
         h1, h2, ae, r_ae = electron_features(x, atoms, self.smooth_atoms,
-                                               self.smooth_length)
+                                             self.smooth_length)
         for layer in self.layers:
             h1, h2 = layer(h1, h2)
         return orbital_matrices(h1, ae, r_ae, self.n_up, self.orbital_dense, self.envelopes,

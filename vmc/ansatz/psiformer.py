@@ -38,7 +38,7 @@ def rescaled_features(x, atoms, smooth=(), smooth_length: float = 1.0):
     Args:
       x: (n, 3) electrons, bohr; atoms: (n_atoms, 3) nuclei, bohr.
       smooth: n_atoms bools: ECP atoms, whose distance is smooth at the nucleus
-        (`vmc.ansatz.common.smooth_distance`).
+        (`vmc.ansatz.common.smooth_distance`); smooth_length: its length a, bohr.
     Returns:
       h: (n, 4 n_atoms) [d·log(1+r)/r, log(1+r)] per atom; ae: (n, n_atoms, 3) d = r_i − R_I;
       r_ae: (n, n_atoms, 1) |d|.
@@ -132,7 +132,8 @@ class Psiformer(nn.Module):
         self.orbital_dense = [nn.Dense(self.determinants * n_out, name=f"orbital_{s}", **dense)
                               for s, n_out in zip(("up", "down"), self.n_out)]
         self.envelopes = [Envelope(len(self.atoms), self.determinants * n_out, self.envelope,
-                                   self.dtype, self.smooth_atoms, name=f"envelope_{s}")
+                                   self.dtype, self.smooth_atoms, self.smooth_length,
+                                   name=f"envelope_{s}")
                           for s, n_out in zip(("up", "down"), self.n_out)]
         if self.jastrow:
             self.jastrow_factor = Jastrow(self.n_up, self.dtype)
@@ -144,7 +145,7 @@ class Psiformer(nn.Module):
         atoms = jnp.asarray(self.atoms if atoms is None else atoms, self.dtype)
         n = x.shape[0]
         feats, ae, r_ae = rescaled_features(x, atoms, self.smooth_atoms,
-                                                 self.smooth_length)
+                                            self.smooth_length)
         spin = jnp.where(jnp.arange(n) < self.n_up, 1.0, -1.0).astype(self.dtype)
         h = self.embed(jnp.concatenate([feats, spin[:, None]], axis=-1))
         for i in range(self.layers):
