@@ -233,8 +233,8 @@ def cmd_walkers(a) -> int:
     cfg = load_config(run / "config.yaml")
     setup = build(cfg)
     state = init_state(setup, jax.random.PRNGKey(0))
-    paths = ckpt.list_checkpoints(run / "checkpoints")
-    path = ckpt.checkpoint_path(run / "checkpoints", a.step) if a.step else paths[-1]
+    folder = run / "checkpoints"
+    path = ckpt.checkpoint_path(folder, a.step) if a.step else ckpt.list_checkpoints(folder)[-1]
     trees, attrs = ckpt.restore(path, {"params": state.params, "mcmc": state.mcmc})
     params, walkers = trees["params"], trees["mcmc"].walkers
     mol = setup.molecule

@@ -2,13 +2,11 @@
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_analyze_recomputes_summary_from_hdf5(tmp_path):
@@ -18,7 +16,7 @@ def test_analyze_recomputes_summary_from_hdf5(tmp_path):
                    "reference: {energy: -1.1744757142, kind: exact, source: Pachucki 2010, "
                    "hf_limit: -1.133629573}\n")
     run = tmp_path / "run"
-    env = {**os.environ, "VMC_JAX_CACHE": os.environ["VMC_JAX_CACHE"], "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("VMC_FAULT_INJECT", None)
     proc = subprocess.run([sys.executable, "-m", "vmc.cli", "run", str(cfg), "--out", str(run),
                            "--preset", "tiny", "--set", "optim.steps=200",

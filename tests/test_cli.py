@@ -26,7 +26,6 @@ pytestmark = pytest.mark.xdist_group("cli")
 DATA = pathlib.Path(__file__).parent / "data"
 H2 = DATA / "h2_tiny.yaml"
 H2_REFERENCE = -1.1744757142   # Pachucki 2010, shared/reference/energies.yaml
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 # tiny H2 runs: 2 steps, 2 pretraining steps in a minimal basis, a 16-step evaluation
 TINY_RUN = ["--preset", "tiny", "--set", "optim.steps=2", "--set", "eval.steps=16",
             "--set", "pretrain.steps=2", "--set", "pretrain.basis=sto-3g"]
@@ -317,7 +316,7 @@ def test_directory_guard(tmp_path):
 def test_walkers_must_split_over_the_devices(tmp_path):
     """Two host devices: 7 walkers (or 9 evaluation walkers) exit 2 before anything is
     written (a 2-device run with walkers that split: tests/test_parallel.py)."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "VMC_JAX_CACHE": os.environ["VMC_JAX_CACHE"],
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     env.pop("VMC_FAULT_INJECT", None)
     out = tmp_path / "run"

@@ -37,7 +37,7 @@ def _port() -> int:
 
 
 def _env(devices: int) -> dict:
-    env = {**os.environ, "VMC_JAX_CACHE": os.environ["VMC_JAX_CACHE"], "JAX_PLATFORMS": "cpu",
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
            "VMC_CONNECT_SECONDS": "60", "VMC_HEARTBEAT_SECONDS": "10"}
     env.pop("VMC_FAULT_INJECT", None)

@@ -1,7 +1,6 @@
 """Walkers sharded over several devices give the same run as one device."""
 
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -9,11 +8,10 @@ import numpy as np
 
 from vmc import h5io
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _run(out, cfg, devices):
-    env = {**os.environ, "VMC_JAX_CACHE": os.environ["VMC_JAX_CACHE"], "JAX_PLATFORMS": "cpu",
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     env.pop("VMC_FAULT_INJECT", None)
     proc = subprocess.run([sys.executable, "-m", "vmc.cli", "run", str(cfg), "--out", str(out),

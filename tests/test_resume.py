@@ -16,8 +16,6 @@ from helpers import cut_back_copy
 from vmc import checkpoint as ckpt
 from vmc import h5io
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-CACHE = os.environ["VMC_JAX_CACHE"]   # conftest: the suite's one cache folder
 H2 = """atoms:
   - {symbol: H, position: [0.0, 0.0, -0.7]}
   - {symbol: H, position: [0.0, 0.0, 0.7]}
@@ -26,7 +24,7 @@ reference: {energy: -1.1744757142, kind: exact, source: Pachucki 2010}
 
 
 def _vmc(args, env=None, check=True, **kw):
-    e = {**os.environ, "VMC_JAX_CACHE": CACHE, "JAX_PLATFORMS": "cpu", **(env or {})}
+    e = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
     if not (env and "VMC_FAULT_INJECT" in env):
         e.pop("VMC_FAULT_INJECT", None)
     proc = subprocess.run([sys.executable, "-m", "vmc.cli", *args], env=e, capture_output=True,
@@ -98,7 +96,7 @@ def test_resume_is_bit_identical(h2_file, tmp_path, solver):
 
 def test_sigterm_checkpoints_and_resumes(h2_file, tmp_path):
     run = tmp_path / "run"
-    e = {**os.environ, "VMC_JAX_CACHE": CACHE, "JAX_PLATFORMS": "cpu"}
+    e = {**os.environ, "JAX_PLATFORMS": "cpu"}
     e.pop("VMC_FAULT_INJECT", None)
     proc = subprocess.Popen([sys.executable, "-m", "vmc.cli", "run", str(h2_file), "--out",
                              str(run), *_common("sample", 100000, every=100000),
@@ -146,7 +144,7 @@ def test_signal_outside_training_exits_75_and_resume_finishes(h2_file, tmp_path,
     """SIGTERM during pretraining (no checkpoint yet) or evaluation (final checkpoint written):
     exit 75 with a message naming the phase; `--resume` then finishes the run."""
     run = tmp_path / "run"
-    e = {**os.environ, "VMC_JAX_CACHE": CACHE, "JAX_PLATFORMS": "cpu"}
+    e = {**os.environ, "JAX_PLATFORMS": "cpu"}
     e.pop("VMC_FAULT_INJECT", None)
     long = (["--set", "pretrain.steps=1000000"] if phase == "pretraining"
             else ["--set", "eval.steps=1000000"])

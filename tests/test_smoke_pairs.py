@@ -183,8 +183,7 @@ def test_refused_pairs_exit_2_with_one_line(solver, command, tmp_path, capsys):
 
 
 def test_vmc_run_end_to_end_for_three_pairs(tmp_path, hartree_fock):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "VMC_JAX_CACHE": os.environ["VMC_JAX_CACHE"]}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("VMC_FAULT_INJECT", None)
     procs = {}
     for ansatz, solver in CLI_PAIRS:

@@ -82,6 +82,12 @@ def pair_distances(x):
     return ee, r_ee
 
 
+def soft_norm(sq, a: float):
+    """√(sq + a²) − a for a squared length `sq` (bohr²) and a > 0 (bohr): ≈ sq/(2a) near 0,
+    √sq − a far away. The cusp-free distance at ECP atoms (`smooth_distance`, `Envelope`)."""
+    return jnp.sqrt(sq + a * a) - a
+
+
 def smooth_distance(ae, r_ae, smooth=(), length: float = 1.0):
     """|r − R_I| at all-electron atoms; √(|r − R_I|² + a²) − a (bohr, smooth at the nucleus,
     |r − R_I| − a + O(1/r) far away; a = `length`, `ansatz.ecp_smoothing`) at the atoms
@@ -97,7 +103,7 @@ def smooth_distance(ae, r_ae, smooth=(), length: float = 1.0):
     """
     if not any(smooth):
         return r_ae
-    soft = jnp.sqrt(jnp.sum(ae * ae, axis=-1, keepdims=True) + length * length) - length
+    soft = soft_norm(jnp.sum(ae * ae, axis=-1, keepdims=True), length)
     return jnp.where(jnp.asarray(smooth)[None, :, None], soft, r_ae)
 
 
@@ -151,8 +157,7 @@ class Envelope(nn.Module):
             v = jnp.einsum("nai,aijk->najk", ae, sigma)                      # (n, A, 3, k)
             dist = jnp.sqrt(jnp.sum(v * v, axis=2) + 1e-12)
             if any(self.smooth):
-                a = self.smooth_length
-                soft = jnp.sqrt(jnp.sum(v * v, axis=2) + a * a) - a
+                soft = soft_norm(jnp.sum(v * v, axis=2), self.smooth_length)
                 dist = jnp.where(jnp.asarray(self.smooth)[None, :, None], soft, dist)
         else:
             raise ValueError(f"ansatz.envelope: unknown kind {self.kind!r}; valid: isotropic, full")
