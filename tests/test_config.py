@@ -44,7 +44,8 @@ def _float_fields():
 FLOAT_FIELDS = _float_fields()
 # a valid value for the settings whose default is None
 NONE_DEFAULTS = {"molecule.reference.energy": -2.5, "molecule.reference.hf_limit": -2.25,
-                 "optim.lr": 0.05, "optim.damping": 2e-3, "run.max_minutes": 30.0}
+                 "optim.lr": 0.05, "optim.damping": 2e-3, "run.max_minutes": 30.0,
+                 "optim.damping_decay_steps": 2e3}
 
 
 def test_every_float_setting_is_found():
@@ -134,6 +135,8 @@ BAD = [
     (("molecule.atoms=[{symbol: He, position: [1e-1, zero, 0]}]",),
      ["molecule.atoms[0].position", "three finite numbers", "'zero'"]),
     (("optim.steps=1e3",), ["optim.steps", "expected an integer", "'1e3'"]),
+    (("optim.solver=kfac", "optim.damping_decay_steps=1000"),
+     ["optim.damping_decay_steps", "kfac", "sample or dense"]),
 ]
 
 

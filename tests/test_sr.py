@@ -87,14 +87,33 @@ def _update(kind, norm_constraint, clip):
     return jax.jit(make_direct_sr(cfg, _setup()[0].log_psi, kind).update), cfg
 
 
-def _reference_direction(e_l, clip, jac, params, walkers):
+def _reference_direction(e_l, clip, jac, params, walkers, damping=DAMPING):
     """d and ĝ recomputed here: clip, centre, solve (F + λI) d = ĝ densely in numpy."""
     e = np.asarray(clip_local_energy(e_l, clip)[0])
     eps = (e - e.mean()) / np.sqrt(e.size)
     o = np.asarray(jac(params, walkers))
     g = o.T @ eps
-    d = np.linalg.solve(o.T @ o + DAMPING * np.eye(o.shape[1]), g)
+    d = np.linalg.solve(o.T @ o + damping * np.eye(o.shape[1]), g)
     return d, g, o
+
+
+@pytest.mark.parametrize("kind", ["sample", "dense"])
+def test_scheduled_damping_solves_with_the_decayed_lambda(x64, kind):
+    """optim.damping_decay_steps: update t solves with λ_t = max(λ_min, λ₀/(1 + t/t_λ))."""
+    ansatz, params, walkers, e_l, jac = _setup()
+    cfg = OptimConfig(lr=0.1, lr_decay_steps=100.0, damping=0.5, damping_decay_steps=10.0,
+                      damping_min=0.02, norm_constraint=None, clip=5.0)
+    update = jax.jit(make_direct_sr(cfg, ansatz.log_psi, kind).update)
+    theta = _flat(params)
+    # t = 30: λ = 0.5/4 = 0.125; t = 1000: 0.5/101 < 0.02, so the floor
+    for step, lam in ((0, 0.5), (30, 0.125), (1000, 0.02)):
+        new, _, _ = update(params, (), walkers, e_l, step)
+        lr = cfg.lr / (1 + step / cfg.lr_decay_steps)
+        d, _, _ = _reference_direction(e_l, 5.0, jac, params, walkers, damping=lam)
+        other, _, _ = _reference_direction(e_l, 5.0, jac, params, walkers, damping=2 * lam)
+        delta = theta - _flat(new)
+        np.testing.assert_allclose(delta, lr * d, rtol=0, atol=1e-8 * np.abs(lr * d).max())
+        assert np.abs(lr * (d - other)).max() > 1e3 * 1e-8 * np.abs(lr * d).max()
 
 
 def test_direct_sr_sample_and_dense_give_the_same_update(x64):

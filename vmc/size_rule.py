@@ -33,8 +33,9 @@ PRESET_DOCS = {
 
 # the settings `vmc check` reports, in order: those issue #14 names, then the dependent ones
 REPORTED = ("ansatz.hidden_one", "ansatz.hidden_two", "ansatz.determinants", "sampler.walkers",
-            "optim.steps", "optim.lr", "optim.lr_decay_steps", "optim.damping", "optim.clip",
-            "pretrain.steps", "pretrain.basis", "eval.steps", "eval.walkers", "ansatz.jastrow")
+            "optim.steps", "optim.lr", "optim.lr_decay_steps", "optim.damping",
+            "optim.damping_decay_steps", "optim.clip", "pretrain.steps", "pretrain.basis",
+            "eval.steps", "eval.walkers", "ansatz.jastrow")
 
 _ONE_SIZE = "the same for every size: no size rule measured yet, issue #14"
 
@@ -150,6 +151,9 @@ def _rule_reason(key: str, cfg, n_electrons: int, ecp: bool) -> str:
         return "default: sampler.walkers"
     if key == "eval.steps":
         return "default, " + _ONE_SIZE + "; `vmc eval RUN --steps N` evaluates longer"
+    if key == "optim.damping_decay_steps":
+        return ("default: λ constant; t_λ of max(optim.damping_min, λ/(1 + t/t_λ)) "
+                "(sample, dense)")
     if key == "optim.lr_decay_steps":
         return ("default, " + _ONE_SIZE + "; t0 of lr/(1 + t/t0), independent of "
                 "optim.steps")

@@ -11,7 +11,7 @@ constraint s = min(1, √(C / (η² ĝᵀd))). The shared helpers here serve eve
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +53,26 @@ def lr_schedule(lr: float, decay_steps: float) -> Callable[[jax.Array], jax.Arra
     """η_t = η₀ / (1 + t/t₀) (FermiNet's schedule), an optax-style schedule."""
     def schedule(step):
         return lr / (1.0 + step / decay_steps)
+    return schedule
+
+
+def damping_schedule(damping: float, decay_steps: Optional[float],
+                     damping_min: float) -> Callable[[jax.Array], jax.Array]:
+    """The SR damping at update t: λ_t = max(λ_min, λ₀ / (1 + t/t_λ)), or λ₀ if t_λ is None.
+
+    The same hyperbolic decay as the learning rate (`lr_schedule`): a large λ early damps the
+    directions that only fit one batch's noise, a small one late keeps the small-eigenvalue
+    directions the converged wavefunction needs (README "What the damping costs in long
+    runs"). NetKet's SR is commonly run with a decaying diagonal shift for the same reason.
+    Returns float64 values; λ_min is clipped to at most λ₀.
+    """
+    if decay_steps is None:
+        return lambda step: jnp.asarray(damping, jnp.float64)
+    floor = min(damping_min, damping)
+
+    def schedule(step):
+        lam = damping / (1.0 + jnp.asarray(step, jnp.float64) / decay_steps)
+        return jnp.maximum(lam, floor)
     return schedule
 
 
@@ -342,11 +362,12 @@ def make_direct_sr(cfg, log_psi: Callable, kind: str) -> Optimizer:
       cfg: `vmc.config.OptimConfig` (lr, lr_decay_steps, damping, norm_constraint, clip).
     """
     schedule = lr_schedule(cfg.lr, cfg.lr_decay_steps)
+    lam_at = damping_schedule(cfg.damping, cfg.damping_decay_steps, cfg.damping_min)
 
     def init(params):
         return ()
 
-    def sample_direction(params, walkers, e_l, mask):
+    def sample_direction(params, walkers, e_l, mask, lam):
         blocks = jacobian_blocks(log_psi, params, walkers, cfg.jacobian_chunk)
         if mask is not None:   # a walker with a non-finite O is left out too
             mask = mask & finite_rows(blocks, walkers.shape[0])
@@ -354,23 +375,23 @@ def make_direct_sr(cfg, log_psi: Callable, kind: str) -> Optimizer:
         eps = centred_energies(e_clip.astype(F64), mask)
         o = JacobianBlocks.build(blocks, mask, walkers.shape[0])
         gram = o.gram()
-        t = gram + cfg.damping * jnp.eye(o.n_w, dtype=F64)
+        t = gram + lam * jnp.eye(o.n_w, dtype=F64)
         y = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(t, lower=True), eps)
         _, unravel = float64_ravel(params)
         return unravel(o.rmatvec(y)), eps @ (gram @ y), frac
 
-    def dense_direction_tree(params, walkers, e_l, mask):
+    def dense_direction_tree(params, walkers, e_l, mask, lam):
         e_clip, frac = clip_local_energy(e_l, cfg.clip, mask)
         eps = centred_energies(e_clip.astype(F64), mask)
         obar, unravel = centred_jacobian(log_psi, params, walkers, mask)
-        d = dense_direction(obar, eps, cfg.damping)
+        d = dense_direction(obar, eps, lam)
         g = obar.astype(F64).T @ eps
         return unravel(d.astype(obar.dtype)), g @ d, frac
 
     direction = {"sample": sample_direction, "dense": dense_direction_tree}[kind]
 
     def update(params, state, walkers, e_l, step, mask=None):
-        d, g_dot_d, frac = direction(params, walkers, e_l, mask)
+        d, g_dot_d, frac = direction(params, walkers, e_l, mask, lam_at(step))
         lr = schedule(step)
         scale = norm_constraint_scale(g_dot_d, lr, cfg.norm_constraint)
         new, norm = apply_direction(params, d, lr, scale)
