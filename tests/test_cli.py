@@ -349,11 +349,21 @@ def test_hf_ansatz_runs_without_training_and_evaluates_again(tmp_path, capsys):
     assert h5io.read_stats(out / "train.h5") == {}
     assert _call(["eval", out, "--steps", "32", "--seed", "5"]) == 0
     assert _call(argv + ["--resume"]) == 0
+    capsys.readouterr()
+    # an error-bar target out of reach: it runs on to --max-steps and says so
+    assert _call(["eval", out, "--steps", "32", "--target-stderr-mha", "1e-3",
+                  "--max-steps", "80"]) == 0
+    log = capsys.readouterr().out
+    assert "80 steps x" in log and "ran past 32 steps for the error-bar target 0.001 mHa" in log
+    assert "above eval.target_stderr_mha 0.001" in log
+    with h5io.open_read(out / "eval.h5") as f:
+        assert [int(f[k].attrs["steps"]) for k in sorted(f)] == [32, 32, 32, 80]
+        assert len(f["eval_003"]["energy"]) == 80
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["ansatz"], summary["n_params"], summary["train_energy_ha"]) == ("hf", 0, None)
     energies = [e["energy_ha"] for e in summary["evaluations"]]
     errors = [e["energy_stderr_ha"] for e in summary["evaluations"]]
-    assert len(energies) == 3 and all(np.isfinite(energies))
+    assert len(energies) == 4 and all(np.isfinite(energies))
     for e, se in zip(energies, errors):
         assert abs(e - e_hf) < 5 * se + 0.01 and se < 0.05, (e, se, e_hf)
 

@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
                    "so far); a seed already in eval.h5 is refused")
     e.add_argument("--burn-in", type=int, help="unrecorded Metropolis steps first, with the "
                    "width adapting (default eval.burn_in)")
+    e.add_argument("--target-stderr-mha", type=float, metavar="MHA",
+                   help="go on past --steps until the reblocked error bar is at most this "
+                   "(default: the run's eval.target_stderr_mha)")
+    e.add_argument("--max-steps", type=int, help="cap with a target (default eval.max_steps)")
     e.add_argument("--observables", metavar="LIST",
                    help="comma-separated, beside the energy: s2, dipole, density, forces "
                    "(default: the run's eval.observables)")
@@ -211,7 +215,8 @@ def _eval(args) -> int:
     from vmc.run import eval_run
     return eval_run(run_dir, steps=args.steps, walkers=args.walkers,
                     seed=args.seed, burn_in=args.burn_in, log=_run_log(run_dir),
-                    observables=args.observables)
+                    observables=args.observables, target_stderr_mha=args.target_stderr_mha,
+                    max_steps=args.max_steps)
 
 
 def _check(args) -> int:

@@ -164,6 +164,10 @@ class PretrainConfig:
 class EvalConfig:
     """Frozen-parameter evaluation after training."""
     steps: int = _field(2000, lo=0)
+    # go on past `steps` until the reblocked error bar is at most this, mHa (None: exactly
+    # `steps`), recording at most max_steps (vmc.evaluate.next_length)
+    target_stderr_mha: Optional[float] = _field(None, gt=0.0)
+    max_steps: int = _field(50000, lo=16)
     walkers: Optional[int] = None     # None: sampler.walkers
     burn_in: int = _field(100, lo=0)
     seed: Optional[int] = None        # None: run.seed + 1

@@ -112,12 +112,38 @@ def make_record_step(setup, params, observables=()):
     return lambda state, k, poison: record(params, state, k, poison)
 
 
+def next_length(energy: np.ndarray, target: float, max_steps: int) -> int:
+    """The recorded length an evaluation should reach for a reblocked error bar ≤ `target`.
+
+    Args:
+      energy: (n,) per-step walker-mean E_L so far, Ha; target: error bar, Ha; max_steps: cap.
+    Returns:
+      n when the reblocked standard error is already ≤ target with a plateau (Flyvbjerg &
+      Petersen; `vmc.reblock`) or n ≥ max_steps; else min(max_steps, n'), n' = 1.1 n (σ/target)²
+      (σ_mean ∝ 1/√n at a fixed autocorrelation time), at least n + n/4.
+    """
+    from vmc.reblock import reblock
+    n = len(energy)
+    if n >= max_steps:
+        return n
+    good = np.asarray(energy)[np.isfinite(energy)]
+    r = reblock(good)
+    if r.plateau and r.stderr <= target:
+        return n
+    want = int(np.ceil(1.1 * n * (r.stderr / target) ** 2))
+    return int(min(max_steps, max(want, n + max(n // 4, 1))))
+
+
 def evaluate(setup, params, walkers, width, *, steps: int, burn_in: int, key,
-             progress=None, observables=None) -> EvalResult:
+             progress=None, observables=None, target_stderr: float | None = None,
+             max_steps: int | None = None) -> EvalResult:
     """Sample |ψ|² with frozen parameters and record the local energy per step.
 
     The proposal width adapts during burn-in and is frozen afterwards, so the recorded chain
-    is a plain Metropolis chain.
+    is a plain Metropolis chain. With `target_stderr` the chain goes on past `steps` until the
+    reblocked error bar of the energy is at most that, or `max_steps` steps are recorded
+    (`next_length`); the chain is the same as a fixed-length evaluation of the final length
+    (step t uses the same key either way).
 
     Args:
       setup: `vmc.train.Setup`; params: the parameters to evaluate.
@@ -127,6 +153,8 @@ def evaluate(setup, params, walkers, width, *, steps: int, burn_in: int, key,
       progress: optional callable(i, total) for a progress display.
       observables: names (vmc.observables.OBSERVABLES) sampled in the same jitted step on
         the same walkers; default `setup.cfg.eval.observables`.
+      target_stderr: error bar to reach, Ha (None: exactly `steps` steps); max_steps: the
+        cap with a target (None: 25 × steps).
     """
     s = setup.cfg.sampler
     init_mcmc, _ = make_sampler(setup.ansatz.log_psi, s.moves, s.target_pmove, s.adapt_rate)
@@ -146,14 +174,19 @@ def evaluate(setup, params, walkers, width, *, steps: int, burn_in: int, key,
         if progress:
             progress(t + 1, burn_in + steps)
     rows, obs_rows = [], []
-    for t in range(steps):
+    total, t = steps, 0
+    cap = max(steps, 25 * steps if max_steps is None else max_steps)
+    while t < total:
         hit = poison == "all" or (isinstance(poison, set) and t in poison)
         state, row, obs = record(state, jax.random.fold_in(key, burn_in + t),
                                  jnp.asarray(poison_count if hit else 0, jnp.int32))
         rows.append(row)
         obs_rows.append(obs)
+        t += 1
         if progress:
-            progress(burn_in + t + 1, burn_in + steps)
+            progress(burn_in + t, burn_in + total)
+        if t == total and target_stderr is not None:   # one read-back per extension
+            total = next_length(np.asarray(jnp.stack(rows))[:, 0], target_stderr, cap)
     out = np.asarray(jnp.stack(rows)) if rows else np.zeros((0, 4))
     series = ({k: np.asarray(jnp.stack([o[k] for o in obs_rows]), np.float64)
                for k in obs_rows[0]} if obs_rows else {})

@@ -216,10 +216,18 @@ def run_evaluation(setup: Setup, params, mcmc: MCMCState, run_dir: pathlib.Path,
     names = tuple(ev.observables if observables is None else observables)
     start_walkers = resize_walkers(parallel.to_host(mcmc.walkers), walkers)
     bar = _progress(setup.cfg, steps + burn_in, "eval")
+    target = None if ev.target_stderr_mha is None else 1e-3 * ev.target_stderr_mha
+
+    def progress(i, n):
+        if bar.total != n:
+            bar.total = n
+        bar.update(1)
+
     result = evaluate(setup, params, start_walkers, float(mcmc.width), steps=steps,
                       burn_in=burn_in, key=jax.random.PRNGKey(seed),
-                      progress=(lambda i, n: bar.update(1)) if bar else None,
-                      observables=names)
+                      progress=progress if bar else None, observables=names,
+                      target_stderr=target, max_steps=max(ev.max_steps, steps))
+    asked, steps = steps, len(result.energy)
     obs_attrs = {}
     if names:
         obs_attrs = {"observables": ",".join(names), "s2_max_pairs": ev.s2_max_pairs}
@@ -238,7 +246,17 @@ def run_evaluation(setup: Setup, params, mcmc: MCMCState, run_dir: pathlib.Path,
                           "checkpoint_step": checkpoint_step, "seconds": result.seconds,
                           **obs_attrs})
     log(f"evaluation {group}: {steps} steps x {walkers} walkers, seed {seed}, in "
-        f"{result.seconds:.1f} s" + (f" (with {', '.join(names)})" if names else ""))
+        f"{result.seconds:.1f} s" + (f" (with {', '.join(names)})" if names else "")
+        + (f"; ran past {asked} steps for the error-bar target {ev.target_stderr_mha:g} mHa"
+           if steps > asked else ""))
+    if target is not None:
+        from vmc.reblock import reblock
+        got = reblock(result.energy[np.isfinite(result.energy)])
+        if not (got.plateau and got.stderr <= target):
+            log(f"warning: evaluation {group}: error bar {1e3 * got.stderr:.3g} mHa"
+                f"{'' if got.plateau else ' (no reblocking plateau)'} after {steps} steps "
+                f"(eval.max_steps), above eval.target_stderr_mha {ev.target_stderr_mha:g}; "
+                f"`vmc eval` with a larger eval.max_steps, or more walkers, gets closer")
     for name in names:
         key = f"{name}_nonfinite"
         bad = int(np.sum(result.observables.get(key, 0)))
@@ -255,14 +273,16 @@ def run_evaluation(setup: Setup, params, mcmc: MCMCState, run_dir: pathlib.Path,
 def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
              walkers: Optional[int] = None, seed: Optional[int] = None,
              burn_in: Optional[int] = None, log: Callable = print,
-             observables: Optional[str] = None) -> int:
+             observables: Optional[str] = None, target_stderr_mha: Optional[float] = None,
+             max_steps: Optional[int] = None) -> int:
     """`vmc eval`: evaluate the newest valid checkpoint with a fresh seed; update summary.json.
 
     observables: comma-separated names (vmc.obs_report.OBSERVABLES) to sample beside the
-    energy; None: the run's `eval.observables`.
+    energy; None: the run's `eval.observables`. target_stderr_mha, max_steps: override the
+    run's eval.target_stderr_mha and eval.max_steps (evaluate past `steps` to that error bar).
 
     Raises:
-      InputError: not a run directory, or no valid checkpoint.
+      InputError: not a run directory, no valid checkpoint, a target ≤ 0 or a cap < 16.
     """
     from vmc.config import load_config
     wall_start = time.time()
@@ -270,12 +290,21 @@ def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
         raise InputError(f"run_dir {str(run_dir)!r}: no config.yaml; not a run directory")
     cfg = load_config(run_dir / "config.yaml")
     for name, v, lo in (("--steps", steps, 16), ("--walkers", walkers, 2),
-                        ("--burn-in", burn_in, 0)):
+                        ("--burn-in", burn_in, 0), ("--max-steps", max_steps, 16)):
         if v is not None and v < lo:
             raise InputError(f"{name}: {v} is not valid; valid: >= {lo}"
                              + (" (reblocking needs 16 samples)" if lo == 16 else ""))
     if cfg.eval.steps == 0 and steps is None:
         steps = 2000
+    if target_stderr_mha is not None and not target_stderr_mha > 0:
+        raise InputError(f"--target-stderr-mha: {target_stderr_mha} is not valid; valid: > 0")
+    if target_stderr_mha is not None or max_steps is not None:
+        import dataclasses
+        ev = dataclasses.replace(
+            cfg.eval, target_stderr_mha=cfg.eval.target_stderr_mha if target_stderr_mha is None
+            else target_stderr_mha, max_steps=cfg.eval.max_steps if max_steps is None
+            else max_steps)
+        cfg = dataclasses.replace(cfg, eval=ev)
     used = used_eval_seeds(run_dir)
     if seed is not None and seed in used:
         raise InputError(f"--seed: {seed} was used by {used[seed]} in eval.h5 (it would repeat "

@@ -35,7 +35,8 @@ PRESET_DOCS = {
 REPORTED = ("ansatz.hidden_one", "ansatz.hidden_two", "ansatz.determinants", "sampler.walkers",
             "optim.steps", "optim.lr", "optim.lr_decay_steps", "optim.damping",
             "optim.damping_decay_steps", "optim.clip", "pretrain.steps", "pretrain.basis",
-            "eval.steps", "eval.walkers", "ansatz.jastrow")
+            "eval.steps", "eval.target_stderr_mha", "eval.max_steps", "eval.walkers",
+            "ansatz.jastrow")
 
 _ONE_SIZE = "the same for every size: no size rule measured yet, issue #14"
 
@@ -147,6 +148,11 @@ def _rule_reason(key: str, cfg, n_electrons: int, ecp: bool) -> str:
     if key == "optim.clip":
         return ("default with an ECP: no clipping (README \"Pseudopotentials\")" if ecp
                 else "default all-electron, " + _ONE_SIZE)
+    if key == "eval.target_stderr_mha":
+        return ("default: exactly eval.steps; with a value the evaluation goes on until its "
+                "reblocked error bar is at most this (mHa)")
+    if key == "eval.max_steps":
+        return "default: the cap of an evaluation with eval.target_stderr_mha"
     if key == "eval.walkers":
         return "default: sampler.walkers"
     if key == "eval.steps":
