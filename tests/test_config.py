@@ -45,7 +45,7 @@ FLOAT_FIELDS = _float_fields()
 # a valid value for the settings whose default is None
 NONE_DEFAULTS = {"molecule.reference.energy": -2.5, "molecule.reference.hf_limit": -2.25,
                  "optim.lr": 0.05, "optim.damping": 2e-3, "run.max_minutes": 30.0,
-                 "optim.damping_decay_steps": 2e3}
+                 "optim.damping_decay_steps": 2e3, "eval.target_stderr_mha": 5e-1}
 
 
 def test_every_float_setting_is_found():
