@@ -6,7 +6,9 @@ Writes, in the run directory (process-independent: `vmc analyze` runs in one pro
   order (those present; any other column after them): step, energy (Ha, walker mean of the
   local energy), variance (Ha²), median (Ha), clip_fraction, pmove (acceptance rate), width
   (proposal width, bohr), lr, update_norm, constraint_scale, iterations (CG), residual (CG),
-  rejected (running count of rejected steps), bad_walkers, step_time (s);
+  rejected (running count of rejected steps), bad_walkers, step_time (s), damping (λ of
+  sample/dense, NaN for other solvers), fallbacks (centred-KFAC layers that fell back),
+  cosine_uncentred, cosine_centred, cosine_applied (optim.kfac_cosines; NaN otherwise);
 * ``eval.csv``: one row per recorded evaluation step of every eval.h5 group: group, step
   (0-based, burn-in left out), energy (Ha), variance (Ha²), pmove, nonfinite (walkers left
   out), seed, checkpoint_step;
@@ -28,7 +30,8 @@ from vmc.analysis import RunData
 
 TRAIN_COLUMNS = ("step", "energy", "variance", "median", "clip_fraction", "pmove", "width",
                  "lr", "update_norm", "constraint_scale", "iterations", "residual", "rejected",
-                 "bad_walkers", "step_time")
+                 "bad_walkers", "step_time", "damping", "fallbacks", "cosine_uncentred",
+                 "cosine_centred", "cosine_applied")
 EVAL_COLUMNS = ("group", "step", "energy", "variance", "pmove", "nonfinite", "seed",
                 "checkpoint_step")
 

@@ -48,6 +48,14 @@ class StepStats(NamedTuple):
     iterations: jax.Array
     residual: jax.Array
     bad_walkers: jax.Array     # walkers left out: non-finite E_L or log|ψ| (float64 count)
+    # the optimizer's diagnostics (vmc.optim.sr.OptStats): centred-KFAC fall-backs, cosines to
+    # the exact SR direction (optim.kfac_cosines; NaN when not measured), the damping λ used
+    # (sample, dense; NaN for the other solvers)
+    fallbacks: jax.Array = 0.0
+    cosine_uncentred: jax.Array = float("nan")
+    cosine_centred: jax.Array = float("nan")
+    cosine_applied: jax.Array = float("nan")
+    damping: jax.Array = float("nan")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,7 +235,10 @@ def make_train_step(setup: Setup, max_bad_walkers: Optional[float] = None) -> Ca
             clip_fraction=jnp.asarray(ostats.clip_fraction, jnp.float64),
             iterations=jnp.asarray(ostats.iterations, jnp.float64),
             residual=jnp.asarray(ostats.residual, jnp.float64),
-            bad_walkers=e64.shape[0] - n_good)
+            bad_walkers=e64.shape[0] - n_good,
+            **{k: jnp.asarray(getattr(ostats, k), jnp.float64)
+               for k in ("fallbacks", "cosine_uncentred", "cosine_centred", "cosine_applied",
+                         "damping")})
         keep = step_accepted(stats.energy, stats.update_norm, stats.bad_walkers,
                              e64.shape[0], max_bad_walkers)
         new = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b),

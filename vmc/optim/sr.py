@@ -37,6 +37,8 @@ class OptStats(NamedTuple):
     cosine_uncentred: Any = float("nan")
     cosine_centred: Any = float("nan")
     cosine_applied: Any = float("nan")
+    # λ of F + λI this update (sample, dense: optim.damping or its schedule); NaN elsewhere
+    damping: Any = float("nan")
 
 
 class Optimizer(NamedTuple):
@@ -391,11 +393,12 @@ def make_direct_sr(cfg, log_psi: Callable, kind: str) -> Optimizer:
     direction = {"sample": sample_direction, "dense": dense_direction_tree}[kind]
 
     def update(params, state, walkers, e_l, step, mask=None):
-        d, g_dot_d, frac = direction(params, walkers, e_l, mask, lam_at(step))
+        lam = lam_at(step)
+        d, g_dot_d, frac = direction(params, walkers, e_l, mask, lam)
         lr = schedule(step)
         scale = norm_constraint_scale(g_dot_d, lr, cfg.norm_constraint)
         new, norm = apply_direction(params, d, lr, scale)
         zero = jnp.zeros((), F64)
-        return new, state, OptStats(lr, norm, scale, frac, zero, zero)
+        return new, state, OptStats(lr, norm, scale, frac, zero, zero, damping=lam)
 
     return Optimizer(init, update)
