@@ -136,7 +136,7 @@ BAD = [
      ["molecule.atoms[0].position", "three finite numbers", "'zero'"]),
     (("optim.steps=1e3",), ["optim.steps", "expected an integer", "'1e3'"]),
     (("optim.solver=kfac", "optim.damping_decay_steps=1000"),
-     ["optim.damping_decay_steps", "kfac", "sample or dense"]),
+     ["optim.damping_decay_steps", "kfac", "sample, dense, cg, nystrom-cg"]),
 ]
 
 

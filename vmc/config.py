@@ -105,9 +105,9 @@ def _resolve_defaults(cfg: Config, n_electrons: int) -> Config:
     if optim.solver in ("kfac", "kfac-cg", "nystrom-cg") and optim.damping <= 0:
         raise InputError(f"optim.damping: {optim.damping} is not valid for {optim.solver}; "
                          f"valid: > 0")
-    if optim.damping_decay_steps is not None and optim.solver not in ("sample", "dense"):
+    if optim.damping_decay_steps is not None and optim.solver not in rule.EXACT_SR_SOLVERS:
         raise InputError(f"optim.damping_decay_steps: not supported by {optim.solver}; "
-                         f"valid: null, or optim.solver sample or dense")
+                         f"valid: null, or optim.solver {', '.join(rule.EXACT_SR_SOLVERS)}")
     if ansatz.name == "ferminet" and len(ansatz.hidden_one) != len(ansatz.hidden_two):
         raise InputError(f"ansatz.hidden_two: {len(ansatz.hidden_two)} layers but "
                          f"ansatz.hidden_one has {len(ansatz.hidden_one)}; valid: lists of "

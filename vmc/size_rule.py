@@ -159,7 +159,7 @@ def _rule_reason(key: str, cfg, n_electrons: int, ecp: bool) -> str:
         return "default, " + _ONE_SIZE + "; `vmc eval RUN --steps N` evaluates longer"
     if key == "optim.damping_decay_steps":
         return ("default: λ constant; t_λ of max(optim.damping_min, λ/(1 + t/t_λ)) "
-                "(sample, dense)")
+                "(sample, dense, cg, nystrom-cg)")
     if key == "optim.lr_decay_steps":
         return ("default, " + _ONE_SIZE + "; t0 of lr/(1 + t/t0), independent of "
                 "optim.steps")

@@ -49,8 +49,8 @@ class StepStats(NamedTuple):
     residual: jax.Array
     bad_walkers: jax.Array     # walkers left out: non-finite E_L or log|ψ| (float64 count)
     # the optimizer's diagnostics (vmc.optim.sr.OptStats): centred-KFAC fall-backs, cosines to
-    # the exact SR direction (optim.kfac_cosines; NaN when not measured), the damping λ used
-    # (sample, dense; NaN for the other solvers)
+    # the exact SR direction (optim.kfac_cosines; NaN when not measured), the damping λ of F + λI
+    # (sample, dense, cg, nystrom-cg, kfac-cg; NaN for kfac, adam, spring)
     fallbacks: jax.Array = 0.0
     cosine_uncentred: jax.Array = float("nan")
     cosine_centred: jax.Array = float("nan")

@@ -13,14 +13,14 @@ trust-region quantity, costing one extra jvp).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
 from vmc.optim.sr import (Optimizer, OptStats, apply_direction, centred_energies,
-                          clip_local_energy, float64_ravel, lr_schedule, make_logabs_batch,
-                          n_good, norm_constraint_scale)
+                          clip_local_energy, damping_schedule, float64_ravel, lr_schedule,
+                          make_logabs_batch, n_good, norm_constraint_scale)
 
 F64 = jnp.float64
 
@@ -30,13 +30,14 @@ class FisherOperator(NamedTuple):
 
     matvec: v -> (F + λI) v.  gradient: ε (n_w,) -> ĝ = Ōᵀε.  curvature: d -> dᵀ(F + λI)d
     (one jvp).  unravel: flat (p,) -> params-shaped float64 pytree.  ravel: pytree -> (p,)
-    float64.
+    float64.  damping: λ.
     """
     matvec: Callable
     gradient: Callable
     curvature: Callable
     unravel: Callable
     ravel: Callable
+    damping: Any = 0.0
 
 
 def flat_size(params) -> int:
@@ -88,7 +89,7 @@ def linearize_fisher(log_psi: Callable, params, walkers, damping: float,
         return jnp.dot(u, u) + damping * jnp.dot(d, d)
 
     return FisherOperator(matvec, lambda eps: obar_t(eps.astype(F64)), curvature, unravel,
-                          ravel)
+                          ravel, damping)
 
 
 class CGResult(NamedTuple):
@@ -140,17 +141,19 @@ class CGState(NamedTuple):
     direction: jax.Array
 
 
-def cg_system(cfg, log_psi: Callable, params, walkers, e_l, mask=None):
+def cg_system(cfg, log_psi: Callable, params, walkers, e_l, mask=None, damping=None):
     """The clipped, centred SR system of one batch: (F + λI as a `FisherOperator`, ĝ (p,)
     float64, clip fraction ()). Shared by every solver that runs CG on the exact F.
 
     Args:
       cfg: `vmc.config.OptimConfig` (damping, clip); walkers (n_w, n_electrons, 3) bohr;
-      e_l (n_w,) hartree; mask (n_w,) bool good walkers (None: all).
+      e_l (n_w,) hartree; mask (n_w,) bool good walkers (None: all); damping: λ of this
+      update (default cfg.damping; `vmc.optim.sr.damping_schedule`).
     """
     e_clip, frac = clip_local_energy(e_l, cfg.clip, mask)
     eps = centred_energies(e_clip.astype(F64), mask)
-    op = linearize_fisher(log_psi, params, walkers, cfg.damping, mask)
+    op = linearize_fisher(log_psi, params, walkers,
+                          cfg.damping if damping is None else damping, mask)
     return op, op.gradient(eps), frac
 
 
@@ -166,7 +169,8 @@ def cg_solve_and_step(cfg, schedule: Callable, op: FisherOperator, g, x0, params
     lr = schedule(step)
     scale = norm_constraint_scale(op.curvature(res.x), lr, cfg.norm_constraint)
     new, norm = apply_direction(params, op.unravel(res.x), lr, scale)
-    return new, res, OptStats(lr, norm, scale, frac, res.iterations.astype(F64), res.residual)
+    return new, res, OptStats(lr, norm, scale, frac, res.iterations.astype(F64), res.residual,
+                              damping=jnp.asarray(op.damping, F64))
 
 
 def make_cg(cfg, log_psi: Callable) -> Optimizer:
@@ -178,12 +182,13 @@ def make_cg(cfg, log_psi: Callable) -> Optimizer:
     Stats: iterations = CG iterations, residual = ‖ĝ − (F + λI)d‖/‖ĝ‖.
     """
     schedule = lr_schedule(cfg.lr, cfg.lr_decay_steps)
+    lam_at = damping_schedule(cfg.damping, cfg.damping_decay_steps, cfg.damping_min)
 
     def init(params):
         return CGState(jnp.zeros((flat_size(params),), F64))
 
     def update(params, state, walkers, e_l, step, mask=None):
-        op, g, frac = cg_system(cfg, log_psi, params, walkers, e_l, mask)
+        op, g, frac = cg_system(cfg, log_psi, params, walkers, e_l, mask, lam_at(step))
         new, res, stats = cg_solve_and_step(cfg, schedule, op, g, state.direction, params,
                                             step, frac)
         return new, CGState(res.x), stats

@@ -52,7 +52,7 @@ import jax.numpy as jnp
 
 from vmc.errors import InputError
 from vmc.optim.cg import FisherOperator, cg_solve_and_step, cg_system, flat_size
-from vmc.optim.sr import Optimizer, lr_schedule
+from vmc.optim.sr import Optimizer, damping_schedule, lr_schedule
 
 F64 = jnp.float64
 _SKETCH_KEY = 0x5EED16     # Ω_t = N(0, 1) from fold_in(PRNGKey(_SKETCH_KEY), t)
@@ -183,6 +183,7 @@ def make_nystrom_cg(cfg, log_psi: Callable) -> Optimizer:
         raise InputError(f"optim.damping: {cfg.damping} is not valid for nystrom-cg; "
                          f"valid: > 0")
     schedule = lr_schedule(cfg.lr, cfg.lr_decay_steps)
+    lam_at = damping_schedule(cfg.damping, cfg.damping_decay_steps, cfg.damping_min)
 
     def init(params):
         p = flat_size(params)
@@ -192,21 +193,22 @@ def make_nystrom_cg(cfg, log_psi: Callable) -> Optimizer:
                             jnp.zeros((ell,), F64), jnp.zeros((p,), F64))
 
     def update(params, state, walkers, e_l, step, mask=None):
-        op, g, frac = cg_system(cfg, log_psi, params, walkers, e_l, mask)
+        damping = lam_at(step)
+        op, g, frac = cg_system(cfg, log_psi, params, walkers, e_l, mask, damping)
         refresh = ((state.count == 0) | (state.age + 1 >= cfg.nystrom_refresh_every)
                    | (state.last_iterations > cfg.nystrom_refresh_iters))
 
         def fresh():
             key = jax.random.fold_in(jax.random.PRNGKey(_SKETCH_KEY), state.count)
             omega = jax.random.normal(key, state.basis.shape, F64)
-            u, lam = nystrom_sketch(fisher_block(op, cfg.damping), omega)
+            u, lam = nystrom_sketch(fisher_block(op, damping), omega)
             return u, lam, jnp.zeros((), jnp.int32)
 
         def kept():
             return state.basis, state.eigenvalues, state.age + 1
 
         basis, lam, age = jax.lax.cond(refresh, fresh, kept)
-        precond = nystrom_preconditioner(basis, lam, cfg.damping)
+        precond = nystrom_preconditioner(basis, lam, damping)
         new, res, stats = cg_solve_and_step(cfg, schedule, op, g, state.direction, params,
                                             step, frac, precond)
         return new, NystromState(state.count + 1, age, res.iterations, basis, lam,

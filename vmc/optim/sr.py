@@ -37,7 +37,8 @@ class OptStats(NamedTuple):
     cosine_uncentred: Any = float("nan")
     cosine_centred: Any = float("nan")
     cosine_applied: Any = float("nan")
-    # λ of F + λI this update (sample, dense: optim.damping or its schedule); NaN elsewhere
+    # λ of F + λI this update (optim.damping or its schedule): sample, dense, cg, nystrom-cg,
+    # kfac-cg; NaN for kfac, adam, spring
     damping: Any = float("nan")
 
 
