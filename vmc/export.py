@@ -7,8 +7,9 @@ Writes, in the run directory (process-independent: `vmc analyze` runs in one pro
   local energy), variance (Ha²), median (Ha), clip_fraction, pmove (acceptance rate), width
   (proposal width, bohr), lr, update_norm, constraint_scale, iterations (CG), residual (CG),
   rejected (running count of rejected steps), bad_walkers, step_time (s), damping (λ of
-  F + λI: sample, dense, cg, nystrom-cg, kfac-cg; NaN for kfac, adam, spring), fallbacks (centred-KFAC layers that fell back),
-  cosine_uncentred, cosine_centred, cosine_applied (optim.kfac_cosines; NaN otherwise);
+  F + λI: sample, dense, cg, nystrom-cg, kfac-cg; NaN for kfac, adam, spring), fallbacks
+  (centred-KFAC layers that fell back), cosine_uncentred, cosine_centred, cosine_applied
+  (optim.kfac_cosines; NaN otherwise);
 * ``eval.csv``: one row per recorded evaluation step of every eval.h5 group: group, step
   (0-based, burn-in left out), energy (Ha), variance (Ha²), pmove, nonfinite (walkers left
   out), seed, checkpoint_step;
