@@ -241,7 +241,14 @@ def _check_rows(p, live=False, whole_flushes=5):
     np.testing.assert_array_equal(s["step"], np.arange(n))  # monotone, no gaps
     np.testing.assert_array_equal(s["c3"], np.arange(n) + 3.0)
     assert n % whole_flushes == 0  # only whole flushes
-    with h5py.File(p, "r") as f:
+    for attempt in range(200):   # HDF5's own lock: a plain open during a flush is refused
+        try:                       # (BlockingIOError), as for any h5py user; try again
+            f = h5py.File(p, "r")
+            break
+        except BlockingIOError:
+            assert live and attempt < 199
+            time.sleep(0.005)
+    with f:
         lens = {k: d.shape[0] for k, d in f["stats"].items()}
         for k, d in f["stats"].items():
             j = 0 if k == "step" else int(k[1:])
