@@ -393,9 +393,9 @@ def test_signal_landing_in_a_gc_callback_still_interrupts():
     assert fired and err.value.signum == signal.SIGTERM and time.time() - t0 < 5
 
 
-def test_train_h5_records_the_damping_schedule_and_the_kfac_cosines(tmp_path):
+def test_train_h5_records_the_damping_schedule(tmp_path):
     """The optimizer's diagnostics reach train.h5: λ_t of optim.damping_decay_steps
-    (sample) and, with optim.kfac_cosines, cosines in [-1, 1] to the exact SR direction."""
+    (sample), and the KFAC columns (NaN cosines, 0 fall-backs when not measured)."""
     sched = tmp_path / "sched"
     assert _call(["run", H2, *TINY_RUN, "--out", sched, "--set", "optim.steps=4",
                   "--set", "eval.steps=0", "--set", "optim.damping=0.1",
@@ -403,12 +403,6 @@ def test_train_h5_records_the_damping_schedule_and_the_kfac_cosines(tmp_path):
     st = h5io.read_stats(sched / "train.h5")
     np.testing.assert_allclose(st["damping"], [max(0.05, 0.1 / (1 + t / 2)) for t in range(4)],
                                rtol=1e-12)
+    # the other diagnostics go through the same copy (vmc.train.make_train_step); without
+    # optim.kfac_cosines and centring they are NaN and 0
     assert np.isnan(st["cosine_applied"]).all() and (st["fallbacks"] == 0).all()
-    kfac = tmp_path / "kfac"
-    assert _call(["run", H2, *TINY_RUN, "--out", kfac, "--set", "optim.steps=3",
-                  "--set", "eval.steps=0", "--set", "optim.solver=kfac",
-                  "--set", "optim.kfac_cosines=true", "--set", "optim.kfac_centring=walker"]) == 0
-    st = h5io.read_stats(kfac / "train.h5")
-    for name in ("cosine_uncentred", "cosine_centred", "cosine_applied"):
-        assert np.all(np.abs(st[name]) <= 1.0) and np.all(st[name] != 0), (name, st[name])
-    assert np.isnan(st["damping"]).all() and np.all(st["fallbacks"] >= 0)

@@ -37,18 +37,18 @@ def he_hf():
 
 def test_evaluation_runs_on_to_its_error_bar_target_and_keeps_the_same_chain(x64, he_hf):
     setup, w, key = he_hf
-    fixed = evaluate(setup, {}, w, 0.3, steps=256, burn_in=10, key=key)
+    fixed = evaluate(setup, {}, w, 0.3, steps=128, burn_in=10, key=key)
     first = analysis.reblock(fixed.energy)
     assert first.plateau, first
     target = first.stderr / 2.5                          # needs ~6× the steps
-    res = evaluate(setup, {}, w, 0.3, steps=256, burn_in=10, key=key, target_stderr=target,
+    res = evaluate(setup, {}, w, 0.3, steps=128, burn_in=10, key=key, target_stderr=target,
                    max_steps=8192)
     n = len(res.energy)
-    assert 256 * 4 <= n < 8192, n
-    # the first 256 steps are the fixed-length evaluation's, bit for bit
-    np.testing.assert_array_equal(res.energy[:256], fixed.energy)
+    assert 128 * 4 <= n < 8192, n
+    # the first 128 steps are the fixed-length evaluation's, bit for bit
+    np.testing.assert_array_equal(res.energy[:128], fixed.energy)
     got = analysis.reblock(res.energy)
     assert got.stderr <= target and got.plateau, (got, target)
     # a target already met: no extension
-    assert len(evaluate(setup, {}, w, 0.3, steps=256, burn_in=10, key=key,
-                        target_stderr=2 * first.stderr).energy) == 256
+    assert len(evaluate(setup, {}, w, 0.3, steps=128, burn_in=10, key=key,
+                        target_stderr=2 * first.stderr).energy) == 128
