@@ -120,7 +120,7 @@ class OptimConfig:
     # else 1e-3 (`vmc.size_rule.optim_damping`)
     damping: Optional[float] = _field(None, lo=0.0)
     # sample, dense, cg, nystrom-cg: λ_t = max(damping_min, λ0 / (1 + t/damping_decay_steps)),
-    # λ0 = damping; None: λ constant (vmc.optim.sr.damping_schedule)
+    # λ0 = damping; None: λ constant (vmc.optim.schedules.damping_schedule)
     damping_decay_steps: Optional[float] = _field(None, gt=0.0)
     damping_min: float = _field(1e-3, lo=0.0)
     norm_constraint: Optional[float] = _field(1e-3, gt=0.0)  # C; None: no trust region

@@ -112,6 +112,14 @@ def make_record_step(setup, params, observables=()):
     return lambda state, k, poison: record(params, state, k, poison)
 
 
+def target_met(energy: np.ndarray, target: float):
+    """(whether the reblocked error bar of the finite `energy` (n,) Ha is ≤ `target` Ha with a
+    plateau, the `vmc.reblock.ReblockResult`)."""
+    from vmc.reblock import reblock
+    r = reblock(np.asarray(energy)[np.isfinite(energy)])
+    return bool(r.plateau and r.stderr <= target), r
+
+
 def next_length(energy: np.ndarray, target: float, max_steps: int) -> int:
     """The recorded length an evaluation should reach for a reblocked error bar ≤ `target`.
 
@@ -122,13 +130,11 @@ def next_length(energy: np.ndarray, target: float, max_steps: int) -> int:
       Petersen; `vmc.reblock`) or n ≥ max_steps; else min(max_steps, n'), n' = 1.1 n (σ/target)²
       (σ_mean ∝ 1/√n at a fixed autocorrelation time), at least n + n/4.
     """
-    from vmc.reblock import reblock
     n = len(energy)
     if n >= max_steps:
         return n
-    good = np.asarray(energy)[np.isfinite(energy)]
-    r = reblock(good)
-    if r.plateau and r.stderr <= target:
+    met, r = target_met(energy, target)
+    if met:
         return n
     want = int(np.ceil(1.1 * n * (r.stderr / target) ** 2))
     return int(min(max_steps, max(want, n + max(n // 4, 1))))

@@ -250,9 +250,9 @@ def run_evaluation(setup: Setup, params, mcmc: MCMCState, run_dir: pathlib.Path,
         + (f"; ran past {asked} steps for the error-bar target {ev.target_stderr_mha:g} mHa"
            if steps > asked else ""))
     if target is not None:
-        from vmc.reblock import reblock
-        got = reblock(result.energy[np.isfinite(result.energy)])
-        if not (got.plateau and got.stderr <= target):
+        from vmc.evaluate import target_met
+        met, got = target_met(result.energy, target)
+        if not met:
             log(f"warning: evaluation {group}: error bar {1e3 * got.stderr:.3g} mHa"
                 f"{'' if got.plateau else ' (no reblocking plateau)'} after {steps} steps "
                 f"(eval.max_steps), above eval.target_stderr_mha {ev.target_stderr_mha:g}; "

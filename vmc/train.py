@@ -229,16 +229,9 @@ def make_train_step(setup: Setup, max_bad_walkers: Optional[float] = None) -> Ca
             energy=mean, variance=variance,
             median=jnp.nanmedian(jnp.where(good, e64, jnp.nan)),
             pmove=pmove.astype(jnp.float64), width=mcmc.width.astype(jnp.float64),
-            lr=jnp.asarray(ostats.lr, jnp.float64),
-            update_norm=jnp.asarray(ostats.update_norm, jnp.float64),
-            constraint_scale=jnp.asarray(ostats.constraint_scale, jnp.float64),
-            clip_fraction=jnp.asarray(ostats.clip_fraction, jnp.float64),
-            iterations=jnp.asarray(ostats.iterations, jnp.float64),
-            residual=jnp.asarray(ostats.residual, jnp.float64),
             bad_walkers=e64.shape[0] - n_good,
-            **{k: jnp.asarray(getattr(ostats, k), jnp.float64)
-               for k in ("fallbacks", "cosine_uncentred", "cosine_centred", "cosine_applied",
-                         "damping")})
+            # every optimizer diagnostic (OptStats' fields are StepStats fields), float64
+            **{k: jnp.asarray(v, jnp.float64) for k, v in ostats._asdict().items()})
         keep = step_accepted(stats.energy, stats.update_norm, stats.bad_walkers,
                              e64.shape[0], max_bad_walkers)
         new = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b),

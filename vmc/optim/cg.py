@@ -148,7 +148,7 @@ def cg_system(cfg, log_psi: Callable, params, walkers, e_l, mask=None, damping=N
     Args:
       cfg: `vmc.config.OptimConfig` (damping, clip); walkers (n_w, n_electrons, 3) bohr;
       e_l (n_w,) hartree; mask (n_w,) bool good walkers (None: all); damping: λ of this
-      update (default cfg.damping; `vmc.optim.sr.damping_schedule`).
+      update (default cfg.damping; `vmc.optim.schedules.damping_schedule`).
     """
     e_clip, frac = clip_local_energy(e_l, cfg.clip, mask)
     eps = centred_energies(e_clip.astype(F64), mask)

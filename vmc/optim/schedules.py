@@ -22,7 +22,8 @@ def damping_schedule(damping: float, decay_steps: Optional[float],
     The same hyperbolic decay as the learning rate (`lr_schedule`): a large λ early damps the
     directions that only fit one batch's noise, a small one late keeps the small-eigenvalue
     directions the converged wavefunction needs (README "What the damping costs in long
-    runs"; measured there on C and N: no better than a constant λ at 16000 steps). Returns float64 values; λ_min is clipped to at most λ₀.
+    runs"; measured there on C and N: no better than a constant λ at 16000 steps).
+    Returns float64 values; λ_min is clipped to at most λ₀.
     """
     if decay_steps is None:
         return lambda step: jnp.asarray(damping, jnp.float64)
