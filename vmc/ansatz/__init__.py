@@ -47,8 +47,15 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
     """
     atoms = tuple(tuple(float(c) for c in p) for p in np.asarray(molecule.positions))
     charges = tuple(float(z) for z in molecule.charges)
-    smooth = tuple(e is not None for e in getattr(molecule, "ecp", ())) \
-        if getattr(molecule, "has_ecp", False) else ()
+    ecp = tuple(e is not None for e in getattr(molecule, "ecp", ())) \
+        if getattr(molecule, "has_ecp", False) else (False,) * len(atoms)
+    cusp = bool(getattr(cfg, "nuclear_cusp", False))
+    # smooth distance at ECP atoms (no cusp) and, with nuclear_cusp, at the others (whose
+    # cusp NuclearCusp supplies); per-atom lengths a
+    smooth = tuple(e or cusp for e in ecp) if any(ecp) or cusp else ()
+    length = (tuple(float(cfg.ecp_smoothing) if e else float(cfg.cusp_smoothing) for e in ecp)
+              if cusp else float(cfg.ecp_smoothing))
+    cusp_charges = tuple(0.0 if e else z for e, z in zip(ecp, charges)) if cusp else ()
     x0 = jnp.zeros((molecule.n_electrons, 3), dtype)
     if cfg.name == "hf":
         if hf is None:
@@ -73,7 +80,7 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
                           hidden_two=tuple(cfg.hidden_two), determinants=cfg.determinants,
                           full_det=cfg.full_det, envelope=cfg.envelope, jastrow=jastrow,
                           det_precision=cfg.det_precision, dtype=dtype, smooth_atoms=smooth,
-                          smooth_length=float(cfg.ecp_smoothing))
+                          smooth_length=length, cusp_charges=cusp_charges)
     elif cfg.name == "psiformer":
         from vmc.ansatz.psiformer import Psiformer
         module = Psiformer(atoms=atoms, charges=charges, n_up=molecule.n_up,
@@ -82,7 +89,7 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
                            determinants=cfg.determinants, full_det=cfg.full_det,
                            envelope=cfg.envelope, jastrow=jastrow,
                            det_precision=cfg.det_precision, dtype=dtype, smooth_atoms=smooth,
-                           smooth_length=float(cfg.ecp_smoothing))
+                           smooth_length=length, cusp_charges=cusp_charges)
     else:
         raise ValueError(f"ansatz.name: unknown ansatz {cfg.name!r}; valid: ferminet, psiformer, hf")
 

@@ -88,22 +88,31 @@ def soft_norm(sq, a: float):
     return jnp.sqrt(sq + a * a) - a
 
 
-def smooth_distance(ae, r_ae, smooth=(), length: float = 1.0):
-    """|r − R_I| at all-electron atoms; √(|r − R_I|² + a²) − a (bohr, smooth at the nucleus,
-    |r − R_I| − a + O(1/r) far away; a = `length`, `ansatz.ecp_smoothing`) at the atoms
-    flagged in `smooth` (ECP atoms, whose potential is finite at the nucleus, so ψ must have
-    no cusp there).
+def per_atom(length, n_atoms: int):
+    """A smoothing length a as an array that broadcasts over (n, n_atoms, ·): a float (the
+    same for every atom) stays a float; a tuple of n_atoms floats becomes (1, n_atoms, 1)."""
+    if isinstance(length, (tuple, list)):
+        return jnp.asarray(length).reshape(1, n_atoms, 1)
+    return length
+
+
+def smooth_distance(ae, r_ae, smooth=(), length=1.0):
+    """|r − R_I| at atoms with a cusp; √(|r − R_I|² + a²) − a (bohr, smooth at the nucleus,
+    |r − R_I| − a + O(1/r) far away) at the atoms flagged in `smooth`: ECP atoms, whose
+    potential is finite at the nucleus, so ψ must have no cusp there (a =
+    `ansatz.ecp_smoothing`), and, with `ansatz.nuclear_cusp`, all-electron atoms, whose
+    exact cusp `NuclearCusp` supplies (a = `ansatz.cusp_smoothing`).
 
     Args:
       ae: (n, n_atoms, 3) bohr; r_ae: (n, n_atoms, 1) bohr; smooth: n_atoms bools or ();
-      length: a > 0, bohr: below it the distance is ≈ r²/(2a), so the network's features are
-        flat on that scale around an ECP nucleus.
+      length: a > 0, bohr, one for every atom or a tuple of n_atoms: below it the distance
+        is ≈ r²/(2a), so the network's features are flat on that scale around the nucleus.
     Returns:
       (n, n_atoms, 1) bohr.
     """
     if not any(smooth):
         return r_ae
-    soft = soft_norm(jnp.sum(ae * ae, axis=-1, keepdims=True), length)
+    soft = soft_norm(jnp.sum(ae * ae, axis=-1, keepdims=True), per_atom(length, ae.shape[1]))
     return jnp.where(jnp.asarray(smooth)[None, :, None], soft, r_ae)
 
 
@@ -141,7 +150,7 @@ class Envelope(nn.Module):
     kind: str = "isotropic"
     dtype: jnp.dtype = jnp.float32
     smooth: tuple = ()
-    smooth_length: float = 1.0
+    smooth_length: float | tuple = 1.0
 
     @nn.compact
     def __call__(self, ae, r_ae):
@@ -157,7 +166,8 @@ class Envelope(nn.Module):
             v = jnp.einsum("nai,aijk->najk", ae, sigma)                      # (n, A, 3, k)
             dist = jnp.sqrt(jnp.sum(v * v, axis=2) + 1e-12)
             if any(self.smooth):
-                soft = soft_norm(jnp.sum(v * v, axis=2), self.smooth_length)
+                soft = soft_norm(jnp.sum(v * v, axis=2),
+                                 per_atom(self.smooth_length, self.n_atoms))
                 dist = jnp.where(jnp.asarray(self.smooth)[None, :, None], soft, dist)
         else:
             raise ValueError(f"ansatz.envelope: unknown kind {self.kind!r}; valid: isotropic, full")
@@ -190,14 +200,45 @@ class Jastrow(nn.Module):
         return jnp.sum(jnp.where(upper, terms, 0.0))
 
 
+class NuclearCusp(nn.Module):
+    """Kato's electron–nucleus cusp as a factor of every orbital: row i of each orbital
+    matrix is multiplied by exp(u_i), u_i = Σ_I −Z_I α_I r_iI/(α_I + r_iI).
+
+    ∂u/∂r_iI at r_iI = 0 is −Z_I, Kato's cusp (Kato, Commun. Pure Appl. Math. 10, 151
+    (1957)); the network and the envelopes see the smooth distance at these atoms
+    (`smooth_distance`), so the rest of ψ is smooth there and ψ's cusp is exactly −Z_I.
+    The factor is a one-body Jastrow (the same for every orbital, so det scales by
+    Π_i exp(u_i)), 1 at the nucleus and exp(−Z_I α_I) beyond α_I; one learnable α_I per
+    atom (bohr, |α| used, initialised to 1). The e–n part of the exact-cusp Jastrow of
+    Drummond, Towler & Needs, Phys. Rev. B 70, 235119 (2004), in the Padé form of the
+    electron–electron `Jastrow`.
+
+    Attributes:
+      charges: per atom Z_I, 0 where no cusp is imposed (ECP atoms).
+    Call: r_ae (n, n_atoms, 1) true distances, bohr; returns u (n,).
+    """
+    charges: tuple
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, r_ae):
+        alpha = jnp.abs(self.param("alpha", nn.initializers.ones, (len(self.charges),),
+                                   self.dtype))
+        z = jnp.asarray(self.charges, self.dtype)
+        r = r_ae[..., 0]                                                     # (n, A)
+        return jnp.sum(-z * alpha * r / (alpha + r), axis=-1)
+
+
 def orbital_matrices(h, ae, r_ae, n_up: int, orbital_dense, envelopes, determinants: int,
-                     n_out, full_det: bool):
+                     n_out, full_det: bool, row_log=None):
     """Spin-dependent orbitals times envelopes, as K orbital matrices (FermiNet and Psiformer).
 
     Args:
       h: (n, d) final electron stream; ae: (n, n_atoms, 3); r_ae: (n, n_atoms, 1) bohr.
       orbital_dense, envelopes: [up, down] bound modules, each giving (n_s, K·n_out[s]).
       n_out: [up, down] columns per determinant (n for full determinants, else n_s).
+      row_log: optional (n,): row i of every matrix is multiplied by exp(row_log[i])
+        (`NuclearCusp`).
     Returns:
       full_det: [(K, n, n)]; else [(K, n_up, n_up), (K, n_down, n_down)] (empty blocks
       omitted). Row i is electron i (within its spin block).
@@ -208,6 +249,8 @@ def orbital_matrices(h, ae, r_ae, n_up: int, orbital_dense, envelopes, determina
         if ns == 0:
             continue
         orb = orbital_dense[s](h[sl]) * envelopes[s](ae[sl], r_ae[sl])      # (ns, K*n_out)
+        if row_log is not None:
+            orb = orb * jnp.exp(row_log[sl])[:, None]
         orb = orb.reshape(ns, determinants, n_out[s])
         mats.append(jnp.transpose(orb, (1, 0, 2)))                           # (K, ns, n_out)
     if full_det:

@@ -12,7 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vmc.ansatz.common import (Envelope, Jastrow, SharedRowsDense, electron_features,
+from vmc.ansatz.common import (Envelope, Jastrow, NuclearCusp, SharedRowsDense,
+                               electron_features,
                                orbital_matrices, psi_from_orbitals, spin_blocks)
 
 
@@ -73,7 +74,8 @@ class FermiNet(nn.Module):
     det_precision: str = "float64"
     dtype: jnp.dtype = jnp.float32
     smooth_atoms: tuple = ()   # per atom: True at ECP atoms (no cusp, common.smooth_distance)
-    smooth_length: float = 1.0   # its length a, bohr (ansatz.ecp_smoothing)
+    smooth_length: float | tuple = 1.0   # its length a, bohr, one or per atom
+    cusp_charges: tuple = ()   # per atom Z_I where NuclearCusp imposes Kato's cusp, else 0
 
     def setup(self):
         if len(self.hidden_one) != len(self.hidden_two):
@@ -93,6 +95,8 @@ class FermiNet(nn.Module):
                           for s, n_out in zip(("up", "down"), self.n_out)]
         if self.jastrow:
             self.jastrow_factor = Jastrow(self.n_up, self.dtype)
+        if any(self.cusp_charges):
+            self.nuclear_cusp = NuclearCusp(self.cusp_charges, self.dtype)
 
     def orbitals(self, x, atoms=None):
         """Orbital matrices.
@@ -112,7 +116,15 @@ class FermiNet(nn.Module):
         for layer in self.layers:
             h1, h2 = layer(h1, h2)
         return orbital_matrices(h1, ae, r_ae, self.n_up, self.orbital_dense, self.envelopes,
-                                self.determinants, self.n_out, self.full_det)
+                                self.determinants, self.n_out, self.full_det,
+                                self.cusp_rows(ae))
+
+    def cusp_rows(self, ae):
+        """`NuclearCusp`'s u_i (n,) from the true distances (ae: (n, n_atoms, 3) bohr), or
+        None without `cusp_charges`."""
+        if not any(self.cusp_charges):
+            return None
+        return self.nuclear_cusp(jnp.linalg.norm(ae, axis=-1, keepdims=True))
 
     def __call__(self, x, atoms=None):
         """(sign, log|ψ|) of one configuration x: (n_electrons, 3) bohr; `atoms` as in

@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vmc.ansatz.common import (Envelope, Jastrow, orbital_matrices, psi_from_orbitals,
+from vmc.ansatz.common import (Envelope, Jastrow, NuclearCusp, orbital_matrices,
+                               psi_from_orbitals,
                                smooth_distance)
 
 
@@ -113,7 +114,8 @@ class Psiformer(nn.Module):
     det_precision: str = "float64"
     dtype: jnp.dtype = jnp.float32
     smooth_atoms: tuple = ()   # per atom: True at ECP atoms (no cusp, common.smooth_distance)
-    smooth_length: float = 1.0   # its length a, bohr (ansatz.ecp_smoothing)
+    smooth_length: float | tuple = 1.0   # its length a, bohr, one or per atom
+    cusp_charges: tuple = ()   # per atom Z_I where NuclearCusp imposes Kato's cusp, else 0
 
     def setup(self):
         width = self.heads * self.head_dim
@@ -137,6 +139,8 @@ class Psiformer(nn.Module):
                           for s, n_out in zip(("up", "down"), self.n_out)]
         if self.jastrow:
             self.jastrow_factor = Jastrow(self.n_up, self.dtype)
+        if any(self.cusp_charges):
+            self.nuclear_cusp = NuclearCusp(self.cusp_charges, self.dtype)
 
     def stream(self, x, atoms=None):
         """The electron stream after the attention blocks: (n, heads·head_dim), and the
@@ -171,7 +175,15 @@ class Psiformer(nn.Module):
         x = x.astype(self.dtype)
         h, ae, r_ae = self.stream(x, atoms)
         return orbital_matrices(h, ae, r_ae, self.n_up, self.orbital_dense, self.envelopes,
-                                self.determinants, self.n_out, self.full_det)
+                                self.determinants, self.n_out, self.full_det,
+                                self.cusp_rows(ae))
+
+    def cusp_rows(self, ae):
+        """`NuclearCusp`'s u_i (n,) from the true distances (ae: (n, n_atoms, 3) bohr), or
+        None without `cusp_charges`."""
+        if not any(self.cusp_charges):
+            return None
+        return self.nuclear_cusp(jnp.linalg.norm(ae, axis=-1, keepdims=True))
 
     def __call__(self, x, atoms=None):
         """(sign, log|ψ|) of one configuration x: (n_electrons, 3) bohr; `atoms` as in
