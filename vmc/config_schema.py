@@ -67,11 +67,11 @@ class AnsatzConfig:
     # length a (bohr) of the smooth distance √(r² + a²) − a the network sees at ECP atoms
     # (vmc.ansatz.common.smooth_distance; README "Pseudopotentials"); all-electron atoms: r
     ecp_smoothing: float = _field(1.0, lo=1e-3, hi=10.0)
-    # Kato's e–n cusp built in at all-electron atoms (vmc.ansatz.common.NuclearCusp): the
-    # network sees √(r² + a²) − a there, a = cusp_smoothing (bohr), and every orbital row
-    # gets exp(Σ_I −Z_I α_I r/(α_I + r)); README "An exact electron–nucleus cusp"
+    # Kato's e–n cusp built in at all-electron atoms (vmc.ansatz.common.NuclearCusp): every
+    # orbital row gets exp(Σ_I −Z_I α_I r/(α_I + r)), α_I = cusp_length/Z_I at the start,
+    # and the network sees √(r² + a²) − a there, a = cusp_length/(2 Z_I) bohr
     nuclear_cusp: bool = False
-    cusp_smoothing: float = _field(0.5, lo=1e-3, hi=10.0)
+    cusp_length: float = _field(1.0, lo=1e-3, hi=100.0)
 
 
 @dataclasses.dataclass(frozen=True)

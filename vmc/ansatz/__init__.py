@@ -53,9 +53,13 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
     # smooth distance at ECP atoms (no cusp) and, with nuclear_cusp, at the others (whose
     # cusp NuclearCusp supplies); per-atom lengths a
     smooth = tuple(e or cusp for e in ecp) if any(ecp) or cusp else ()
-    length = (tuple(float(cfg.ecp_smoothing) if e else float(cfg.cusp_smoothing) for e in ecp)
-              if cusp else float(cfg.ecp_smoothing))
+    # cusp_length c: NuclearCusp's α_I = c/Z_I and the smoothing length a_I = c/(2 Z_I)
+    # (the 1s orbital's scale; 1s/exp(u) ≈ exp(−Z r²/α) fits exp(−Z(√(r² + a²) − a)))
+    c = float(getattr(cfg, "cusp_length", 1.0))
+    length = (tuple(float(cfg.ecp_smoothing) if e else c / (2.0 * z)
+                    for e, z in zip(ecp, charges)) if cusp else float(cfg.ecp_smoothing))
     cusp_charges = tuple(0.0 if e else z for e, z in zip(ecp, charges)) if cusp else ()
+    cusp_lengths = tuple(1.0 if e else c / z for e, z in zip(ecp, charges)) if cusp else ()
     x0 = jnp.zeros((molecule.n_electrons, 3), dtype)
     if cfg.name == "hf":
         if hf is None:
@@ -80,7 +84,8 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
                           hidden_two=tuple(cfg.hidden_two), determinants=cfg.determinants,
                           full_det=cfg.full_det, envelope=cfg.envelope, jastrow=jastrow,
                           det_precision=cfg.det_precision, dtype=dtype, smooth_atoms=smooth,
-                          smooth_length=length, cusp_charges=cusp_charges)
+                          smooth_length=length, cusp_charges=cusp_charges,
+                          cusp_lengths=cusp_lengths)
     elif cfg.name == "psiformer":
         from vmc.ansatz.psiformer import Psiformer
         module = Psiformer(atoms=atoms, charges=charges, n_up=molecule.n_up,
@@ -89,7 +94,8 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
                            determinants=cfg.determinants, full_det=cfg.full_det,
                            envelope=cfg.envelope, jastrow=jastrow,
                            det_precision=cfg.det_precision, dtype=dtype, smooth_atoms=smooth,
-                           smooth_length=length, cusp_charges=cusp_charges)
+                           smooth_length=length, cusp_charges=cusp_charges,
+                           cusp_lengths=cusp_lengths)
     else:
         raise ValueError(f"ansatz.name: unknown ansatz {cfg.name!r}; valid: ferminet, psiformer, hf")
 

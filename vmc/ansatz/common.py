@@ -208,22 +208,24 @@ class NuclearCusp(nn.Module):
     (1957)); the network and the envelopes see the smooth distance at these atoms
     (`smooth_distance`), so the rest of ψ is smooth there and ψ's cusp is exactly −Z_I.
     The factor is a one-body Jastrow (the same for every orbital, so det scales by
-    Π_i exp(u_i)), 1 at the nucleus and exp(−Z_I α_I) beyond α_I; one learnable α_I per
-    atom (bohr, |α| used, initialised to 1). The e–n part of the exact-cusp Jastrow of
-    Drummond, Towler & Needs, Phys. Rev. B 70, 235119 (2004), in the Padé form of the
-    electron–electron `Jastrow`.
+    Π_i exp(u_i)): 1 at the nucleus, exp(−Z_I α_I) beyond α_I, so with α_I = c/Z_I it
+    changes a valence orbital by at most e^(−c) while the 1s orbital's e^(−Z r) near the
+    nucleus is its own. The e–n part of the exact-cusp Jastrow of Drummond, Towler & Needs,
+    Phys. Rev. B 70, 235119 (2004), in the Padé form of the electron–electron `Jastrow`.
 
     Attributes:
       charges: per atom Z_I, 0 where no cusp is imposed (ECP atoms).
+      lengths: per atom the initial α_I, bohr (learnable: α_I = lengths_I·|θ_I|, θ_I = 1).
     Call: r_ae (n, n_atoms, 1) true distances, bohr; returns u (n,).
     """
     charges: tuple
+    lengths: tuple
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, r_ae):
-        alpha = jnp.abs(self.param("alpha", nn.initializers.ones, (len(self.charges),),
-                                   self.dtype))
+        theta = self.param("alpha", nn.initializers.ones, (len(self.charges),), self.dtype)
+        alpha = jnp.asarray(self.lengths, self.dtype) * jnp.abs(theta)
         z = jnp.asarray(self.charges, self.dtype)
         r = r_ae[..., 0]                                                     # (n, A)
         return jnp.sum(-z * alpha * r / (alpha + r), axis=-1)

@@ -116,6 +116,7 @@ class Psiformer(nn.Module):
     smooth_atoms: tuple = ()   # per atom: True at ECP atoms (no cusp, common.smooth_distance)
     smooth_length: float | tuple = 1.0   # its length a, bohr, one or per atom
     cusp_charges: tuple = ()   # per atom Z_I where NuclearCusp imposes Kato's cusp, else 0
+    cusp_lengths: tuple = ()   # per atom NuclearCusp's initial α_I, bohr
 
     def setup(self):
         width = self.heads * self.head_dim
@@ -140,7 +141,8 @@ class Psiformer(nn.Module):
         if self.jastrow:
             self.jastrow_factor = Jastrow(self.n_up, self.dtype)
         if any(self.cusp_charges):
-            self.nuclear_cusp = NuclearCusp(self.cusp_charges, self.dtype)
+            self.nuclear_cusp = NuclearCusp(self.cusp_charges, self.cusp_lengths,
+                                            self.dtype)
 
     def stream(self, x, atoms=None):
         """The electron stream after the attention blocks: (n, heads·head_dim), and the
