@@ -109,6 +109,26 @@ def classify(e, d_node, r_en, r_ee, z_max: float, threshold=None):
     return bad, cls, dev, threshold, var
 
 
+R_EN_BINS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.4, np.inf)
+
+
+def by_distance(dev, r, edges=R_EN_BINS):
+    """Rows (lo, hi, share of samples, mean dev, rms dev, share of Σ dev²) of E_L − step
+    median binned by a distance r (bohr), over every finite sample, outlier or not."""
+    ok = np.isfinite(dev)
+    total = np.sum(dev[ok] ** 2)
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = ok & (r >= lo) & (r < hi)
+        if not m.any():
+            rows.append((lo, hi, 0.0, np.nan, np.nan, 0.0))
+            continue
+        d = dev[m]
+        rows.append((lo, hi, m.sum() / ok.sum(), d.mean(), np.sqrt(np.mean(d * d)),
+                     np.sum(d * d) / total))
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=pathlib.Path)
@@ -145,6 +165,10 @@ def main(argv=None) -> int:
         t, w = divmod(int(i), e.shape[1])
         print(f"  {t:5d} {w:6d} {dev[t, w]:18.2f} {d_node[t, w]:7.4f} {r_en[t, w]:6.4f} "
               f"{r_ee[t, w]:6.4f}  {cls[t, w]}")
+    print("E_L - step median by the smallest e-n distance (all samples):")
+    print("  r_en (bohr)      share  mean dev (Ha)  rms dev (Ha)  share of sum dev^2")
+    for lo, hi, frac, mean, rms, share in by_distance(dev, r_en):
+        print(f"  [{lo:.2f}, {hi:.2f})  {frac:8.3f} {mean:14.3f} {rms:13.3f} {share:19.3f}")
     return 0
 
 
