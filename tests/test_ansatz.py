@@ -242,7 +242,8 @@ def test_nuclear_cusp_is_katos_and_keeps_the_local_energy_finite(x64, name):
 
 def test_nuclear_cusp_leaves_ecp_atoms_smooth(x64):
     """With an ECP atom and `nuclear_cusp`, only the all-electron atoms get the cusp factor
-    (charge 0 at the ECP atom, whose smoothing length stays `ecp_smoothing`)."""
+    (charge 0 at the ECP atom, whose smoothing length stays `ecp_smoothing`), and
+    `cusp_envelope_z` starts the envelope exponents at Z only at those atoms."""
     mol = make_molecule([{"symbol": "O", "position": [0.0, 0.0, 0.0]},
                          {"symbol": "H", "position": [0.0, 1.4, 1.1]},
                          {"symbol": "H", "position": [0.0, -1.4, 1.1]}], ecp="ccecp")
@@ -252,3 +253,16 @@ def test_nuclear_cusp_leaves_ecp_atoms_smooth(x64):
     assert module.smooth_atoms == (True, True, True)
     assert module.smooth_length == (0.8, 0.3, 0.3)
     assert module.cusp_lengths == (1.0, 0.6, 0.6)
+    assert module.envelope_sigma == ()
+    ansatz = make_ansatz(AnsatzConfig(nuclear_cusp=True, cusp_envelope_z=True), mol,
+                         jnp.float64)
+    sigma = ansatz.init(jax.random.PRNGKey(0))["params"]["envelope_up"]["sigma"]
+    np.testing.assert_array_equal(np.asarray(sigma[:, 0]), [1.0, 1.0, 1.0])   # O: ECP
+    mol = make_molecule([{"symbol": "C", "position": [0.0, 0.0, 0.0]},
+                         {"symbol": "H", "position": [0.0, 0.0, 2.0]}], spin=1)
+    for envelope in ("isotropic", "full"):
+        ansatz = make_ansatz(AnsatzConfig(nuclear_cusp=True, cusp_envelope_z=True,
+                                          envelope=envelope), mol, jnp.float64)
+        sigma = np.asarray(ansatz.init(jax.random.PRNGKey(0))["params"]["envelope_up"]["sigma"])
+        first = sigma[:, 0] if envelope == "isotropic" else sigma[:, 0, 0, 0]
+        np.testing.assert_array_equal(first, [6.0, 1.0])

@@ -72,6 +72,8 @@ class AnsatzConfig:
     # and the network sees √(r² + a²) − a there, a = cusp_length/(2 Z_I) bohr
     nuclear_cusp: bool = False
     cusp_length: float = _field(1.0, lo=1e-3, hi=100.0)
+    # with nuclear_cusp: the envelope exponents at those atoms start at Z_I instead of 1
+    cusp_envelope_z: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -60,6 +60,9 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
                     for e, z in zip(ecp, charges)) if cusp else float(cfg.ecp_smoothing))
     cusp_charges = tuple(0.0 if e else z for e, z in zip(ecp, charges)) if cusp else ()
     cusp_lengths = tuple(1.0 if e else c / z for e, z in zip(ecp, charges)) if cusp else ()
+    # cusp_envelope_z: envelope exponents at cusp atoms start at Z_I (the 1s decay)
+    sigma = (tuple(1.0 if e else z for e, z in zip(ecp, charges))
+             if cusp and getattr(cfg, "cusp_envelope_z", False) else ())
     x0 = jnp.zeros((molecule.n_electrons, 3), dtype)
     if cfg.name == "hf":
         if hf is None:
@@ -85,7 +88,7 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
                           full_det=cfg.full_det, envelope=cfg.envelope, jastrow=jastrow,
                           det_precision=cfg.det_precision, dtype=dtype, smooth_atoms=smooth,
                           smooth_length=length, cusp_charges=cusp_charges,
-                          cusp_lengths=cusp_lengths)
+                          cusp_lengths=cusp_lengths, envelope_sigma=sigma)
     elif cfg.name == "psiformer":
         from vmc.ansatz.psiformer import Psiformer
         module = Psiformer(atoms=atoms, charges=charges, n_up=molecule.n_up,
@@ -95,7 +98,7 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
                            envelope=cfg.envelope, jastrow=jastrow,
                            det_precision=cfg.det_precision, dtype=dtype, smooth_atoms=smooth,
                            smooth_length=length, cusp_charges=cusp_charges,
-                           cusp_lengths=cusp_lengths)
+                           cusp_lengths=cusp_lengths, envelope_sigma=sigma)
     else:
         raise ValueError(f"ansatz.name: unknown ansatz {cfg.name!r}; valid: ferminet, psiformer, hf")
 

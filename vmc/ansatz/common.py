@@ -143,7 +143,8 @@ class Envelope(nn.Module):
     Input ae: (n, n_atoms, 3), r_ae: (n, n_atoms, 1) bohr (already smooth at ECP atoms,
     `smooth_distance`). Output (n, n_orbitals). At atoms flagged in `smooth` the full
     envelope's |σ d| becomes √(|σ d|² + a²) − a (a = `smooth_length`, bohr), so no cusp is
-    imposed there.
+    imposed there. `sigma_init`: per atom the initial exponent (σ, or σ·I for 'full');
+    () = 1 everywhere (FermiNet's initialisation).
     """
     n_atoms: int
     n_orbitals: int
@@ -151,17 +152,23 @@ class Envelope(nn.Module):
     dtype: jnp.dtype = jnp.float32
     smooth: tuple = ()
     smooth_length: float | tuple = 1.0
+    sigma_init: tuple = ()
+
+    def _scale(self, dtype):
+        """(n_atoms,) initial exponent per atom."""
+        return jnp.asarray(self.sigma_init or (1.0,) * self.n_atoms, dtype)
 
     @nn.compact
     def __call__(self, ae, r_ae):
         pi = self.param("pi", nn.initializers.ones, (self.n_atoms, self.n_orbitals), self.dtype)
         if self.kind == "isotropic":
-            sigma = self.param("sigma", nn.initializers.ones, (self.n_atoms, self.n_orbitals),
-                               self.dtype)
+            sigma = self.param("sigma", lambda key, shape, dtype: jnp.broadcast_to(
+                self._scale(dtype)[:, None], shape), (self.n_atoms, self.n_orbitals), self.dtype)
             dist = r_ae * sigma[None]                                        # (n, A, k)
         elif self.kind == "full":
             def init(key, shape, dtype):
-                return jnp.broadcast_to(jnp.eye(3, dtype=dtype)[None, :, :, None], shape)
+                return jnp.broadcast_to(jnp.eye(3, dtype=dtype)[None, :, :, None]
+                                        * self._scale(dtype)[:, None, None, None], shape)
             sigma = self.param("sigma", init, (self.n_atoms, 3, 3, self.n_orbitals), self.dtype)
             v = jnp.einsum("nai,aijk->najk", ae, sigma)                      # (n, A, 3, k)
             dist = jnp.sqrt(jnp.sum(v * v, axis=2) + 1e-12)

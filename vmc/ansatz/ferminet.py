@@ -77,6 +77,7 @@ class FermiNet(nn.Module):
     smooth_length: float | tuple = 1.0   # its length a, bohr, one or per atom
     cusp_charges: tuple = ()   # per atom Z_I where NuclearCusp imposes Kato's cusp, else 0
     cusp_lengths: tuple = ()   # per atom NuclearCusp's initial α_I, bohr
+    envelope_sigma: tuple = ()   # per atom initial envelope exponent (() = 1)
 
     def setup(self):
         if len(self.hidden_one) != len(self.hidden_two):
@@ -92,7 +93,7 @@ class FermiNet(nn.Module):
                               for s, n_out in zip(("up", "down"), self.n_out)]
         self.envelopes = [Envelope(len(self.atoms), self.determinants * n_out, self.envelope,
                                    self.dtype, self.smooth_atoms, self.smooth_length,
-                                   name=f"envelope_{s}")
+                                   self.envelope_sigma, name=f"envelope_{s}")
                           for s, n_out in zip(("up", "down"), self.n_out)]
         if self.jastrow:
             self.jastrow_factor = Jastrow(self.n_up, self.dtype)
