@@ -101,7 +101,7 @@ def smooth_distance(ae, r_ae, smooth=(), length=1.0):
     |r − R_I| − a + O(1/r) far away) at the atoms flagged in `smooth`: ECP atoms, whose
     potential is finite at the nucleus, so ψ must have no cusp there (a =
     `ansatz.ecp_smoothing`), and, with `ansatz.nuclear_cusp`, all-electron atoms, whose
-    exact cusp `NuclearCusp` supplies (a = `ansatz.cusp_smoothing`).
+    exact cusp `NuclearCusp` supplies (a = `ansatz.cusp_length`/(2 Z_I)).
 
     Args:
       ae: (n, n_atoms, 3) bohr; r_ae: (n, n_atoms, 1) bohr; smooth: n_atoms bools or ();
@@ -216,8 +216,8 @@ class NuclearCusp(nn.Module):
     (`smooth_distance`), so the rest of ψ is smooth there and ψ's cusp is exactly −Z_I.
     The factor is a one-body Jastrow (the same for every orbital, so det scales by
     Π_i exp(u_i)): 1 at the nucleus, exp(−Z_I α_I) beyond α_I, so with α_I = c/Z_I it
-    changes a valence orbital by at most e^(−c) while the 1s orbital's e^(−Z r) near the
-    nucleus is its own. The e–n part of the exact-cusp Jastrow of Drummond, Towler & Needs,
+    changes a valence orbital by at most e^(−c) and supplies the 1s orbital's e^(−Z r) over
+    the first α_I. The e–n part of the exact-cusp Jastrow of Drummond, Towler & Needs,
     Phys. Rev. B 70, 235119 (2004), in the Padé form of the electron–electron `Jastrow`.
 
     Attributes:

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from vmc.ansatz.common import (Envelope, Jastrow, NuclearCusp, SharedRowsDense,
-                               electron_features,
-                               orbital_matrices, psi_from_orbitals, spin_blocks)
+                               electron_features, orbital_matrices, psi_from_orbitals,
+                               spin_blocks)
 
 
 class FermiNetLayer(nn.Module):

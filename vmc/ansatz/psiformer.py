@@ -29,8 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vmc.ansatz.common import (Envelope, Jastrow, NuclearCusp, orbital_matrices,
-                               psi_from_orbitals,
-                               smooth_distance)
+                               psi_from_orbitals, smooth_distance)
 
 
 def rescaled_features(x, atoms, smooth=(), smooth_length: float = 1.0):
