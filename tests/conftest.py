@@ -7,6 +7,15 @@ import pathlib
 _FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+# The suite is mostly compilation (a fresh CI machine has no compilation cache): XLA's CPU
+# backend at optimization level 0 compiles the same programs faster and runs them slower,
+# which most of the suite's small networks and short runs do not notice (cold, -n 2: 702 s
+# against 813 s at the default level; the sampling-bound ccECP HF test 93 s against 48 s).
+# The `vmc` subprocesses the tests start inherit it, so runs compared bit for bit across
+# processes see the same code. VMC_TEST_XLA_OPT=default keeps XLA's own level.
+_OPT = "--xla_backend_optimization_level=0"
+if os.environ.get("VMC_TEST_XLA_OPT", "0") == "0" and _OPT not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " " + _OPT
 
 # the CLI's setting (vmc.cli._setup_jax), before NumPy/SciPy load OpenBLAS, whose LAPACK
 # JAX's CPU linear algebra calls: a `vmc run` in this process and one in a subprocess then use
