@@ -49,20 +49,20 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
     charges = tuple(float(z) for z in molecule.charges)
     ecp = tuple(e is not None for e in getattr(molecule, "ecp", ())) \
         if getattr(molecule, "has_ecp", False) else (False,) * len(atoms)
-    cusp = bool(getattr(cfg, "nuclear_cusp", False))
+    cusp = cfg.nuclear_cusp
     # smooth distance at ECP atoms (no cusp) and, with nuclear_cusp, at the others (whose
     # cusp NuclearCusp supplies); per-atom lengths a
     smooth = tuple(e or cusp for e in ecp) if any(ecp) or cusp else ()
     # cusp_length c: NuclearCusp's α_I = c/Z_I and the smoothing length a_I = c/(2 Z_I)
     # (the 1s orbital's scale; 1s/exp(u) ≈ exp(−Z r²/α) fits exp(−Z(√(r² + a²) − a)))
-    c = float(getattr(cfg, "cusp_length", 1.0))
+    c = float(cfg.cusp_length)
     length = (tuple(float(cfg.ecp_smoothing) if e else c / (2.0 * z)
                     for e, z in zip(ecp, charges)) if cusp else float(cfg.ecp_smoothing))
     cusp_charges = tuple(0.0 if e else z for e, z in zip(ecp, charges)) if cusp else ()
     cusp_lengths = tuple(1.0 if e else c / z for e, z in zip(ecp, charges)) if cusp else ()
     # cusp_envelope_z: envelope exponents at cusp atoms start at Z_I (the 1s decay)
     sigma = (tuple(1.0 if e else z for e, z in zip(ecp, charges))
-             if cusp and getattr(cfg, "cusp_envelope_z", False) else ())
+             if cusp and cfg.cusp_envelope_z else ())
     x0 = jnp.zeros((molecule.n_electrons, 3), dtype)
     if cfg.name == "hf":
         if hf is None:

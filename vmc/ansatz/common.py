@@ -310,6 +310,15 @@ def log_sum_det(mats, precision: str = "float64"):
             (jnp.log(jnp.abs(total)) + logmax).astype(out_dtype))
 
 
+def cusp_rows(module, ae):
+    """`NuclearCusp`'s u_i (n,) of a bound FermiNet or Psiformer from the true e–n vectors
+    ae (n, n_atoms, 3) bohr, or None when the module has no `cusp_charges` (the
+    `row_log` of `orbital_matrices`)."""
+    if not any(module.cusp_charges):
+        return None
+    return module.nuclear_cusp(jnp.linalg.norm(ae, axis=-1, keepdims=True))
+
+
 def psi_from_orbitals(module, mats, x):
     """(sign, log|ψ|) of one configuration from its orbital matrices (`module.orbitals(x)`):
     log|Σ_k det_k| in `module.det_precision`, plus the Jastrow factor when `module.jastrow`.

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vmc.ansatz.common import (Envelope, Jastrow, NuclearCusp, SharedRowsDense,
+from vmc.ansatz.common import (Envelope, Jastrow, NuclearCusp, SharedRowsDense, cusp_rows,
                                electron_features, orbital_matrices, psi_from_orbitals,
                                spin_blocks)
 
@@ -120,14 +120,7 @@ class FermiNet(nn.Module):
             h1, h2 = layer(h1, h2)
         return orbital_matrices(h1, ae, r_ae, self.n_up, self.orbital_dense, self.envelopes,
                                 self.determinants, self.n_out, self.full_det,
-                                self.cusp_rows(ae))
-
-    def cusp_rows(self, ae):
-        """`NuclearCusp`'s u_i (n,) from the true distances (ae: (n, n_atoms, 3) bohr), or
-        None without `cusp_charges`."""
-        if not any(self.cusp_charges):
-            return None
-        return self.nuclear_cusp(jnp.linalg.norm(ae, axis=-1, keepdims=True))
+                                cusp_rows(self, ae))
 
     def __call__(self, x, atoms=None):
         """(sign, log|ψ|) of one configuration x: (n_electrons, 3) bohr; `atoms` as in

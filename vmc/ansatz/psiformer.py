@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vmc.ansatz.common import (Envelope, Jastrow, NuclearCusp, orbital_matrices,
-                               psi_from_orbitals, smooth_distance)
+from vmc.ansatz.common import (Envelope, Jastrow, NuclearCusp, cusp_rows,
+                               orbital_matrices, psi_from_orbitals, smooth_distance)
 
 
 def rescaled_features(x, atoms, smooth=(), smooth_length: float = 1.0):
@@ -178,14 +178,7 @@ class Psiformer(nn.Module):
         h, ae, r_ae = self.stream(x, atoms)
         return orbital_matrices(h, ae, r_ae, self.n_up, self.orbital_dense, self.envelopes,
                                 self.determinants, self.n_out, self.full_det,
-                                self.cusp_rows(ae))
-
-    def cusp_rows(self, ae):
-        """`NuclearCusp`'s u_i (n,) from the true distances (ae: (n, n_atoms, 3) bohr), or
-        None without `cusp_charges`."""
-        if not any(self.cusp_charges):
-            return None
-        return self.nuclear_cusp(jnp.linalg.norm(ae, axis=-1, keepdims=True))
+                                cusp_rows(self, ae))
 
     def __call__(self, x, atoms=None):
         """(sign, log|ψ|) of one configuration x: (n_electrons, 3) bohr; `atoms` as in
