@@ -89,3 +89,17 @@ def load_he_trained(setup, dtype=None, convert=True):
     if not convert:
         return params
     return current_layout(setup, params, ckpt.read_attrs(HE_TRAINED))[0]
+
+
+def host_devices_env(devices: int) -> dict:
+    """os.environ for a `vmc` subprocess on `devices` forced CPU host devices, keeping the
+    suite's own XLA flags (conftest: optimization level, scheduler) so it compiles as the
+    suite does; the fault injection of the parent is dropped."""
+    import os
+
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                     if not f.startswith("--xla_force_host_platform_device_count"))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}".strip()}
+    env.pop("VMC_FAULT_INJECT", None)
+    return env

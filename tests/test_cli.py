@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 import vmc.hf
+from helpers import host_devices_env
 from vmc import h5io
 from vmc.cli import main
 from vmc.config import load_config
@@ -316,9 +317,7 @@ def test_directory_guard(tmp_path):
 def test_walkers_must_split_over_the_devices(tmp_path):
     """Two host devices: 7 walkers (or 9 evaluation walkers) exit 2 before anything is
     written (a 2-device run with walkers that split: tests/test_parallel.py)."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    env.pop("VMC_FAULT_INJECT", None)
+    env = host_devices_env(2)
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "vmc.cli", "run", str(H2), "--out", str(out)] + TINY_RUN
     run = lambda *extra: subprocess.run(argv + list(extra), env=env, capture_output=True,  # noqa: E731

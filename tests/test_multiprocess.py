@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
-from helpers import cut_back_copy
+from helpers import cut_back_copy, host_devices_env
 from vmc import checkpoint as ckpt, h5io
 
 # one worker runs this module: its module fixtures are built once (pyproject: loadgroup)
@@ -37,11 +37,8 @@ def _port() -> int:
 
 
 def _env(devices: int) -> dict:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           "VMC_CONNECT_SECONDS": "60", "VMC_HEARTBEAT_SECONDS": "10"}
-    env.pop("VMC_FAULT_INJECT", None)
-    return env
+    return {**host_devices_env(devices), "VMC_CONNECT_SECONDS": "60",
+            "VMC_HEARTBEAT_SECONDS": "10"}
 
 
 def _launch(out, steps, processes, devices, extra=()):

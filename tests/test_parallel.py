@@ -1,19 +1,17 @@
 """Walkers sharded over several devices give the same run as one device."""
 
-import os
 import subprocess
 import sys
 
 import numpy as np
 
+from helpers import host_devices_env
 from vmc import h5io
 
 
 
 def _run(out, cfg, devices):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    env.pop("VMC_FAULT_INJECT", None)
+    env = host_devices_env(devices)
     proc = subprocess.run([sys.executable, "-m", "vmc.cli", "run", str(cfg), "--out", str(out),
                            "--preset", "tiny", "--set", "run.x64=true", "--set", "optim.steps=6",
                            "--set", "eval.steps=0"], env=env, capture_output=True, text=True)
