@@ -2,7 +2,7 @@
 
 import pathlib
 
-from vmc.compile_cache import cache_dir
+from vmc.compile_cache import MIN_COMPILE_SECONDS, cache_dir, min_compile_seconds
 
 
 def test_environment_wins_then_setting_then_user_cache_folder(tmp_path):
@@ -15,6 +15,14 @@ def test_environment_wins_then_setting_then_user_cache_folder(tmp_path):
     for off in ("off", "0", "none", "False", ""):
         assert cache_dir("auto", {**home, "VMC_JAX_CACHE": off}) is None
     assert cache_dir("auto", {}) == pathlib.Path.home() / ".cache" / "vmc" / "jax"
+
+
+def test_write_threshold_from_the_environment_or_the_default():
+    assert min_compile_seconds({}) == MIN_COMPILE_SECONDS == 0.5
+    assert min_compile_seconds({"VMC_JAX_CACHE_MIN_SECONDS": "0"}) == 0.0
+    assert min_compile_seconds({"VMC_JAX_CACHE_MIN_SECONDS": "2.5"}) == 2.5
+    for bad in ("-1", "soon", ""):           # never fails a run: the default
+        assert min_compile_seconds({"VMC_JAX_CACHE_MIN_SECONDS": bad}) == 0.5
 
 
 def test_resumed_state_lowers_to_the_fresh_runs_program(tmp_path):

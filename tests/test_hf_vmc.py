@@ -119,5 +119,6 @@ if __name__ == "__main__":
     jax.config.update("jax_enable_x64", True)
     if os.environ.get("VMC_JAX_CACHE", "off") != "off":
         jax.config.update("jax_compilation_cache_dir", os.environ["VMC_JAX_CACHE"])
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                          float(os.environ.get("VMC_JAX_CACHE_MIN_SECONDS", 0.5)))
     globals()[sys.argv[1]](*sys.argv[2:])

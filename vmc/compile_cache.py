@@ -9,7 +9,9 @@ XLA's compilation is cached). Where the cache lives, in order:
 2. the setting ``run.compile_cache``: ``auto`` (default), ``off``, or a folder;
 3. ``auto``: ``$XDG_CACHE_HOME/vmc/jax`` or ``~/.cache/vmc/jax``.
 
-Programs that compile in under 0.5 s are not written (JAX's own threshold is 1 s).
+Programs that compile in under 0.5 s are not written (JAX's own threshold is 1 s); the
+environment variable ``VMC_JAX_CACHE_MIN_SECONDS`` changes that threshold (the test suite sets
+0: its many small programs then compile once per suite, not once per test).
 """
 
 from __future__ import annotations
@@ -20,6 +22,17 @@ from typing import Optional
 
 OFF = ("off", "0", "none", "false", "")
 MIN_COMPILE_SECONDS = 0.5
+
+
+def min_compile_seconds(environ=None) -> float:
+    """The compile time (s) below which a program is not written: ``VMC_JAX_CACHE_MIN_SECONDS``
+    when it is a number >= 0, else `MIN_COMPILE_SECONDS` (a cache setting never fails a run)."""
+    environ = os.environ if environ is None else environ
+    try:
+        value = float(environ.get("VMC_JAX_CACHE_MIN_SECONDS", MIN_COMPILE_SECONDS))
+    except ValueError:
+        return MIN_COMPILE_SECONDS
+    return value if value >= 0 else MIN_COMPILE_SECONDS
 
 
 def cache_dir(setting: str = "auto", environ=None) -> Optional[pathlib.Path]:
@@ -49,5 +62,5 @@ def enable(setting: str = "auto") -> Optional[pathlib.Path]:
     except OSError:
         return None
     jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds())
     return folder
