@@ -258,6 +258,39 @@ def test_kfac_expand_rule_factors_and_gradient(x64):
     np.testing.assert_allclose(stats.diag[("params", "alpha")], np.var(o_alpha), rtol=1e-12)
 
 
+def test_kfac_shared_rows_factors_by_blocks_equal_the_broadcast_inputs(case, monkeypatch):
+    """FermiNet's one-electron layers (SharedRowsDense): factors, ĝ and Ḡ summed by blocks
+    equal those of the input with its shared rows broadcast to every row (the nn.Dense it
+    stands for), with walkers masked out; and ĝ is the exact Ōᵀε of the good walkers."""
+    from vmc.optim import kfac_capture
+    log_psi = case.ansatz.log_psi
+    layers = discover_layers(log_psi, case.params, 3)
+    shared = [ly.name for ly in layers if ly.name.endswith(".one")]
+    assert shared and all(ly.uses == 3 for ly in layers if ly.name in shared)
+    mask = jnp.arange(N_W) % 5 != 2
+    eps = centred_energies(case.e_l, mask)
+    blocks = jax.jit(make_statistics(log_psi, layers))(case.params, case.walkers, eps, mask)
+    monkeypatch.setattr(kfac_capture, "_recorded_input", kfac_capture._dense_input)
+    broadcast = jax.jit(make_statistics(log_psi, layers))(case.params, case.walkers, eps,
+                                                          mask)
+    for name in shared:
+        for field in ("a", "mean"):
+            x, y = getattr(blocks, field)[name], getattr(broadcast, field)[name]
+            np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(blocks.grad[0][name], broadcast.grad[0][name],
+                                   rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(blocks.activations[name][0],
+                                   broadcast.activations[name][0], rtol=0, atol=0)
+    g_exact = jax.jit(energy_gradient, static_argnums=0)(log_psi, case.params, case.walkers,
+                                                        eps, mask)["params"]
+    for name in shared:
+        layer, kind = name.split(".")
+        g = np.asarray(blocks.grad[0][name])
+        np.testing.assert_allclose(g[:-1], g_exact[layer][kind]["kernel"], rtol=1e-9,
+                                   atol=1e-13)
+        np.testing.assert_allclose(g[-1], g_exact[layer][kind]["bias"], rtol=1e-9, atol=1e-13)
+
+
 def test_kfac_moving_average_and_inverse_refresh(x64):
     module = TwoLayer()
     log_psi, params, x, e_l = toy_batch(module, 16, 3)
