@@ -99,7 +99,7 @@ def _dense_input(context, args):
 def _recorded_input(context, args):
     """What the statistics pass records of a Dense call's input: a (rows, d_in), or for a
     `SharedRowsDense` the pair (l (rows, d_l), g (d_g,)) of its local rows and shared
-    vector (`_Blocks`)."""
+    vector (summed by `_shared_rows_sums`)."""
     if isinstance(context.module, SharedRowsDense):
         local, shared = args
         local = jnp.concatenate(list(local), axis=-1)
@@ -180,39 +180,38 @@ def _gram(x, y):
     return jnp.matmul(x.T, y, precision=jax.lax.Precision.HIGHEST).astype(F64)
 
 
-def _shared_rows_sums(calls, bs, w, keep, bias: bool):
+def _shared_rows_sums(calls, bs, b2, bw2, w, keep, bias: bool):
     """Σ ã ãᵀ, Σ ã (w b)ᵀ and Σ ã bᵀ over walkers and rows of a `SharedRowsDense` layer, by
     the blocks of the module docstring ("Shared rows"), float64.
 
     Args:
       calls: per call, (l (n_w, R, d_l), g (n_w, d_g)); bs: per call, b (n_w, R, d_out),
-        zero at masked walkers; w: (n_w,) float64 walker weights; keep: (n_w, 1, 1) bool.
+        zero at masked walkers; b2, bw2: (n_w S, d_out) all calls' b and w·b, rows in the
+        order of `calls`; w: (n_w,) float64 walker weights; keep: (n_w, 1, 1) bool.
     Returns:
       (ã (n_w, S, d̃_in) for the diagnostics (unused otherwise, so XLA drops it), the three
       sums (d̃_in, d̃_in), (d̃_in, d_out), (d̃_in, d_out)).
     """
     n_w = keep.shape[0]
-    ls = [jnp.where(keep, l, 0.0) for l, _ in calls]
+    locs = [jnp.where(keep, loc, 0.0) for loc, _ in calls]
     us = []
-    for l, g in calls:
+    for _, g in calls:
         u = g if not bias else jnp.concatenate([g, jnp.ones((n_w, 1), g.dtype)], -1)
         us.append(jnp.where(keep[:, 0], u, 0.0))                       # (n_w, d_u)
-    l2 = jnp.concatenate(ls, 1).reshape(-1, ls[0].shape[-1])          # (n_w S, d_l)
-    b2 = jnp.concatenate(bs, 1).reshape(-1, bs[0].shape[-1])
-    bw2 = (jnp.concatenate(bs, 1) * w.astype(b2.dtype)[:, None, None]).reshape(b2.shape)
+    l2 = jnp.concatenate(locs, 1).reshape(-1, locs[0].shape[-1])      # (n_w S, d_l)
     u_all = jnp.concatenate(us, 0)                                    # (C n_w, d_u)
-    l_sum = jnp.concatenate([jnp.sum(l, 1) for l in ls], 0)           # (C n_w, d_l)
+    l_sum = jnp.concatenate([jnp.sum(loc, 1) for loc in locs], 0)     # (C n_w, d_l)
     b_sum = jnp.concatenate([jnp.sum(b, 1) for b in bs], 0)           # (C n_w, d_out)
-    bw_sum = jnp.concatenate([jnp.sum(b * w.astype(b.dtype)[:, None, None], 1) for b in bs],
-                             0)
-    rows = jnp.concatenate([jnp.full((n_w, 1), l.shape[1], u_all.dtype) for l in ls], 0)
+    wb = w.astype(b2.dtype)[:, None, None]
+    bw_sum = jnp.concatenate([jnp.sum(b * wb, 1) for b in bs], 0)
+    rows = jnp.concatenate([jnp.full((n_w, 1), loc.shape[1], u_all.dtype) for loc in locs], 0)
     lu = _gram(l_sum, u_all)
     a_sum = jnp.block([[_gram(l2, l2), lu], [lu.T, _gram(u_all * rows, u_all)]])
     g_sum = jnp.concatenate([_gram(l2, bw2), _gram(u_all, bw_sum)], 0)
     m_sum = jnp.concatenate([_gram(l2, b2), _gram(u_all, b_sum)], 0)
-    a = jnp.concatenate([jnp.concatenate([l, jnp.broadcast_to(u[:, None], l.shape[:2]
-                                                              + u.shape[-1:])], -1)
-                         for l, u in zip(ls, us)], 1)
+    a = jnp.concatenate([jnp.concatenate([loc, jnp.broadcast_to(u[:, None], loc.shape[:2]
+                                                                + u.shape[-1:])], -1)
+                         for loc, u in zip(locs, us)], 1)
     return a, a_sum, g_sum, m_sum
 
 
@@ -268,7 +267,8 @@ def make_statistics(log_psi: Callable, layers: tuple[DenseLayer, ...]) -> Callab
             bw = (b * w.astype(b.dtype)[:, None, None]).reshape(b2.shape)
             fb[layer.name] = _gram(b2, b2) / n_g
             if isinstance(calls[0], tuple):          # SharedRowsDense: by blocks
-                a, fa_sum, g_sum, m_sum = _shared_rows_sums(calls, bs, w, keep, layer.bias)
+                a, fa_sum, g_sum, m_sum = _shared_rows_sums(calls, bs, b2, bw, w, keep,
+                                                            layer.bias)
                 fa[layer.name] = fa_sum / (n_g * layer.uses)
                 g_dense[layer.name], g_mean[layer.name] = g_sum, m_sum / n_g
             else:
