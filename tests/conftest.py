@@ -36,8 +36,8 @@ os.environ.setdefault("VMC_JAX_CACHE", str(_CACHE))
 # programs (init, burn-in, evaluation steps) in many tests; cold, -n 2, test_resume, test_cli
 # and test_smoke_pairs took 147 s against 165 s at the CLI's 0.5 s threshold
 os.environ.setdefault("VMC_JAX_CACHE_MIN_SECONDS", "0")
-jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                  float(os.environ["VMC_JAX_CACHE_MIN_SECONDS"]))
+from vmc.compile_cache import min_compile_seconds  # noqa: E402
+jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds())
 
 
 @pytest.fixture

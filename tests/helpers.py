@@ -91,15 +91,21 @@ def load_he_trained(setup, dtype=None, convert=True):
     return current_layout(setup, params, ckpt.read_attrs(HE_TRAINED))[0]
 
 
-def host_devices_env(devices: int) -> dict:
-    """os.environ for a `vmc` subprocess on `devices` forced CPU host devices, keeping the
-    suite's own XLA flags (conftest: optimization level, scheduler) so it compiles as the
-    suite does; the fault injection of the parent is dropped."""
+def xla_env(drop: str = "", add: str = "") -> dict:
+    """os.environ for a subprocess with the suite's XLA flags (conftest: optimization level,
+    scheduler), less those starting with `drop`, plus `add`; the parent's fault injection
+    is dropped."""
     import os
 
-    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
-                     if not f.startswith("--xla_force_host_platform_device_count"))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}".strip()}
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not (drop and f.startswith(drop))]
+    env = {**os.environ, "XLA_FLAGS": " ".join(flags + add.split())}
     env.pop("VMC_FAULT_INJECT", None)
     return env
+
+
+def host_devices_env(devices: int) -> dict:
+    """`xla_env` for a `vmc` subprocess on `devices` forced CPU host devices, compiling as the
+    suite does."""
+    flag = "--xla_force_host_platform_device_count"
+    return {**xla_env(flag, f"{flag}={devices}"), "JAX_PLATFORMS": "cpu"}

@@ -12,13 +12,13 @@ default CPU optimization level (the suite's level 0, conftest, doubles their sam
 cold, one core, 144 s against 78 s for the three).
 """
 
-import os
 import subprocess
 import sys
 
 import jax
 import pytest
 
+from helpers import xla_env
 from vmc import analysis
 from vmc.config import config_from_dict
 from vmc.evaluate import evaluate
@@ -38,11 +38,9 @@ def _in_child_at_default_opt(check: str, *args: str):
     """Run `check(*args)` of this module in a fresh process at XLA's default optimization
     level (the suite's other flags and compilation cache kept); its assertion, if any, fails
     the test with the child's output."""
-    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
-                     if not f.startswith("--xla_backend_optimization_level"))
     proc = subprocess.run([sys.executable, __file__, check, *args],
-                          env={**os.environ, "XLA_FLAGS": flags}, capture_output=True,
-                          text=True, timeout=900)
+                          env=xla_env("--xla_backend_optimization_level"),
+                          capture_output=True, text=True, timeout=900)
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 
@@ -116,9 +114,7 @@ def check_hf_vmc_ccecp_oxygen():
 if __name__ == "__main__":
     # a child of `_in_child_at_default_opt`: float64 available as in the CLI (the network
     # stays float32), the suite's compilation cache
+    from vmc.compile_cache import enable
     jax.config.update("jax_enable_x64", True)
-    if os.environ.get("VMC_JAX_CACHE", "off") != "off":
-        jax.config.update("jax_compilation_cache_dir", os.environ["VMC_JAX_CACHE"])
-        jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                          float(os.environ.get("VMC_JAX_CACHE_MIN_SECONDS", 0.5)))
+    enable()      # VMC_JAX_CACHE and VMC_JAX_CACHE_MIN_SECONDS as conftest set them
     globals()[sys.argv[1]](*sys.argv[2:])
