@@ -5,8 +5,12 @@
 
 For each system, `vmc run systems/X.yaml` at FermiNet's Li benchmark network ((128,16)×3,
 8 determinants, 256 walkers, 10 moves per step, KFAC, no pretraining, no evaluation) runs
-once per round for each checkout, alternating (base, this, base, this, ...); the base commit
-is exported with `git archive` into a temporary folder and put first on PYTHONPATH. A run's
+once per round for each checkout, alternating (base, this, base, this, ...); the base commit's
+`vmc` and `systems` are exported with `git archive` into a temporary folder, and its runs
+start there (working directory and PYTHONPATH), with its own molecule files. Each child
+first reports which `vmc` it imports; a run that would import the other checkout's stops
+the script (`python -m` puts the working directory ahead of PYTHONPATH, and that once made
+both columns this checkout). A run's
 step time is the median of train.h5's `step_time` over steps 20 … end (compilation left
 out); the table gives each checkout's best median over the rounds and the ratio
 this/base. Runs share the machine with nothing else only if you make it so: the
@@ -31,9 +35,9 @@ BENCHMARK = ("ansatz.hidden_one=[128,128,128]", "ansatz.hidden_two=[16,16,16]",
 
 
 def export(commit: str, dest: pathlib.Path) -> pathlib.Path:
-    """`git archive commit vmc` unpacked under dest; returns dest."""
+    """`git archive commit vmc systems` unpacked under dest; returns dest."""
     dest.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "vmc"],
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "vmc", "systems"],
                              check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest
@@ -46,14 +50,32 @@ def median_step(run_dir: pathlib.Path, skip: int = 20) -> float:
     return statistics.median(t[skip:])
 
 
-def one_run(src: pathlib.Path, system: str, steps: int, out: pathlib.Path) -> float:
-    env = {**os.environ, "PYTHONPATH": str(src), "JAX_PLATFORMS": os.environ.get(
+def child_env(src: pathlib.Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(src), "JAX_PLATFORMS": os.environ.get(
         "JAX_PLATFORMS", "cpu")}
-    cmd = [sys.executable, "-m", "vmc.cli", "run", str(ROOT / "systems" / f"{system}.yaml"),
+
+
+def imported_vmc(src: pathlib.Path) -> pathlib.Path:
+    """The `vmc` package a child started like `one_run`'s imports (its folder).
+
+    Raises:
+      SystemExit: it is not src/vmc.
+    """
+    out = subprocess.run([sys.executable, "-c", "import vmc; print(vmc.__file__)"],
+                         env=child_env(src), cwd=src, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    got = pathlib.Path(out).resolve().parent
+    if got != (src / "vmc").resolve():
+        raise SystemExit(f"a child started in {src} imports {got}, not {src / 'vmc'}")
+    return got
+
+
+def one_run(src: pathlib.Path, system: str, steps: int, out: pathlib.Path) -> float:
+    cmd = [sys.executable, "-m", "vmc.cli", "run", str(src / "systems" / f"{system}.yaml"),
            "--out", str(out), "--set", f"optim.steps={steps}"]
     for s in BENCHMARK:
         cmd += ["--set", s]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=child_env(src), cwd=src, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
     return median_step(out)
@@ -71,6 +93,8 @@ def main(argv=None) -> int:
         tmp = pathlib.Path(tmp)
         base_src = export(args.base, (tmp / "base").resolve())
         sources = {"base": base_src, "this": ROOT}
+        for name, src in sources.items():
+            print(f"{name}: vmc from {imported_vmc(src)}", file=sys.stderr, flush=True)
         for system in args.systems:
             times = {"base": [], "this": []}
             for r in range(args.rounds):

@@ -37,3 +37,21 @@ def test_retime_scales_by_the_clean_runs_matching_steps():
     bench._retime(r, None)            # the clean run failed: no step time to report
     assert r["step_s"] is None
     np.testing.assert_allclose(r["_elapsed"], bench._elapsed(own))
+
+
+_STEP_PATH = _PATH.parent / "bench_step.py"
+_step_spec = importlib.util.spec_from_file_location("bench_step", _STEP_PATH)
+bench_step = importlib.util.module_from_spec(_step_spec)
+_step_spec.loader.exec_module(bench_step)
+
+
+def test_bench_step_children_import_the_exported_commit_not_this_checkout(tmp_path):
+    # an export of HEAD: its children must import tmp_path/base/vmc, although this
+    # checkout's vmc is installed (editable) and would win from the checkout's folder
+    base = bench_step.export("HEAD", tmp_path / "base")
+    assert (base / "systems" / "Li.yaml").is_file()
+    assert bench_step.imported_vmc(base) == (base / "vmc").resolve()
+    assert bench_step.imported_vmc(bench_step.ROOT) == (bench_step.ROOT / "vmc").resolve()
+    # a folder without vmc: the child imports the installed checkout, and the guard stops
+    with pytest.raises(SystemExit, match="imports"):
+        bench_step.imported_vmc(tmp_path)
