@@ -2,6 +2,7 @@
 
     python scripts/bench_step.py                          # against 3cba5f0, Li and N
     python scripts/bench_step.py --base 3cba5f0 --systems Li --steps 300 --rounds 3
+    python scripts/bench_step.py --parts --systems Li N      # the profile, both checkouts
 
 For each system, `vmc run systems/X.yaml` at FermiNet's Li benchmark network ((128,16)×3,
 8 determinants, 256 walkers, 10 moves per step, KFAC, no pretraining, no evaluation) runs
@@ -13,13 +14,17 @@ the script (`python -m` puts the working directory ahead of PYTHONPATH, and that
 both columns this checkout). A run's
 step time is the median of train.h5's `step_time` over steps 20 … end (compilation left
 out); the table gives each checkout's best median over the rounds and the ratio
-this/base. Runs share the machine with nothing else only if you make it so: the
+this/base. With `--parts`, each round runs scripts/_bench_step_parts.py in both checkouts
+instead (the step's parts, each jitted on its own at one state, median of `--repeats`
+calls) and prints, per system, each part's best ms over the rounds in both and the ratio: the
+profile before and after. Runs share the machine with nothing else only if you make it so: the
 alternation spreads any load over both.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import statistics
@@ -81,12 +86,39 @@ def one_run(src: pathlib.Path, system: str, steps: int, out: pathlib.Path) -> fl
     return median_step(out)
 
 
+PARTS = ("moves", "refresh", "local energy", "update", "step")
+
+
+def parts_run(src: pathlib.Path, system: str, repeats: int) -> dict:
+    """ms per part (scripts/_bench_step_parts.py) of the benchmark step in checkout src."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "_bench_step_parts.py"), system,
+           str(repeats), *BENCHMARK]
+    proc = subprocess.run(cmd, env=child_env(src), cwd=src, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} in {src} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def parts_table(system: str, base: str, best: dict) -> str:
+    """Markdown rows: part, base ms (share of its step), this ms (share), this/base."""
+    lines = [f"{system}:", "", f"| part | {base} ms (share) | this ms (share) | this/base |",
+             "|---|---|---|---|"]
+    for part in PARTS:
+        b, t = best["base"][part], best["this"][part]
+        lines.append(f"| {part} | {b:.1f} ({b / best['base']['step']:.0%}) | {t:.1f} "
+                     f"({t / best['this']['step']:.0%}) | {t / b:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", default="3cba5f0")
     p.add_argument("--systems", nargs="+", default=["Li", "N"])
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--parts", action="store_true",
+                   help="time the step's parts in both checkouts instead of whole runs")
+    p.add_argument("--repeats", type=int, default=15, help="calls per part (--parts)")
     args = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,6 +127,17 @@ def main(argv=None) -> int:
         sources = {"base": base_src, "this": ROOT}
         for name, src in sources.items():
             print(f"{name}: vmc from {imported_vmc(src)}", file=sys.stderr, flush=True)
+        if args.parts:
+            for system in args.systems:
+                best = {"base": {}, "this": {}}
+                for r in range(args.rounds):
+                    for name, src in sources.items():
+                        ms = parts_run(src, system, args.repeats)
+                        print(f"{system} round {r} {name}: {json.dumps(ms)}", file=sys.stderr,
+                              flush=True)
+                        best[name] = {k: min(v, best[name].get(k, v)) for k, v in ms.items()}
+                print(parts_table(system, args.base, best), flush=True)
+            return 0
         for system in args.systems:
             times = {"base": [], "this": []}
             for r in range(args.rounds):
