@@ -100,7 +100,8 @@ def parts_run(src: pathlib.Path, system: str, repeats: int) -> dict:
 
 
 def parts_table(system: str, base: str, best: dict) -> str:
-    """Markdown rows: part, base ms (share of its step), this ms (share), this/base."""
+    """The system's name, then a Markdown table: part, base ms (share of the base step),
+    this ms (share), this/base; each figure the best over the rounds."""
     lines = [f"{system}:", "", f"| part | {base} ms (share) | this ms (share) | this/base |",
              "|---|---|---|---|"]
     for part in PARTS:
