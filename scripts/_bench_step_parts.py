@@ -16,35 +16,28 @@ calls after two warm calls, per part:
 """
 
 import json
-import os
+import pathlib
 import statistics
 import sys
 import time
 
-_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"   # as vmc.cli
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+# profile_step sets XLA's CPU scheduler flag and float64 as vmc.cli does, and its
+# prepared_state (init_state + burn-in moves) uses only APIs every checkout has
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from profile_step import prepared_state  # noqa: E402
 
 import jax  # noqa: E402
-
-jax.config.update("jax_enable_x64", True)   # as vmc.cli, in every checkout
-
 import jax.numpy as jnp  # noqa: E402
 
 from vmc.config import load_config  # noqa: E402
 from vmc.sampler import make_sampler  # noqa: E402
-from vmc.train import build, init_state, make_burn_in_step, make_train_step  # noqa: E402
+from vmc.train import build, make_train_step  # noqa: E402
 
 
 def main(system: str, repeats: int, settings: list) -> dict:
     cfg = load_config(f"systems/{system}.yaml", overrides=tuple(settings))
     setup = build(cfg)
-    state = init_state(setup, jax.random.PRNGKey(0))
-    burn = make_burn_in_step(setup)
-    mcmc = state.mcmc
-    for i in range(3):
-        mcmc, _ = burn(state.params, mcmc, jax.random.PRNGKey(100 + i))
-    state = state._replace(mcmc=mcmc)
+    state = prepared_state(setup, 3)
     s = cfg.sampler
     _, sampler_step = make_sampler(setup.ansatz.log_psi, s.moves, s.target_pmove, s.adapt_rate)
     sampler_step = jax.jit(sampler_step)

@@ -75,14 +75,24 @@ def imported_vmc(src: pathlib.Path) -> pathlib.Path:
     return got
 
 
+def run_child(cmd: list, src: pathlib.Path) -> str:
+    """cmd's stdout, run in checkout src (working directory and PYTHONPATH).
+
+    Raises:
+      SystemExit: it failed (with the tail of its stderr).
+    """
+    proc = subprocess.run(cmd, env=child_env(src), cwd=src, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} in {src} failed:\n{proc.stderr[-2000:]}")
+    return proc.stdout
+
+
 def one_run(src: pathlib.Path, system: str, steps: int, out: pathlib.Path) -> float:
     cmd = [sys.executable, "-m", "vmc.cli", "run", str(src / "systems" / f"{system}.yaml"),
            "--out", str(out), "--set", f"optim.steps={steps}"]
     for s in BENCHMARK:
         cmd += ["--set", s]
-    proc = subprocess.run(cmd, env=child_env(src), cwd=src, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    run_child(cmd, src)
     return median_step(out)
 
 
@@ -93,10 +103,7 @@ def parts_run(src: pathlib.Path, system: str, repeats: int) -> dict:
     """ms per part (scripts/_bench_step_parts.py) of the benchmark step in checkout src."""
     cmd = [sys.executable, str(ROOT / "scripts" / "_bench_step_parts.py"), system,
            str(repeats), *BENCHMARK]
-    proc = subprocess.run(cmd, env=child_env(src), cwd=src, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} in {src} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(run_child(cmd, src).strip().splitlines()[-1])
 
 
 def parts_table(system: str, base: str, best: dict) -> str:
