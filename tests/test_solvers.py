@@ -307,11 +307,59 @@ def test_kfac_moving_average_and_inverse_refresh(x64):
     for name in s1.a:
         for f1, f2, new in ((s1.a, s2.a, st2.a), (s1.b, s2.b, st2.b)):
             np.testing.assert_allclose(f2[name], 0.9 * f1[name] + 0.1 * new[name], rtol=1e-12)
-        # refreshed every 2nd update: update 2 still used update 1's inverses, update 3 not
-        np.testing.assert_array_equal(s2.a_inv[name], s1.a_inv[name])
-        assert not np.allclose(s3.a_inv[name], s1.a_inv[name])
+        # refreshed every 2nd update: update 2 still used update 1's factors, update 3 not
+        np.testing.assert_array_equal(s2.a_chol[name], s1.a_chol[name])
+        assert not np.allclose(s3.a_chol[name], s1.a_chol[name])
     # update 2: the new gradient with the first update's inverses
     assert _rel(d2, np.linalg.solve(m1, _exact(log_psi, params, x2, e_l2)[2])) < 1e-10
+
+
+def test_kfac_schema2_checkpoint_resumes_with_the_same_preconditioner(tmp_path, monkeypatch):
+    """Checkpoints of schema ≤ 2 hold KFAC's damped inverses (a_inv, b_inv); schema 3 their
+    Cholesky factors (a_chol, b_chol). `stages.restore` reads an old file in its own layout
+    and converts: the factors are the ones the inverses came from (to 1e-9 relative), so
+    the resumed preconditioner is the same. The new template alone rejects the old file."""
+    import pathlib
+
+    from vmc import stages
+    from vmc.config import load_config
+    from vmc.loop import save_checkpoint
+    from vmc.optim.kfac import KfacState, kron_solve
+    from vmc.optim.kfac_schema import KfacStateSchema2
+    from vmc.train import build, init_state
+
+    cfg = load_config(pathlib.Path(__file__).parent.parent / "systems" / "H2.yaml",
+                      preset="tiny", overrides=("optim.solver=kfac", "pretrain.steps=0"))
+    setup = build(cfg, hf=None)
+    fresh = init_state(setup, jax.random.PRNGKey(0))
+    e_l = jax.random.normal(jax.random.PRNGKey(1), (cfg.sampler.walkers,))
+    _, kstate, _ = jax.jit(setup.optimizer.update)(fresh.params, fresh.opt_state,
+                                                   fresh.mcmc.walkers, e_l, 0)
+    assert isinstance(kstate, KfacState)
+    inv = lambda l: np.linalg.inv(np.asarray(l) @ np.asarray(l).T)  # noqa: E731
+    old = KfacStateSchema2(*kstate)._replace(
+        a_inv={k: inv(v) for k, v in kstate.a_chol.items()},
+        b_inv={k: inv(v) for k, v in kstate.b_chol.items()})
+    monkeypatch.setattr(ckpt, "SCHEMA_VERSION", 2)
+    path = save_checkpoint(tmp_path, fresh._replace(opt_state=old), 7, cfg, keep=1)
+    monkeypatch.undo()
+    assert ckpt.read_attrs(path)["schema_version"] == 2
+    with pytest.raises(ckpt.CheckpointError, match="does not match"):
+        ckpt.restore(path, {"opt_state": kstate})
+    lines = []
+    restored, step, _ = stages.restore(setup, tmp_path, lines.append)
+    got = restored.opt_state
+    assert step == 7 and isinstance(got, KfacState) and any("Cholesky" in m for m in lines)
+    rng = np.random.default_rng(0)
+    for name, l in kstate.a_chol.items():
+        np.testing.assert_allclose(got.a_chol[name], l, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(got.b_chol[name], kstate.b_chol[name], rtol=1e-9,
+                                   atol=1e-12)
+        g = rng.normal(size=(l.shape[0], kstate.b_chol[name].shape[0]))
+        np.testing.assert_allclose(kron_solve(got.a_chol[name], got.b_chol[name], g),
+                                   old.a_inv[name] @ g @ old.b_inv[name], rtol=1e-8)
+    for a, b in zip(jax.tree_util.tree_leaves(got.a), jax.tree_util.tree_leaves(kstate.a)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_kfac_cg_zero_iterations_equals_kfac_and_tight_equals_dense(x64):

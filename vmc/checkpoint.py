@@ -27,7 +27,7 @@ import os
 import pathlib
 import re
 import warnings
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import h5py
 import jax
@@ -41,7 +41,8 @@ __all__ = ["SCHEMA_VERSION", "CheckpointError", "NonFiniteError", "save", "resto
            "read_attrs", "read_tree_raw", "checkpoint_path", "list_checkpoints",
            "latest_valid", "prune"]
 
-SCHEMA_VERSION = 2   # 2: FermiNet one-electron rows reordered (ansatz.ferminet.params_from_schema1)
+SCHEMA_VERSION = 3   # 2: FermiNet one-electron rows reordered (ansatz.ferminet.params_from_schema1)
+                     # 3: KFAC state holds Cholesky factors (optim.kfac_schema.from_schema2)
 _RESERVED = ("schema_version", "code_version", "checksum")
 _NAME_RE = re.compile(r"^ckpt_(\d+)\.h5$")
 _LIVE_GLOB = "ckpt_*.h5"
@@ -319,14 +320,16 @@ def _rebuild_leaf(dname: str, tmpl: Any, arr: np.ndarray, impl: str | None) -> A
     return arr.item()  # Python scalar
 
 
-def restore(path, template: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def restore(path, template: Mapping[str, Any] | Callable[[dict], Mapping[str, Any]]
+            ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read the named trees of ``template`` from a checkpoint, bit-exact.
 
     Args:
         path: checkpoint file.
         template: ``{name: pytree}`` giving structure, shapes and dtypes (leaves may be
             arrays, scalars, ``jax.ShapeDtypeStruct`` or PRNG keys). May name a subset of
-            the stored trees (e.g. only ``params`` for a warm start).
+            the stored trees (e.g. only ``params`` for a warm start). Or a function of the
+            file's attributes returning one (to read an older schema's layout).
 
     Returns:
         ``(trees, attrs)``: ``{name: pytree}`` with the template's treedefs (jax arrays
@@ -340,9 +343,11 @@ def restore(path, template: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str
     """
     path = pathlib.Path(path)
     with _open(path) as f:
+        attrs = _py_attrs(dict(f.attrs))
+        if callable(template):
+            template = template(attrs)
         data = _read_verified(f, path, set(template))
         missing = [n for n in template if n not in f]
-        attrs = _py_attrs(dict(f.attrs))
     if missing:
         raise CheckpointError(f"checkpoint {path} has no tree(s) {missing}")
     trees = {}
@@ -377,8 +382,10 @@ def list_checkpoints(directory) -> list[pathlib.Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_valid(directory, template: Mapping[str, Any] | None = None) -> pathlib.Path | None:
-    """Newest checkpoint whose checksum verifies (and that fits ``template`` if given).
+def latest_valid(directory, template: Mapping[str, Any] | Callable[[dict], Mapping[str, Any]]
+                 | None = None) -> pathlib.Path | None:
+    """Newest checkpoint whose checksum verifies (and that fits ``template`` if given: a
+    mapping or a function of the file's attributes, as for `restore`).
 
     Leftover temp files of a crash mid-save (``.ckpt_*.tmp``) are removed first when
     provably abandoned (a save running elsewhere keeps its file). Invalid checkpoints are

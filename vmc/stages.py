@@ -18,6 +18,7 @@ from vmc import checkpoint as ckpt, h5io, parallel
 from vmc.errors import InputError
 from vmc.evaluate import resize_walkers
 from vmc.loop import Outcome, run_loop, save_checkpoint
+from vmc.optim.kfac_schema import from_schema2, schema2_layout
 from vmc.sampler import MCMCState
 from vmc.train import Setup, TrainState, build, init_state, make_burn_in_step, make_train_step
 
@@ -83,14 +84,22 @@ def restore(setup: Setup, run_dir: pathlib.Path, log,
       InputError: no checkpoint matches this configuration's parameter shapes.
     """
     template = init_state(setup, jax.random.PRNGKey(0))
+
+    def layout(attrs):   # the optimizer state as the checkpoint's schema stores it
+        old = int(attrs.get("schema_version", 1)) < 3
+        return {"params": template.params,
+                "opt_state": schema2_layout(template.opt_state) if old else template.opt_state}
+
     d = run_dir / "checkpoints"
-    path = ckpt.latest_valid(d, {"params": template.params, "opt_state": template.opt_state})
+    path = ckpt.latest_valid(d, layout)
     if path is None:
         raise InputError(f"{what}: no valid checkpoint in {d}")
-    trees, attrs = ckpt.restore(path, {"params": template.params,
-                                       "opt_state": template.opt_state})
+    trees, attrs = ckpt.restore(path, layout)
     params, converted = current_layout(setup, trees["params"], attrs, log)
-    opt_state = trees["opt_state"]
+    opt_state = from_schema2(trees["opt_state"])
+    if opt_state is not trees["opt_state"]:
+        log(f"checkpoint schema {attrs.get('schema_version')}: KFAC's damped inverses "
+            f"converted to Cholesky factors (the same preconditioner up to rounding)")
     if converted:
         if jax.tree_util.tree_leaves(opt_state):
             log(f"{what}: the optimizer state of a schema-1 checkpoint is not reordered: "
