@@ -89,7 +89,7 @@ def check_hf_vmc_ccecp_oxygen():
     linear combination of orbitals, which on a sphere around the atom are polynomials of
     degree <= 2 in the direction (s, p, d shells), so the non-local part has no rule error.
     """
-    walkers, steps = 3000, 100
+    walkers, steps = 3000, 60
     cfg = config_from_dict({"atoms": [{"symbol": "O", "position": [0.0, 0.0, 0.0]}],
                             "spin": 2}, name="O",
                            overrides=("ansatz.name=hf", "hamiltonian.ecp=ccecp",
@@ -102,12 +102,12 @@ def check_hf_vmc_ccecp_oxygen():
     assert abs(setup.hf.energy - HF_O_CCECP) < 1e-6
     key = jax.random.PRNGKey(11)
     w = init_walkers(jax.random.fold_in(key, 0), setup.molecule, walkers, 0.8, setup.dtype)
-    res = evaluate(setup, {}, w, 0.4, steps=steps, burn_in=50, key=jax.random.fold_in(key, 1))
+    res = evaluate(setup, {}, w, 0.4, steps=steps, burn_in=30, key=jax.random.fold_in(key, 1))
     rb = analysis.reblock(res.energy)
     dev = rb.mean - setup.hf.energy
     print(f"O/ccECP: E_VMC {rb.mean:.5f} ± {1e3 * rb.stderr:.2f} mHa, E_HF {setup.hf.energy:.5f}, "
           f"dev {dev / rb.stderr:+.2f} σ, tau {rb.tau:.1f}")
-    assert rb.stderr <= 0.003, rb
+    assert rb.stderr <= 0.005, rb                      # 1.8e5 samples: σ ≈ 3–4 mHa
     assert abs(dev) <= 3 * rb.stderr, (rb.mean, rb.stderr, setup.hf.energy)
 
 
