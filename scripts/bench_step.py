@@ -13,8 +13,9 @@ first reports which `vmc` it imports; a run that would import the other checkout
 the script (`python -m` puts the working directory ahead of PYTHONPATH, and that once made
 both columns this checkout). A run's
 step time is the median of train.h5's `step_time` over steps 20 … end (compilation left
-out); the table gives each checkout's best median over the rounds and the ratio
-this/base. With `--parts`, each round runs scripts/_bench_step_parts.py in both checkouts
+out); the table gives each checkout's best median over the rounds, their ratio this/base,
+and the median over rounds of each round's own ratio (paired rounds: the two runs of a
+round are neighbours in time, so a load change hits both). With `--parts`, each round runs scripts/_bench_step_parts.py in both checkouts
 instead (the step's parts, each jitted on its own at one state, median of `--repeats`
 calls) and prints, per system, each part's best ms over the rounds in both and the ratio: the
 profile before and after. Runs share the machine with nothing else only if you make it so: the
@@ -154,11 +155,12 @@ def main(argv=None) -> int:
                     times[name].append(t)
                     print(f"{system} round {r} {name}: median step {t:.4f} s", file=sys.stderr,
                           flush=True)
-            rows.append((system, min(times["base"]), min(times["this"])))
-    print(f"| system | {args.base} s/step | this s/step | this/base |")
-    print("|---|---|---|---|")
-    for system, b, t in rows:
-        print(f"| {system} | {b:.4f} | {t:.4f} | {t / b:.2f} |")
+            paired = statistics.median(t / b for b, t in zip(times["base"], times["this"]))
+            rows.append((system, min(times["base"]), min(times["this"]), paired))
+    print(f"| system | {args.base} s/step | this s/step | this/base | paired rounds |")
+    print("|---|---|---|---|---|")
+    for system, b, t, paired in rows:
+        print(f"| {system} | {b:.4f} | {t:.4f} | {t / b:.2f} | {paired:.2f} |")
     return 0
 
 
