@@ -39,11 +39,13 @@ def test_resumed_state_lowers_to_the_fresh_runs_program(tmp_path):
 
     cfg = load_config(pathlib.Path(__file__).parent.parent / "systems" / "H2.yaml",
                       preset="tiny", overrides=("optim.solver=adam", "pretrain.steps=0"))
-    setup = build(cfg, hf=None)
-    fresh = init_state(setup, jax.random.PRNGKey(0))
-    save_checkpoint(tmp_path, fresh, 3, cfg, keep=1)
-    restored, step, _ = stages.restore(setup, tmp_path, lambda line: None)
-    assert step == 3
-    fn = make_train_step(setup)
-    key, zero = jax.random.PRNGKey(1), jnp.asarray(0, jnp.int32)
-    assert fn.lower(restored, key, 3, zero).as_text() == fn.lower(fresh, key, 0, zero).as_text()
+    with jax.enable_x64(True):     # as the CLI: float64 available, the network in float32
+        setup = build(cfg, hf=None)
+        fresh = init_state(setup, jax.random.PRNGKey(0))
+        save_checkpoint(tmp_path, fresh, 3, cfg, keep=1)
+        restored, step, _ = stages.restore(setup, tmp_path, lambda line: None)
+        assert step == 3
+        fn = make_train_step(setup)
+        key, zero = jax.random.PRNGKey(1), jnp.asarray(0, jnp.int32)
+        assert (fn.lower(restored, key, 3, zero).as_text()
+                == fn.lower(fresh, key, 0, zero).as_text())
