@@ -314,6 +314,29 @@ def test_kfac_moving_average_and_inverse_refresh(x64):
     assert _rel(d2, np.linalg.solve(m1, _exact(log_psi, params, x2, e_l2)[2])) < 1e-10
 
 
+@pytest.mark.parametrize("centred", [False, True])
+def test_kfac_triangular_solves_equal_products_with_explicit_inverses(x64, centred):
+    """`precondition` by the Cholesky factors' triangular solves (kfac) and by products with
+    `explicit_inverses` (kfac-cg's CG iterations) give the same M⁻¹ĝ, and it is the dense
+    solve with the Kronecker matrix of the state (uncentred)."""
+    from vmc.optim.kfac import explicit_inverses, precondition
+    from vmc.optim.kfac_capture import merge_params
+    module = TwoLayer()
+    log_psi, params, x, e_l = toy_batch(module, 16, 3)
+    cfg = _cfg("kfac", kfac_centring="walker" if centred else "none")
+    _, state, _ = _step(cfg, log_psi, params, x, e_l, module)
+    layers = discover_layers(log_psi, params, 3)
+    grad = jax.jit(make_statistics(log_psi, layers))(params, x, centred_energies(e_l)).grad
+    by_solve = precondition(state, grad, centred, inverses=None)
+    by_product = precondition(state, grad, centred, inverses=explicit_inverses(state))
+    for a, b in zip(jax.tree_util.tree_leaves(by_solve), jax.tree_util.tree_leaves(by_product)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+    if not centred:
+        m, _ = _kron_matrix(params, state)
+        flat_g = _flat(merge_params(layers, *grad))
+        assert _rel(_flat(merge_params(layers, *by_solve)), np.linalg.solve(m, flat_g)) < 1e-10
+
+
 def test_kfac_schema2_checkpoint_resumes_with_the_same_preconditioner(tmp_path, monkeypatch):
     """Checkpoints of schema ≤ 2 hold KFAC's damped inverses (a_inv, b_inv); schema 3 their
     Cholesky factors (a_chol, b_chol). `stages.restore` reads an old file in its own layout
