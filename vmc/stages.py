@@ -80,6 +80,10 @@ def restore(setup: Setup, run_dir: pathlib.Path, log,
              what: str = "--resume") -> tuple[TrainState, int, int]:
     """State from the newest valid checkpoint; walkers resized if the count changed.
 
+    Checkpoints of schema ≤ 2 are read in their own optimizer-state layout and a KFAC state
+    is converted (`vmc.optim.kfac_schema`); schema-1 FermiNet parameters are reordered
+    (`current_layout`).
+
     Raises:
       InputError: no checkpoint matches this configuration's parameter shapes.
     """

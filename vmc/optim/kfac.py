@@ -52,9 +52,12 @@ M − c m mᵀ is then the covariance of one and the same EMA-weighted mixture o
 exact second moments that is PSD by construction), whereas a per-batch mean against
 averaged second moments has no such bound and would trip the guard on batch noise. The
 damped factors' Cholesky factors, u and δ are refreshed every `optim.kfac_inverse_every`
-updates (float64); M⁻¹ĝ is applied by triangular solves (`cho_solve`), never by explicit
+updates (float64); 'kfac' applies M⁻¹ĝ by triangular solves (`cho_solve`), not by explicit
 inverses: on FermiNet's widest layer (417 × 417) the factorisation and one solve take 3.3 ms
-on one core against 9.1 ms for inverting and multiplying (README, issue #13). All of it lives in `KfacState`, a pytree of arrays, so checkpoints carry it.
+on one core against 9.1 ms for inverting and multiplying (README, issue #13). 'kfac-cg',
+which applies M⁻¹ once per CG iteration, forms the inverses once per update
+(`explicit_inverses`). All of it lives in `KfacState`, a pytree of arrays, so checkpoints
+carry it (schema 3; older layouts: `vmc.optim.kfac_schema`).
 
 'kfac': d = M⁻¹ĝ with M the damped Kronecker/diagonal matrix (centred: M − c m mᵀ per
 layer); norm constraint on ĝᵀd = dᵀMd. 'kfac-cg': preconditioned CG on the exact damped F
@@ -98,8 +101,8 @@ def guard_for(centring: str) -> float:
 
 class KfacState(NamedTuple):
     """count: () int32 updates done; a, b: {layer: EMA factor} float64; a_chol, b_chol: lower
-    Cholesky factors L of the damped factors at the last refresh (A_λ = L Lᵀ); diag: params-like nested dict of the other
-    parameters' EMA Fisher diagonal; diag_inv: 1/(diag + λ) at the last refresh; mean:
+    Cholesky factors L of the damped factors at the last refresh (A_λ = L Lᵀ); diag:
+    params-like nested dict of the other parameters' EMA Fisher diagonal; diag_inv: 1/(diag + λ) at the last refresh; mean:
     {layer: EMA Ḡ (d̃_in, d_out)}; mean_inv: {layer: u = A_λ⁻¹ Ḡ B_λ⁻¹}, weight: {layer: c
     ()} and denominator: {layer: δ = 1 − c ⟨Ḡ, u⟩ ()} at the last refresh; fallbacks: ()
     int32, centring fall-backs (layer-updates) so far."""
