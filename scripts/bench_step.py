@@ -15,8 +15,8 @@ both columns this checkout). A run's
 step time is the median of train.h5's `step_time` over steps 20 … end (compilation left
 out); the table gives each checkout's best median over the rounds, their ratio this/base,
 and the median over rounds of each round's own ratio (paired rounds: the two runs of a
-round are neighbours in time, so a load change hits both). With `--parts`, each round runs scripts/_bench_step_parts.py in both checkouts
-instead (the step's parts, each jitted on its own at one state, median of `--repeats`
+round are neighbours in time, so a load change hits both). With `--parts`, each round runs
+scripts/_bench_step_parts.py in both checkouts instead (the step's parts, each jitted on its own at one state, median of `--repeats`
 calls) and prints, per system, each part's best ms over the rounds in both and the ratio: the
 profile before and after. Runs share the machine with nothing else only if you make it so: the
 alternation spreads any load over both.

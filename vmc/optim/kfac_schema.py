@@ -10,30 +10,18 @@ never stopped across the upgrade).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections import namedtuple
 
-import jax
 import jax.numpy as jnp
 
-from vmc.optim.kfac import KfacState
+from vmc.optim.kfac import KfacState, cholesky_inverse, spd_cholesky
 
-F64 = jnp.float64
+_RENAMED = {"a_chol": "a_inv", "b_chol": "b_inv"}
 
-
-class KfacStateSchema2(NamedTuple):
-    """`KfacState` with schema 2's field names: a_inv, b_inv {layer: damped inverse}."""
-    count: jax.Array
-    a: dict
-    b: dict
-    a_inv: dict
-    b_inv: dict
-    diag: dict
-    diag_inv: dict
-    mean: dict
-    mean_inv: dict
-    weight: dict
-    denominator: dict
-    fallbacks: jax.Array
+# `KfacState` with schema 2's field names: a_inv, b_inv {layer: damped inverse}; derived
+# from KfacState's fields, so the two stay in the same order
+KfacStateSchema2 = namedtuple("KfacStateSchema2",
+                              [_RENAMED.get(f, f) for f in KfacState._fields])
 
 
 def schema2_layout(opt_state):
@@ -46,10 +34,7 @@ def schema2_layout(opt_state):
 
 def _chol_of_inverse(inv):
     """Lower Cholesky factor of M from M⁻¹ (n, n) SPD float64: M = (M⁻¹)⁻¹."""
-    inv = jnp.asarray(inv, F64)
-    c = jax.scipy.linalg.cho_factor(0.5 * (inv + inv.T), lower=True)
-    m = jax.scipy.linalg.cho_solve(c, jnp.eye(inv.shape[0], dtype=F64))
-    return jnp.linalg.cholesky(0.5 * (m + m.T))
+    return spd_cholesky(cholesky_inverse(spd_cholesky(jnp.asarray(inv, jnp.float64))))
 
 
 def from_schema2(opt_state):
