@@ -7,7 +7,10 @@ their E_L, clipped as in training). On that batch, (F + λI) d = ĝ is solved fr
 relative residual `--tol` for λ = 1e-3 and 1e-1 with:
 
 - plain CG;
-- kfac-cg (`vmc.optim.kfac`, the batch's own Kronecker factors, started at x₀ = M⁻¹ĝ);
+- KFAC's direction as the start, x₀ = α M⁻¹ĝ (α minimises the quadratic along it; the
+  batch's own Kronecker factors), with no preconditioner and with a fresh ℓ = 16 sketch
+  (today's `kfac-cg`); "kfac-cg, M⁻¹-preconditioned" is the earlier `kfac-cg` (PCG with
+  KFAC's M⁻¹ as the preconditioner from x₀ = M⁻¹ĝ), kept here for comparison;
 - nystrom-cg's preconditioner from F's exact top-ℓ eigenpairs (SVD of Ō);
 - the randomized Nyström sketch (`vmc.optim.nystrom.nystrom_sketch`) of this batch ("fresh"),
   of the batch k steps earlier ("k steps old": earlier parameters and walkers, as a reused
@@ -16,10 +19,10 @@ relative residual `--tol` for λ = 1e-3 and 1e-1 with:
 "its" counts PCG iterations (one F product each, plus one for the initial residual); "ms"
 is the time per solve, compiled, median of `--repeats`. The sketch's own cost (ℓ products,
 "sketch ms") is listed per ℓ. The update table times whole optimizer updates (cg against
-nystrom-cg at each ℓ, defaults, warm-started from an update on the previous batch, the
+nystrom-cg at each ℓ and kfac-cg, defaults, warm-started from an update on the previous batch, the
 sketch built inside the update) interleaved round by round. Then `--train` steps of
-training of He with cg, nystrom-cg (defaults) and nystrom-cg reusing its sketch for 10
-steps, same seed: mean training energy of the last quarter, mean PCG iterations and seconds
+training of He with cg, nystrom-cg (defaults), nystrom-cg reusing its sketch for 10
+steps and kfac-cg (defaults), same seed: mean training energy of the last quarter, mean PCG iterations and seconds
 per step.
 
     python scripts/bench_pcg.py                          # He
@@ -29,6 +32,8 @@ per step.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import os
 import sys
 import time
@@ -45,7 +50,12 @@ import numpy as np  # noqa: E402
 
 from vmc.config import config_from_dict  # noqa: E402
 from vmc.optim.cg import linearize_fisher, pcg  # noqa: E402
-from vmc.optim.kfac import make_kfac  # noqa: E402
+from vmc.optim.kfac import (accumulate, mean_weights,  # noqa: E402
+                            precondition)
+from vmc.optim.kfac import init_state as kfac_init_state  # noqa: E402
+from vmc.optim.kfac_capture import (discover_layers, make_statistics,  # noqa: E402
+                                    merge_params, split_params)
+from vmc.optim.sr import float64_ravel  # noqa: E402
 from vmc.optim.nystrom import (eigenpairs_from_jacobian, fisher_block,  # noqa: E402
                                nystrom_sketch)
 from vmc.optim.sr import centred_energies, centred_jacobian, clip_local_energy  # noqa: E402
@@ -104,6 +114,20 @@ def _median_time(fn, repeats):
     return out, 1e3 * float(np.median(times))
 
 
+def kfac_inverse(setup, params, walkers, eps, damping):
+    """r (p,) -> M⁻¹r (p,) float64, M the batch's own damped Kronecker/diagonal matrix
+    (uncentred, no moving average: the first KFAC update's)."""
+    log_psi, module = setup.ansatz.log_psi, setup.ansatz.module
+    cfg = dataclasses.replace(setup.cfg.optim, solver="kfac", damping=damping)
+    layers = discover_layers(log_psi, params, int(module.n_up) + int(module.n_down))
+    stats = make_statistics(log_psi, layers)(params, walkers, eps, None)
+    state = accumulate(kfac_init_state(layers, params), stats, cfg,
+                       mean_weights(layers, "none"), track_mean=False)
+    ravel, unravel = float64_ravel(params)
+    return lambda r: ravel(merge_params(layers, *precondition(
+        state, split_params(layers, unravel(r)))))
+
+
 def solve_table(system, setup, keep, olds, tol, repeats, subset):
     log_psi = setup.ansatz.log_psi
     params, walkers, e_l = keep[0]
@@ -121,6 +145,18 @@ def solve_table(system, setup, keep, olds, tol, repeats, subset):
         res = pcg(op.matvec, op.gradient(eps), jnp.zeros((p,), F64), 5000, tol,
                   lambda r: r + u @ (factor * (u.T @ r)))
         return res.iterations, res.residual
+
+    @jax.jit
+    def solve_from_kfac(u, lam, damping, d_kfac):
+        """As `solve`, from x₀ = α M⁻¹ĝ, α minimising the quadratic along M⁻¹ĝ (one more
+        F-product, counted in the iterations)."""
+        op = linearize_fisher(log_psi, params, walkers, damping)
+        b = op.gradient(eps)
+        alpha = jnp.dot(b, d_kfac) / jnp.dot(d_kfac, op.matvec(d_kfac))
+        factor = (lam[-1] + damping) / (lam + damping) - 1.0
+        res = pcg(op.matvec, b, alpha * d_kfac, 5000, tol,
+                  lambda r: r + u @ (factor * (u.T @ r)))
+        return res.iterations + 1, res.residual
 
     def padded(u, lam):
         ell = u.shape[1]
@@ -153,17 +189,38 @@ def solve_table(system, setup, keep, olds, tol, repeats, subset):
 
     zero_u, zero_l = jnp.zeros((p, l_max), F64), jnp.ones((l_max,), F64)
     run("plain CG", zero_u, zero_l)
+    def kfac_direction(damping):
+        m_inv = kfac_inverse(setup, params, walkers, eps, damping)
+        return m_inv(linearize_fisher(log_psi, params, walkers, damping).gradient(eps))
+
+    d_kfac = {d: jax.jit(lambda d=d: kfac_direction(d))() for d in DAMPINGS}
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def solve_kfac_preconditioned(damping):
+        """The earlier kfac-cg: PCG preconditioned by M⁻¹ from x₀ = M⁻¹ĝ."""
+        m_inv = kfac_inverse(setup, params, walkers, eps, damping)
+        op = linearize_fisher(log_psi, params, walkers, damping)
+        b = op.gradient(eps)
+        res = pcg(op.matvec, b, m_inv(b), 5000, tol, m_inv)
+        return res.iterations, res.residual
+
+    def run_from_kfac(label, u, lam):
+        cells = {}
+        for damping in DAMPINGS:
+            (its, res), ms = _median_time(
+                lambda: solve_from_kfac(u, lam, damping, d_kfac[damping]), repeats)
+            cells[damping] = (int(its), ms, float(res))
+        rows.append((label, cells))
+        log(f"  {label}: " + ", ".join(f"λ={d:g}: {c[0]} its {c[1]:.0f} ms"
+                                      for d, c in cells.items()))
+
+    run_from_kfac("plain CG from x₀ = αM⁻¹ĝ (+1 product)", zero_u, zero_l)
     cells = {}
     for damping in DAMPINGS:
-        cfg = _config(system, "kfac-cg", damping=damping, cg_tol=tol, cg_maxiter=5000,
-                      norm_constraint=None).optim
-        opt = make_kfac(cfg, log_psi, setup.ansatz.module, "kfac-cg")
-        upd = jax.jit(opt.update)
-        st0 = opt.init(params)
-        (_, _, stats), ms = _median_time(lambda: upd(params, st0, walkers, e_l, 0), repeats)
-        cells[damping] = (int(stats.iterations), ms, float(stats.residual))
-    rows.append(("kfac-cg (x₀ = M⁻¹ĝ; ms: whole update)", cells))
-    log(f"  kfac-cg: {cells}")
+        (its, res), ms = _median_time(lambda: solve_kfac_preconditioned(damping), repeats)
+        cells[damping] = (int(its), ms, float(res))
+    rows.append(("kfac-cg, M⁻¹-preconditioned (earlier kfac-cg; x₀ = M⁻¹ĝ)", cells))
+    log(f"  kfac-cg, M⁻¹-preconditioned: {cells}")
     obar = jax.jit(lambda: centred_jacobian(log_psi, params, walkers)[0])()
     u_all, lam_all = eigenpairs_from_jacobian(obar, l_max)
     del obar
@@ -174,6 +231,9 @@ def solve_table(system, setup, keep, olds, tol, repeats, subset):
     for ell in RANKS:
         (u, lam), sketch_ms[ell] = sketch(keep[0], ell)
         run(f"sketch, fresh, ℓ = {ell}", *padded(u, lam))
+        if ell == min(RANKS):
+            run_from_kfac(f"sketch, fresh, ℓ = {ell}, from x₀ = αM⁻¹ĝ (+1 product)",
+                          *padded(u, lam))
         for age in olds:
             (u, lam), _ = sketch(keep[age], ell)
             run(f"sketch, {age} steps old, ℓ = {ell}", *padded(u, lam))
@@ -198,12 +258,14 @@ def update_table(system, setup, keep, repeats):
     (state from an update on the batch one step older)."""
     params, walkers, e_l = keep[0]
     prev = keep[1]
-    variants = [("cg", {})] + [("nystrom-cg", {"nystrom_rank": ell}) for ell in RANKS]
+    variants = ([("cg", {})] + [("nystrom-cg", {"nystrom_rank": ell}) for ell in RANKS]
+                + [("kfac-cg", {})])
     fns = []
     for solver, kw in variants:
         cfg = _config(system, solver, **kw).optim
         from vmc.optim import make_optimizer
-        opt = make_optimizer(cfg, setup.ansatz.log_psi)
+        kw = {"module": setup.ansatz.module} if solver == "kfac-cg" else {}
+        opt = make_optimizer(cfg, setup.ansatz.log_psi, **kw)
         upd = jax.jit(opt.update)
         _, st, _ = upd(prev[0], opt.init(params), prev[1], prev[2], 0)
         out = jax.block_until_ready(upd(params, st, walkers, e_l, 1))
@@ -216,11 +278,13 @@ def update_table(system, setup, keep, repeats):
             times[i].append(time.perf_counter() - t)
     lines = [f"\n{system}: one update (defaults, warm start, sketch built in the update), "
              f"median of {repeats} interleaved rounds\n",
-             "| solver | PCG its | F-products (its + 2 + ℓ) | ms/update |", "|---|---|---|---|"]
+             "| solver | PCG its | F-products (its + 2 + ℓ; kfac-cg: + 3 + ℓ) | ms/update |",
+             "|---|---|---|---|"]
     for (solver, kw), (_, _, its), ts in zip(variants, fns, times):
-        ell = kw.get("nystrom_rank", 0)
+        ell = kw.get("nystrom_rank", 16 if solver == "kfac-cg" else 0)
         label = solver + (f", ℓ = {ell}" if ell else "")
-        lines.append(f"| {label} | {its} | {its + 2 + ell} | {1e3 * np.median(ts):.0f} |")
+        extra = 3 if solver == "kfac-cg" else 2
+        lines.append(f"| {label} | {its} | {its + extra + ell} | {1e3 * np.median(ts):.0f} |")
     return "\n".join(lines)
 
 
@@ -229,7 +293,8 @@ def train_table(system, steps, seed):
              f"no pretraining)\n",
              "| solver | energy, last quarter (Ha) | mean its | s/step |", "|---|---|---|---|"]
     variants = [("cg", {}), ("nystrom-cg", {}),
-                ("nystrom-cg", {"nystrom_refresh_every": 10, "nystrom_refresh_iters": 1000})]
+                ("nystrom-cg", {"nystrom_refresh_every": 10, "nystrom_refresh_iters": 1000}),
+                ("kfac-cg", {})]
     for solver, kw in variants:
         setup = build(_config(system, solver, seed, **kw))
         state, key = _burned_in(setup, seed)

@@ -65,7 +65,8 @@ def _final_state(run_dir, step):
 
 
 # Every solver's state kind once: kfac-cg keeps kfac's KfacState (same init, same
-# checkpointed leaves), so it is left out here (~12 s of the suite); dense keeps sample's ().
+# checkpointed leaves; its Nyström sketch is rebuilt every update from a key folded with the
+# update count), so it is left out here (~12 s of the suite); dense keeps sample's ().
 SOLVERS = ["adam", "sample"] + [s for s in ("cg", "kfac", "spring", "nystrom-cg")
                                 if s in __import__("vmc.optim", fromlist=["REGISTRY"]).REGISTRY]
 

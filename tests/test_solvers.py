@@ -316,10 +316,10 @@ def test_kfac_moving_average_and_inverse_refresh(x64):
 
 @pytest.mark.parametrize("centred", [False, True])
 def test_kfac_triangular_solves_equal_products_with_explicit_inverses(x64, centred):
-    """`precondition` by the Cholesky factors' triangular solves (kfac) and by products with
-    `explicit_inverses` (kfac-cg's CG iterations) give the same M⁻¹ĝ, and it is the dense
-    solve with the Kronecker matrix of the state (uncentred)."""
-    from vmc.optim.kfac import explicit_inverses, precondition
+    """`precondition` by the Cholesky factors' triangular solves gives A_λ⁻¹ Ĝ B_λ⁻¹ with the
+    inverses of the damped factors formed explicitly (plus the Sherman–Morrison term when
+    centred), and it is the dense solve with the Kronecker matrix of the state (uncentred)."""
+    from vmc.optim.kfac import damped_factors, precondition
     from vmc.optim.kfac_capture import merge_params
     module = TwoLayer()
     log_psi, params, x, e_l = toy_batch(module, 16, 3)
@@ -327,10 +327,18 @@ def test_kfac_triangular_solves_equal_products_with_explicit_inverses(x64, centr
     _, state, _ = _step(cfg, log_psi, params, x, e_l, module)
     layers = discover_layers(log_psi, params, 3)
     grad = jax.jit(make_statistics(log_psi, layers))(params, x, centred_energies(e_l)).grad
-    by_solve = precondition(state, grad, centred, inverses=None)
-    by_product = precondition(state, grad, centred, inverses=explicit_inverses(state))
-    for a, b in zip(jax.tree_util.tree_leaves(by_solve), jax.tree_util.tree_leaves(by_product)):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+    by_solve = precondition(state, grad, centred)
+    assert np.asarray(state.count) == 1          # the factors are this batch's (no EMA yet)
+    for name, g in grad[0].items():
+        da, db = damped_factors(state.a[name], state.b[name], LAMBDA)
+        want = np.linalg.inv(da) @ np.asarray(g) @ np.linalg.inv(db)
+        if centred:
+            u, c, delta = state.mean_inv[name], state.weight[name], state.denominator[name]
+            np.testing.assert_allclose(u, np.linalg.inv(da) @ np.asarray(state.mean[name])
+                                       @ np.linalg.inv(db), rtol=1e-9, atol=1e-14)
+            if delta > 1e-3:
+                want = want + c * np.vdot(u, g) / delta * np.asarray(u)
+        np.testing.assert_allclose(by_solve[0][name], want, rtol=1e-9, atol=1e-14)
     if not centred:
         m, _ = _kron_matrix(params, state)
         flat_g = _flat(merge_params(layers, *grad))
@@ -385,20 +393,30 @@ def test_kfac_schema2_checkpoint_resumes_with_the_same_preconditioner(tmp_path, 
         np.testing.assert_array_equal(a, b)
 
 
-def test_kfac_cg_zero_iterations_equals_kfac_and_tight_equals_dense(x64):
+def test_kfac_cg_zero_iterations_equals_scaled_kfac_and_tight_equals_dense(x64):
+    """0 iterations: x₀ = α M⁻¹ĝ with α = ĝᵀd_K / d_Kᵀ(F + λI)d_K (the quadratic's minimum
+    along KFAC's direction d_K); to a tight tolerance: the dense SR solve."""
     module = TwoLayer()
     log_psi, params, x, e_l = toy_batch(module, 16, 3)
     _, _, g, f = _exact(log_psi, params, x, e_l)
     d_kfac, _, _ = _step(_cfg("kfac"), log_psi, params, x, e_l, module)
     d0, _, stats = _step(_cfg("kfac-cg", cg_maxiter=0), log_psi, params, x, e_l, module)
     assert int(stats.iterations) == 0
-    np.testing.assert_allclose(d0, d_kfac, rtol=1e-13, atol=1e-15)
+    alpha = (g @ d_kfac) / (d_kfac @ f @ d_kfac)
+    assert abs(alpha - 1.0) > 1e-3                   # the scaling is not the identity here
+    np.testing.assert_allclose(d0, alpha * d_kfac, rtol=1e-10, atol=1e-15)
     tol = 1e-12
-    d, _, stats = _step(_cfg("kfac-cg", cg_tol=tol, cg_maxiter=500), log_psi, params, x, e_l,
-                        module)
-    assert 0 < int(stats.iterations) < 500 and float(stats.residual) <= tol
+    d, _, stats = _step(_cfg("kfac-cg", cg_tol=tol, cg_maxiter=500, nystrom_rank=2), log_psi,
+                        params, x, e_l, module)
+    assert 2 < int(stats.iterations) < 500 and float(stats.residual) <= tol
     assert np.linalg.norm(f @ d - g) / np.linalg.norm(g) <= 10 * tol
     assert _rel(d, np.linalg.solve(f, g)) < 1e-8
+    # its preconditioner is a Nyström sketch of this batch: with ℓ ≥ rank F = n_w − 1 it is
+    # exact on F's range and the identity on the λ-cluster, so PCG needs ≤ 2 iterations
+    d2, _, stats2 = _step(_cfg("kfac-cg", cg_tol=1e-8, cg_maxiter=500, nystrom_rank=16),
+                          log_psi, params, x, e_l, module)
+    assert 1 <= int(stats2.iterations) <= 2 < int(stats.iterations)
+    assert _rel(d2, np.linalg.solve(f, g)) < 1e-5
 
 
 @pytest.mark.parametrize("solver", ["sample", "dense", "cg", "spring", "kfac", "kfac-cg",

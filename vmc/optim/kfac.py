@@ -52,17 +52,17 @@ M − c m mᵀ is then the covariance of one and the same EMA-weighted mixture o
 exact second moments that is PSD by construction), whereas a per-batch mean against
 averaged second moments has no such bound and would trip the guard on batch noise. The
 damped factors' Cholesky factors, u and δ are refreshed every `optim.kfac_inverse_every`
-updates (float64); 'kfac' applies M⁻¹ĝ by triangular solves (`cho_solve`), not by explicit
+updates (float64); M⁻¹ĝ is applied by triangular solves (`cho_solve`), not by explicit
 inverses: on FermiNet's widest layer (417 × 417) the factorisation and one solve take 3.3 ms
-on one core against 9.1 ms for inverting and multiplying (README, issue #13). 'kfac-cg',
-which applies M⁻¹ once per CG iteration, forms the inverses once per update
-(`explicit_inverses`). All of it lives in `KfacState`, a pytree of arrays, so checkpoints
+on one core against 9.1 ms for inverting and multiplying (README, issue #13). All of it
+lives in `KfacState`, a pytree of arrays, so checkpoints
 carry it (schema 3; older layouts: `vmc.optim.kfac_schema`).
 
 'kfac': d = M⁻¹ĝ with M the damped Kronecker/diagonal matrix (centred: M − c m mᵀ per
-layer); norm constraint on ĝᵀd = dᵀMd. 'kfac-cg': preconditioned CG on the exact damped F
-(as `vmc.optim.cg`) with M⁻¹ as preconditioner, started at the KFAC direction x₀ = M⁻¹ĝ
-(0 iterations = 'kfac'); norm constraint on dᵀ(F + λI)d. Convention: ĝ = Cov(E_L, O) = g/2 (FermiNet's).
+layer); norm constraint on ĝᵀd = dᵀMd. 'kfac-cg': CG on the exact damped F started at the
+KFAC direction, x₀ = α M⁻¹ĝ (α minimises the quadratic along it), preconditioned by a fresh
+Nyström sketch of F, not by M⁻¹, which spreads F + λI's λ-cluster (`vmc.optim.kfac_cg`);
+norm constraint on dᵀ(F + λI)d. Convention: ĝ = Cov(E_L, O) = g/2 (FermiNet's).
 
 Diagnostic (`optim.kfac_cosines`): each update also solves the exact SR system of its own
 batch in sample space (`vmc.optim.kfac_cosine`; n_w × n_w in float64, O formed: n_w p memory)
@@ -78,7 +78,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from vmc.errors import InputError
-from vmc.optim.cg import linearize_fisher, pcg
+from vmc.optim.kfac_cg import kfac_started_pcg
 from vmc.optim.kfac_cosine import cosine, exact_sr_direction
 from vmc.optim.kfac_capture import (DenseLayer, discover_layers, make_statistics,
                                     merge_params, split_params)
@@ -146,14 +146,6 @@ def cholesky_inverse(chol):
     """(L Lᵀ)⁻¹ (n, n) float64 from a lower Cholesky factor L, symmetrised."""
     inv = jax.scipy.linalg.cho_solve((chol, True), jnp.eye(chol.shape[0], dtype=F64))
     return 0.5 * (inv + inv.T)
-
-
-def explicit_inverses(state: KfacState) -> dict:
-    """{layer: (A_λ⁻¹, B_λ⁻¹)} from the Cholesky factors: for `precondition` applied many
-    times per refresh ('kfac-cg': once per CG iteration), where a product with the inverse
-    is cheaper than the triangular solves (0.9 against 2.3 ms at 417 × 417 × 128)."""
-    return {n: (cholesky_inverse(state.a_chol[n]), cholesky_inverse(state.b_chol[n]))
-            for n in state.a_chol}
 
 
 def mean_weights(layers: tuple[DenseLayer, ...], centring: str):
@@ -248,21 +240,16 @@ def centring_ok(state: KfacState, guard: float = CENTRED_GUARD) -> dict:
 
 
 def precondition(state: KfacState, grad, centred: bool = False,
-                 guard: float = CENTRED_GUARD, inverses: dict | None = None):
+                 guard: float = CENTRED_GUARD):
     """M⁻¹ĝ for ĝ in split form ({layer: (d̃_in, d_out)}, {other key: array}), float64.
 
     centred: each Dense block is (M − c m mᵀ)⁻¹ĝ = M⁻¹ĝ + (c/δ) u ⟨u, ĝ⟩ (Sherman–Morrison;
     u = M⁻¹m, c, δ from `KfacState`) where `centring_ok` (guard: the δ threshold), M⁻¹ĝ
-    elsewhere (the guard's fall-back). inverses: `explicit_inverses(state)` to apply the
-    Kronecker blocks by products; None: by triangular solves with the Cholesky factors.
+    elsewhere (the guard's fall-back). The Kronecker blocks are applied by triangular solves
+    with the Cholesky factors (`kron_solve`).
     """
     g_dense, g_other = grad
-    if inverses is None:
-        d_dense = {n: kron_solve(state.a_chol[n], state.b_chol[n], g)
-                   for n, g in g_dense.items()}
-    else:
-        d_dense = {n: inverses[n][0] @ g.astype(F64) @ inverses[n][1]
-                   for n, g in g_dense.items()}
+    d_dense = {n: kron_solve(state.a_chol[n], state.b_chol[n], g) for n, g in g_dense.items()}
     if centred:
         ok = centring_ok(state, guard)
         for n, g in g_dense.items():
@@ -292,28 +279,6 @@ def _n_electrons(module) -> int:
                          "use a FermiNet or Psiformer ansatz or another solver") from None
 
 
-def _pcg_solve(cfg, log_psi, layers, params, walkers, state: KfacState, grad, d_kfac,
-               inverses, mask=None):
-    """CG on the exact (F + λI) d = ĝ, preconditioned by M⁻¹ (applied with `inverses`,
-    `explicit_inverses(state)`), from x₀ = M⁻¹ĝ.
-
-    Returns (direction pytree float64, dᵀ(F + λI)d, iterations, relative residual).
-    """
-    op = linearize_fisher(log_psi, params, walkers, cfg.damping, mask)
-    ravel, unravel = float64_ravel(params)
-
-    def to_flat(split):
-        return ravel(merge_params(layers, *split))
-
-    def m_inv(r):
-        return to_flat(precondition(state, split_params(layers, unravel(r)),
-                                    cfg.kfac_centring != "none", guard_for(cfg.kfac_centring),
-                                    inverses))
-
-    res = pcg(op.matvec, to_flat(grad), to_flat(d_kfac), cfg.cg_maxiter, cfg.cg_tol, m_inv)
-    return (unravel(res.x), op.curvature(res.x), res.iterations.astype(F64), res.residual)
-
-
 def _cosines(cfg, log_psi, layers, params, walkers, eps, mask, state, grad, applied):
     """cos∠ to the exact SR direction of this batch of the uncentred KFAC, centred KFAC (with
     kfac_centring 'none': the 'use' centring the state carries) and applied directions
@@ -333,7 +298,7 @@ def make_kfac(cfg, log_psi: Callable, module, kind: str = "kfac") -> Optimizer:
     Args:
       cfg: `vmc.config.OptimConfig` (lr, lr_decay_steps, damping > 0, norm_constraint, clip,
         kfac_cov_ema, kfac_inverse_every, kfac_centring, kfac_cosines (+ jacobian_chunk);
-        cg_maxiter, cg_tol for 'kfac-cg').
+        cg_maxiter, cg_tol, nystrom_rank for 'kfac-cg').
       log_psi: (params, x) -> (sign, logabs), calling `module.apply`.
       module: the flax module (`Ansatz.module`).
     Stats: fallbacks = layers whose centring fell back to M this update; with kfac_cosines
@@ -363,18 +328,17 @@ def make_kfac(cfg, log_psi: Callable, module, kind: str = "kfac") -> Optimizer:
                            track_mean=centred or cfg.kfac_cosines)
         fallbacks = n_fallbacks(state, guard) if centred else jnp.zeros((), jnp.int32)
         state = state._replace(fallbacks=state.fallbacks + fallbacks)
-        # kfac-cg applies M⁻¹ up to cg_maxiter + 1 times: by products with inverses formed
-        # once here; kfac once: by triangular solves
-        inverses = explicit_inverses(state) if kind == "kfac-cg" else None
-        d = precondition(state, stats.grad, centred, guard, inverses)
+        d = precondition(state, stats.grad, centred, guard)
         zero = jnp.zeros((), F64)
         if kind == "kfac":
             curvature, iters, resid = _dot(stats.grad, d), zero, zero
             direction = merge_params(layers, *d)
         else:
-            direction, curvature, iters, resid = _pcg_solve(cfg, log_psi, layers, params,
-                                                            walkers, state, stats.grad, d,
-                                                            inverses, mask)
+            ravel, unravel = float64_ravel(params)
+            flat = lambda split: ravel(merge_params(layers, *split))  # noqa: E731
+            x, curvature, iters, resid = kfac_started_pcg(
+                cfg, log_psi, params, walkers, flat(stats.grad), flat(d), state.count, mask)
+            direction = unravel(x)
         lr = schedule(step)
         scale = norm_constraint_scale(curvature, lr, cfg.norm_constraint)
         direction = jax.tree_util.tree_structure(params).unflatten(

@@ -55,7 +55,7 @@ from vmc.optim.cg import FisherOperator, cg_solve_and_step, cg_system, flat_size
 from vmc.optim.sr import Optimizer, damping_schedule, lr_schedule
 
 F64 = jnp.float64
-_SKETCH_KEY = 0x5EED16     # Ω_t = N(0, 1) from fold_in(PRNGKey(_SKETCH_KEY), t)
+SKETCH_KEY = 0x5EED16      # Ω_t = N(0, 1) from fold_in(PRNGKey(SKETCH_KEY), t)
 _SKETCH_BATCH = 16         # columns of Ω per batched jvp/vjp (memory: 16 tangents at once)
 
 
@@ -163,7 +163,8 @@ def nystrom_preconditioner(basis, eigenvalues, damping: float) -> Callable:
     return apply
 
 
-def _rank(cfg, p: int) -> int:
+def sketch_rank(cfg, p: int) -> int:
+    """ℓ = `optim.nystrom_rank` clamped to [1, p]."""
     return max(1, min(int(cfg.nystrom_rank), p))
 
 
@@ -187,7 +188,7 @@ def make_nystrom_cg(cfg, log_psi: Callable) -> Optimizer:
 
     def init(params):
         p = flat_size(params)
-        ell = _rank(cfg, p)
+        ell = sketch_rank(cfg, p)
         zero = jnp.zeros((), jnp.int32)
         return NystromState(zero, zero, zero, jnp.zeros((p, ell), F64),
                             jnp.zeros((ell,), F64), jnp.zeros((p,), F64))
@@ -199,7 +200,7 @@ def make_nystrom_cg(cfg, log_psi: Callable) -> Optimizer:
                    | (state.last_iterations > cfg.nystrom_refresh_iters))
 
         def fresh():
-            key = jax.random.fold_in(jax.random.PRNGKey(_SKETCH_KEY), state.count)
+            key = jax.random.fold_in(jax.random.PRNGKey(SKETCH_KEY), state.count)
             omega = jax.random.normal(key, state.basis.shape, F64)
             u, lam = nystrom_sketch(fisher_block(op, damping), omega)
             return u, lam, jnp.zeros((), jnp.int32)
