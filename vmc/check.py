@@ -13,8 +13,8 @@ def memory_estimate_mb(cfg: Config, n_params: int, n_electrons: int) -> float:
     """Rough peak memory of one training step, MB (largest arrays only).
 
     Counts the parameters and optimizer state (×4), the per-walker Jacobian (sample, dense,
-    spring: n_w × p), the p × p matrix (dense), nystrom-cg's p × ℓ sketch basis (float64, in
-    the optimizer state), the n_w × n_w Gram matrix, and forward-
+    spring: n_w × p), the p × p matrix (dense), nystrom-cg's and kfac-cg's p × ℓ sketch basis
+    (float64; nystrom-cg keeps it in the optimizer state), the n_w × n_w Gram matrix, and forward-
     Laplacian activations (n_w × n_e² × width × 3 n_e tangents).
     """
     item = 8 if cfg.run.x64 else 4
@@ -25,7 +25,7 @@ def memory_estimate_mb(cfg: Config, n_params: int, n_electrons: int) -> float:
         total += w * w * 8
     if cfg.optim.solver == "dense":
         total += n_params * n_params * 8
-    if cfg.optim.solver == "nystrom-cg":
+    if cfg.optim.solver in ("nystrom-cg", "kfac-cg"):
         total += 3 * n_params * min(cfg.optim.nystrom_rank, n_params) * 8   # U, Ω, F·Ω
     width = max(max(cfg.ansatz.hidden_one), 4 * max(cfg.ansatz.hidden_two))
     total += w * n_electrons ** 2 * width * (3 * n_electrons + 2) * item
