@@ -19,11 +19,11 @@ relative residual `--tol` for λ = 1e-3 and 1e-1 with:
 "its" counts PCG iterations (one F product each, plus one for the initial residual); "ms"
 is the time per solve, compiled, median of `--repeats`. The sketch's own cost (ℓ products,
 "sketch ms") is listed per ℓ. The update table times whole optimizer updates (cg against
-nystrom-cg at each ℓ and kfac-cg, defaults, warm-started from an update on the previous batch, the
-sketch built inside the update) interleaved round by round. Then `--train` steps of
-training of He with cg, nystrom-cg (defaults), nystrom-cg reusing its sketch for 10
-steps and kfac-cg (defaults), same seed: mean training energy of the last quarter, mean PCG iterations and seconds
-per step.
+nystrom-cg at each ℓ and kfac-cg, defaults, warm-started from an update on the previous
+batch, the sketch built inside the update) interleaved round by round. Then `--train`
+steps of training of He with cg, nystrom-cg (defaults), nystrom-cg reusing its sketch for
+10 steps and kfac-cg (defaults), same seed: mean training energy of the last quarter, mean
+PCG iterations and seconds per step.
 
     python scripts/bench_pcg.py                          # He
     python scripts/bench_pcg.py --systems He Li --train 0
@@ -55,10 +55,10 @@ from vmc.optim.kfac import (accumulate, mean_weights,  # noqa: E402
 from vmc.optim.kfac import init_state as kfac_init_state  # noqa: E402
 from vmc.optim.kfac_capture import (discover_layers, make_statistics,  # noqa: E402
                                     merge_params, split_params)
-from vmc.optim.sr import float64_ravel  # noqa: E402
 from vmc.optim.nystrom import (eigenpairs_from_jacobian, fisher_block,  # noqa: E402
                                nystrom_sketch)
-from vmc.optim.sr import centred_energies, centred_jacobian, clip_local_energy  # noqa: E402
+from vmc.optim.sr import (centred_energies, centred_jacobian,  # noqa: E402
+                          clip_local_energy, float64_ravel)
 from vmc.stages import burn_in  # noqa: E402
 from vmc.train import build, init_state, make_train_step  # noqa: E402
 
@@ -189,6 +189,7 @@ def solve_table(system, setup, keep, olds, tol, repeats, subset):
 
     zero_u, zero_l = jnp.zeros((p, l_max), F64), jnp.ones((l_max,), F64)
     run("plain CG", zero_u, zero_l)
+
     def kfac_direction(damping):
         m_inv = kfac_inverse(setup, params, walkers, eps, damping)
         return m_inv(linearize_fisher(log_psi, params, walkers, damping).gradient(eps))
@@ -197,7 +198,8 @@ def solve_table(system, setup, keep, olds, tol, repeats, subset):
 
     @functools.partial(jax.jit, static_argnums=0)
     def solve_kfac_preconditioned(damping):
-        """The earlier kfac-cg: PCG preconditioned by M⁻¹ from x₀ = M⁻¹ĝ."""
+        """The earlier kfac-cg: PCG preconditioned by M⁻¹ from x₀ = M⁻¹ĝ (timed with the
+        KFAC statistics pass that builds M)."""
         m_inv = kfac_inverse(setup, params, walkers, eps, damping)
         op = linearize_fisher(log_psi, params, walkers, damping)
         b = op.gradient(eps)
@@ -240,7 +242,8 @@ def solve_table(system, setup, keep, olds, tol, repeats, subset):
         if ell < subset:
             (u, lam), _ = sketch(keep[0], ell, sub)
             run(f"sketch, fresh, {subset} walkers, ℓ = {ell}", *padded(u, lam))
-    head = (f"{system}: p = {p}, n_w = {n_w}, tolerance {tol:g}, x₀ = 0\n\n"
+    head = (f"{system}: p = {p}, n_w = {n_w}, tolerance {tol:g}, "
+            f"x₀ = 0 unless the row says otherwise\n\n"
             f"| preconditioner | its λ=1e-3 | ms λ=1e-3 | its λ=1e-1 | ms λ=1e-1 |\n"
             f"|---|---|---|---|---|")
     lines = [head]

@@ -13,9 +13,9 @@ def memory_estimate_mb(cfg: Config, n_params: int, n_electrons: int) -> float:
     """Rough peak memory of one training step, MB (largest arrays only).
 
     Counts the parameters and optimizer state (×4), the per-walker Jacobian (sample, dense,
-    spring: n_w × p), the p × p matrix (dense), nystrom-cg's and kfac-cg's p × ℓ sketch basis
-    (float64; nystrom-cg keeps it in the optimizer state), the n_w × n_w Gram matrix, and forward-
-    Laplacian activations (n_w × n_e² × width × 3 n_e tangents).
+    spring: n_w × p), the p × p matrix (dense), nystrom-cg's and kfac-cg's p × ℓ sketch
+    basis (float64; nystrom-cg keeps it in the optimizer state), the n_w × n_w Gram matrix,
+    and forward-Laplacian activations (n_w × n_e² × width × 3 n_e tangents).
     """
     item = 8 if cfg.run.x64 else 4
     w = cfg.sampler.walkers
