@@ -11,17 +11,17 @@ float64), with
   at every update, Ω from a fixed key folded with the update count, so a resumed run is
   bit-identical with nothing more in the checkpoint).
 
-Why not M⁻¹ as the preconditioner (the earlier 'kfac-cg', Martens & Grosse's KFAC as a CG
-preconditioner). With n_w walkers F = ŌᵀŌ has rank ≤ n_w − 1, so F + λI has p − n_w + 1
+Why not M⁻¹ as the preconditioner (the earlier 'kfac-cg'). With n_w walkers F = ŌᵀŌ has rank ≤ n_w − 1, so F + λI has p − n_w + 1
 eigenvalues equal to λ, one cluster that plain CG resolves in one step. A full-rank
 preconditioner maps that cluster onto the spread spectrum of λM⁻¹, which CG must then
 resolve direction by direction: measured on one He batch (scripts/bench_pcg.py, λ = 1e-3,
-tolerance 1e-4) 935 iterations against plain CG's 131. P⁻¹ above is the identity off U and
+tolerance 1e-4) 875 iterations against plain CG's 131. P⁻¹ above is the identity off U and
 keeps the cluster whole (`vmc.optim.nystrom`: 44 iterations with ℓ = 16). KFAC's direction
 has a low cosine to the exact SR direction (0.03–0.12 on Li and LiH, README), so as a start
-it saves few iterations (measured: within ±5 % of x₀ = 0, with and without P⁻¹); it is kept
-because it is free here (KFAC's factors are this optimizer's state) and with
-`optim.cg_maxiter: 0` the update is KFAC's direction under the exact-F norm constraint.
+it saves nothing measurable (−2 % to +7 % iterations against x₀ = 0 on He and Li, with
+and without P⁻¹); it is kept because it is free here (KFAC's factors are this optimizer's
+state) and with `optim.cg_maxiter: 0` the update is KFAC's direction under the exact-F
+norm constraint.
 """
 
 from __future__ import annotations
