@@ -11,29 +11,27 @@ float64), with
   at every update, Ω from a fixed key folded with the update count, so a resumed run is
   bit-identical with nothing more in the checkpoint).
 
-Why not M⁻¹ as the preconditioner (the earlier 'kfac-cg'). With n_w walkers F = ŌᵀŌ has rank ≤ n_w − 1, so F + λI has p − n_w + 1
-eigenvalues equal to λ, one cluster that plain CG resolves in one step. A full-rank
-preconditioner maps that cluster onto the spread spectrum of λM⁻¹, which CG must then
-resolve direction by direction: measured on one He batch (scripts/bench_pcg.py, λ = 1e-3,
-tolerance 1e-4) 875 iterations against plain CG's 131. P⁻¹ above is the identity off U and
-keeps the cluster whole (`vmc.optim.nystrom`: 44 iterations with ℓ = 16). KFAC's direction
-has a low cosine to the exact SR direction (0.03–0.12 on Li and LiH, README), so as a start
-it saves nothing measurable (−2 % to +7 % iterations against x₀ = 0 on He and Li, with
-and without P⁻¹); it is kept because it is free here (KFAC's factors are this optimizer's
-state) and with `optim.cg_maxiter: 0` the update is KFAC's direction under the exact-F
-norm constraint.
+Why not M⁻¹ as the preconditioner (the earlier 'kfac-cg'). With n_w walkers F = ŌᵀŌ has rank
+≤ n_w − 1, so F + λI has p − n_w + 1 eigenvalues equal to λ, one cluster that plain CG
+resolves in one step. A full-rank preconditioner maps that cluster onto the spread spectrum
+of λM⁻¹, which CG must then resolve direction by direction: measured on one He batch
+(scripts/bench_pcg.py, λ = 1e-3, tolerance 1e-4) 875 iterations against plain CG's 131. P⁻¹
+above is the identity off U and keeps the cluster whole (`vmc.optim.nystrom`: 44 iterations
+with ℓ = 16). KFAC's direction has a low cosine to the exact SR direction (0.03–0.12 on Li
+and LiH, README), so as a start it saves nothing measurable (−2 % to +7 % iterations against
+x₀ = 0 on He and Li, with and without P⁻¹); it is kept because it is free here (KFAC's
+factors are this optimizer's state) and with `optim.cg_maxiter: 0` the update is KFAC's
+direction under the exact-F norm constraint.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-import jax
 import jax.numpy as jnp
 
 from vmc.optim.cg import linearize_fisher, pcg
-from vmc.optim.nystrom import (SKETCH_KEY, fisher_block, nystrom_preconditioner,
-                               nystrom_sketch, sketch_rank)
+from vmc.optim.nystrom import fresh_sketch, nystrom_preconditioner, sketch_rank
 
 F64 = jnp.float64
 
@@ -53,9 +51,7 @@ def kfac_started_pcg(cfg, log_psi: Callable, params, walkers, b, d_kfac, count, 
     """
     op = linearize_fisher(log_psi, params, walkers, cfg.damping, mask)
     p = b.shape[0]
-    key = jax.random.fold_in(jax.random.PRNGKey(SKETCH_KEY), count)
-    omega = jax.random.normal(key, (p, sketch_rank(cfg, p)), F64)
-    basis, eigenvalues = nystrom_sketch(fisher_block(op, cfg.damping), omega)
+    basis, eigenvalues = fresh_sketch(op, cfg.damping, count, p, sketch_rank(cfg, p))
     curv = jnp.dot(d_kfac, op.matvec(d_kfac))
     alpha = jnp.where(curv > 0, jnp.dot(b, d_kfac) / jnp.where(curv > 0, curv, 1.0), 0.0)
     res = pcg(op.matvec, b, alpha * d_kfac, cfg.cg_maxiter, cfg.cg_tol,

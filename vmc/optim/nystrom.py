@@ -55,7 +55,7 @@ from vmc.optim.cg import FisherOperator, cg_solve_and_step, cg_system, flat_size
 from vmc.optim.sr import Optimizer, damping_schedule, lr_schedule
 
 F64 = jnp.float64
-SKETCH_KEY = 0x5EED16      # Ω_t = N(0, 1) from fold_in(PRNGKey(SKETCH_KEY), t)
+_SKETCH_KEY = 0x5EED16      # Ω_t = N(0, 1) from fold_in(PRNGKey(_SKETCH_KEY), t)
 _SKETCH_BATCH = 16         # columns of Ω per batched jvp/vjp (memory: 16 tangents at once)
 
 
@@ -163,6 +163,15 @@ def nystrom_preconditioner(basis, eigenvalues, damping: float) -> Callable:
     return apply
 
 
+def fresh_sketch(op: FisherOperator, damping: float, count, p: int, ell: int):
+    """(U (p, ℓ), λ̂ (ℓ,)) of this batch's F from Ω_t = N(0, 1) drawn from
+    fold_in(PRNGKey(_SKETCH_KEY), count): the same Ω for the same update count, so a resumed
+    run rebuilds the same sketch. `op`: F + λI with λ = damping."""
+    key = jax.random.fold_in(jax.random.PRNGKey(_SKETCH_KEY), count)
+    omega = jax.random.normal(key, (p, ell), F64)
+    return nystrom_sketch(fisher_block(op, damping), omega)
+
+
 def sketch_rank(cfg, p: int) -> int:
     """ℓ = `optim.nystrom_rank` clamped to [1, p]."""
     return max(1, min(int(cfg.nystrom_rank), p))
@@ -200,9 +209,7 @@ def make_nystrom_cg(cfg, log_psi: Callable) -> Optimizer:
                    | (state.last_iterations > cfg.nystrom_refresh_iters))
 
         def fresh():
-            key = jax.random.fold_in(jax.random.PRNGKey(SKETCH_KEY), state.count)
-            omega = jax.random.normal(key, state.basis.shape, F64)
-            u, lam = nystrom_sketch(fisher_block(op, damping), omega)
+            u, lam = fresh_sketch(op, damping, state.count, *state.basis.shape)
             return u, lam, jnp.zeros((), jnp.int32)
 
         def kept():
