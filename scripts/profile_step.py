@@ -14,7 +14,8 @@ own and timed at the same state (after `--burn-in` sampler steps from the initia
   `--loop-steps` steps with a real train.h5 writer, per step, minus ``step``).
 
 Fractions are of ``step`` (the parts overlap inside the fused step, so they need not add up
-to 1). Pretraining: one pretraining step (`vmc.pretrain.make_pretrain_step`), ms per step.
+to 1). Pretraining: one pretraining step (`vmc.pretrain.make_pretrain_step`), ms per step, next to
+its floor, the loss's forward and backward pass alone.
 Every timing is the median of `--repeats` calls after compilation and one warm call; compile
 times are the first call's. Memory: with `--memory`, the peak RSS of a child process that
 builds the state and runs 4 steps (the last 2 timed), for each `--memory-walkers` batch (on a GPU: the device's
@@ -161,8 +162,10 @@ def profile(system: str, network: str, solver: str, repeats: int, burn_in: int,
 
 
 def pretrain_ms(system: str, network: str, repeats: int) -> dict:
+    """ms per pretraining step (even and odd steps), and the floor under it: the loss's
+    forward and backward pass alone (its gradient at the walkers: no moves, no Adam)."""
     from vmc.hf import run_hf
-    from vmc.pretrain import PretrainState, make_pretrain_step
+    from vmc.pretrain import PretrainState, make_pretrain_step, pretrain_loss
     cfg = make_cfg(system, network, "kfac")
     setup = build(cfg)
     hf = run_hf(setup.molecule, cfg.pretrain.basis, cfg.pretrain.method)
@@ -174,8 +177,12 @@ def pretrain_ms(system: str, network: str, repeats: int) -> dict:
     # the cost per step is the mean of the two
     first, even = timed(step, ps, key, jnp.asarray(0), repeats=repeats)
     _, odd = timed(step, ps, key, jnp.asarray(1), repeats=repeats)
+    grad = jax.jit(jax.grad(lambda p, w: pretrain_loss(setup.ansatz.orbitals, hf,
+                                                       setup.molecule.n_up, p, w)))
+    _, floor = timed(grad, state.params, state.mcmc.walkers, repeats=repeats)
     return {"system": system, "network": network, "compile_s": first,
             "ms_per_step": 1e3 * (even + odd) / 2, "ms_even": 1e3 * even, "ms_odd": 1e3 * odd,
+            "ms_loss_grad": 1e3 * floor,
             "moves": cfg.pretrain.moves}
 
 
@@ -291,13 +298,13 @@ def main(argv=None) -> int:
         if not args.no_pretrain:
             pre = [pretrain_ms(args.system, net, args.repeats) for net in args.networks]
             result["pretrain"] = pre
-            print("\n| system | network | pretraining ms/step (even / odd) | moves/step | "
-                  "compile s |")
-            print("|---|---|---|---|---|")
+            print("\n| system | network | pretraining ms/step (even / odd) | the loss's "
+                  "forward and backward pass alone, ms | moves/step | compile s |")
+            print("|---|---|---|---|---|---|")
             for r in pre:
                 print(f"| {r['system']} | {r['network']} | {r['ms_per_step']:.1f} "
-                      f"({r['ms_even']:.1f} / {r['ms_odd']:.1f}) | {r['moves']} | "
-                      f"{r['compile_s']:.1f} |")
+                      f"({r['ms_even']:.1f} / {r['ms_odd']:.1f}) | {r['ms_loss_grad']:.1f} | "
+                      f"{r['moves']} | {r['compile_s']:.1f} |")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return 0
