@@ -13,8 +13,8 @@ hits all alike. "residual" is ‖ĝ − (F + λI)d‖/‖ĝ‖ where CG stopped 
 
 F-products per update: cg: its + 2 (initial residual, curvature of the norm constraint);
 nystrom-cg: its + 2 + ℓ/k (the sketch's ℓ products amortised over its k-update reuse);
-kfac-cg: its + 3 + ℓ (one more for the scale of its KFAC start, a fresh sketch every
-update; plus one pass for the KFAC statistics); sample forms Ō (n_w × p) instead
+kfac-cg: its + 2 + ℓ (the product that scales its KFAC start also gives the initial
+residual; a fresh sketch every update; plus one pass for the KFAC statistics); sample forms Ō (n_w × p) instead
 (an n_w × n_w Cholesky, O(n_w² p + n_w³)).
 
     python scripts/bench_solvers_scaling.py                        # He, 256 1024 4096
@@ -113,8 +113,8 @@ def measure(args, params, n_w):
             prods = "Ō formed"
         elif solver == "nystrom-cg":
             prods = f"{its + 2 + cfg.nystrom_rank / cfg.nystrom_refresh_every:g}"
-        elif solver == "kfac-cg":      # + 1 product for the start's scale, a fresh sketch
-            prods = f"{its + 3 + cfg.nystrom_rank}"
+        elif solver == "kfac-cg":      # a fresh sketch every update
+            prods = f"{its + 2 + cfg.nystrom_rank}"
         else:
             prods = f"{its + 2}"
         rows.append((n_w, solver, its, resid, prods, float(np.median(ts))))

@@ -240,3 +240,21 @@ def test_config_lists_nystrom_cg_and_refuses_zero_damping():
         config_from_dict({**he, "optim": {"solver": "nystrom-cg", "damping": 0.0}})
     with pytest.raises(InputError, match="optim.damping"):
         make_optimizer(_cfg(damping=0.0), lambda p, x: (1.0, 0.0))
+
+
+def test_pcg_takes_the_initial_product_from_the_caller():
+    """`pcg(..., ax0=A x₀)` (kfac-cg passes α·(F + λI)d_K, the product that set α) gives the
+    solve that computes A x₀ itself, to rounding; a wrong ax0 is really used (the residual
+    starts from it), so the saving is not a no-op."""
+    log_psi, params, x, e_l = _problem(16)
+    _, g, _ = _exact(log_psi, params, x, e_l)
+    op = linearize_fisher(log_psi, params, x, LAMBDA)
+    g = jnp.asarray(g)
+    x0 = 0.5 * g / LAMBDA
+    ref = pcg(op.matvec, g, x0, 200, 1e-10)
+    given = pcg(op.matvec, g, x0, 200, 1e-10, ax0=op.matvec(x0))
+    assert float(ref.residual) <= 1e-10 and int(given.iterations) == int(ref.iterations)
+    np.testing.assert_allclose(np.asarray(given.x), np.asarray(ref.x), rtol=1e-9,
+                               atol=1e-12 * float(jnp.max(jnp.abs(ref.x))))
+    wrong = pcg(op.matvec, g, x0, 0, 1e-10, ax0=jnp.zeros_like(g))
+    assert float(wrong.residual) == pytest.approx(1.0)   # r₀ = g − 0

@@ -101,17 +101,18 @@ class CGResult(NamedTuple):
 
 
 def pcg(matvec: Callable, b, x0, maxiter: int, tol: float,
-        precond: Optional[Callable] = None) -> CGResult:
+        precond: Optional[Callable] = None, ax0=None) -> CGResult:
     """Preconditioned conjugate gradients for SPD A, jittable (lax.while_loop), float64.
 
     Stops when ‖r‖ ≤ tol ‖b‖ or after `maxiter` iterations (0: return x0). `precond` applies
-    M⁻¹ (SPD); None is the identity (plain CG).
+    M⁻¹ (SPD); None is the identity (plain CG). `ax0`: A x₀ when the caller has it (saves
+    the product for the initial residual); None: computed here.
     """
     precond = precond if precond is not None else (lambda r: r)
     b = b.astype(F64)
     x0 = x0.astype(F64)
     bnorm = jnp.maximum(jnp.linalg.norm(b), jnp.finfo(F64).tiny)
-    r0 = b - matvec(x0)
+    r0 = b - (matvec(x0) if ax0 is None else ax0.astype(F64))
     z0 = precond(r0)
     rz0 = jnp.dot(r0, z0)
 

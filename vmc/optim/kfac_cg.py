@@ -5,7 +5,8 @@ float64), with
 
 - x₀ = α M⁻¹ĝ, the KFAC direction (`vmc.optim.kfac.precondition`, centred if
   `optim.kfac_centring` says so) scaled to minimise the quadratic ½xᵀ(F + λI)x − ĝᵀx along
-  it: α = ĝᵀd_K / d_Kᵀ(F + λI)d_K (one F-product);
+  it: α = ĝᵀd_K / d_Kᵀ(F + λI)d_K (one F-product, which scaled by α is also PCG's
+  (F + λI)x₀ for the initial residual);
 - P⁻¹ = U diag((λ̂_ℓ + λ)/(λ̂_i + λ)) Uᵀ + (I − UUᵀ), a randomized Nyström sketch (U, λ̂) of
   this batch's F with ℓ = `optim.nystrom_rank` (`vmc.optim.nystrom`; ℓ products, rebuilt
   at every update, Ω from a fixed key folded with the update count, so a resumed run is
@@ -52,8 +53,9 @@ def kfac_started_pcg(cfg, log_psi: Callable, params, walkers, b, d_kfac, count, 
     op = linearize_fisher(log_psi, params, walkers, cfg.damping, mask)
     p = b.shape[0]
     basis, eigenvalues = fresh_sketch(op, cfg.damping, count, p, sketch_rank(cfg, p))
-    curv = jnp.dot(d_kfac, op.matvec(d_kfac))
+    a_d = op.matvec(d_kfac)            # (F + λI) d_K: α's curvature and, scaled, r₀'s product
+    curv = jnp.dot(d_kfac, a_d)
     alpha = jnp.where(curv > 0, jnp.dot(b, d_kfac) / jnp.where(curv > 0, curv, 1.0), 0.0)
     res = pcg(op.matvec, b, alpha * d_kfac, cfg.cg_maxiter, cfg.cg_tol,
-              nystrom_preconditioner(basis, eigenvalues, cfg.damping))
+              nystrom_preconditioner(basis, eigenvalues, cfg.damping), ax0=alpha * a_d)
     return res.x, op.curvature(res.x), res.iterations.astype(F64), res.residual
