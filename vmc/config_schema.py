@@ -164,7 +164,7 @@ class PretrainConfig:
     basis: Optional[str] = None   # None: cc-pvdz, or ccecp-cc-pvdz when an ECP is on
     method: str = _field("auto", choices=("auto", "rhf", "rohf", "uhf"))
     lr: float = _field(3e-3, lo=0.0)
-    moves: int = _field(1, lo=1)   # Metropolis moves per step, under |ψ_HF|²
+    moves: int = _field(1, lo=1)   # Metropolis moves per step, network and HF alternating
 
 
 @dataclasses.dataclass(frozen=True)

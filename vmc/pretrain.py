@@ -14,14 +14,15 @@ over the K determinants k and the orbital blocks b the ansatz returns:
   HF orbitals, down electrons × the last n_down columns the down HF orbitals, and the
   off-diagonal spin blocks are fitted to ZERO (as in FermiNet).
 
-Every determinant k is fitted to the same target. The walkers sample |ψ_HF|², as in DeepQMC's
-and PauliNet's pretraining (FermiNet's `pretrain.scf_fraction` = 1): each step takes the
-loss and its gradient at the walkers (one forward and backward pass of the network), then
-makes `pretrain.moves` Metropolis moves (default 1, as FermiNet) under |ψ_HF|², whose
-log|ψ_HF| the walkers carry, so no step evaluates log|ψ_net| and the sampling is exact; the
-Adam update comes last. `pretrain` computes log|ψ_net| at the walkers once at the end, and
-VMC burn-in under the network follows. (Before, the moves alternated between |ψ_net|² and
-|ψ_HF|², which costs a network forward pass every other step; README, "Pretraining".)
+Every determinant k is fitted to the same target. Each step makes `pretrain.moves`
+Metropolis moves (default 1, as FermiNet's pretraining), split between |ψ_net|² and |ψ_HF|²:
+step t makes ⌊(m + [t even])/2⌋ under the network and the rest under Hartree–Fock (m = 1:
+the network on even steps, HF on odd ones), one shared adaptive width, so the fit covers the
+regions both densities visit; the walkers are kept and VMC burn-in starts from them. The
+network's moves start from the log|ψ| of the loss's own forward pass (the orbitals and
+log|ψ| come from one pass, `Ansatz.orbitals_and_log_psi`), so they cost one network
+evaluation per move and no refresh; the HF moves refresh log|ψ_HF| (cheap). The Adam update
+comes after the moves, which are therefore exact moves under |ψ_net(θ_t)|².
 
 `pretrain` is the host loop (progress bar, train.h5 group "pretrain" with rows {step, loss});
 `make_pretrain_step` builds the pure jit-compiled step.
@@ -91,57 +92,71 @@ def pretrain_loss(orbitals: Callable, hf, n_up: int, params, walkers) -> jax.Arr
       orbitals: (params, x (n, 3)) -> list of (K, m_b, m_b) (`Ansatz.orbitals`).
       walkers: (n_walkers, n, 3) bohr.
     """
-    def one(x):
-        mats = orbitals(params, x)
-        targets = hf_targets(hf, x.astype(mats[0].dtype), n_up, [m.shape for m in mats])
-        return sum(jnp.sum((m - t[None]) ** 2) for m, t in zip(mats, targets))
+    return _loss_and_logabs(lambda p, x: (orbitals(p, x), None), hf, n_up, params, walkers)[0]
 
-    return jnp.mean(jax.vmap(one)(walkers))
+
+def _loss_and_logabs(orbitals_and_log_psi: Callable, hf, n_up: int, params, walkers):
+    """(pretraining loss, (n_walkers,) log|ψ_net| or None) from one forward pass."""
+    def one(x):
+        mats, psi = orbitals_and_log_psi(params, x)
+        targets = hf_targets(hf, x.astype(mats[0].dtype), n_up, [m.shape for m in mats])
+        loss = sum(jnp.sum((m - t[None]) ** 2) for m, t in zip(mats, targets))
+        return loss, None if psi is None else psi[1]
+
+    losses, logabs = jax.vmap(one)(walkers)
+    return jnp.mean(losses), logabs
 
 
 def make_pretrain_step(setup, hf, lr: float):
-    """The jit-compiled pretraining step and its start.
+    """The jit-compiled pretraining step and the Adam transformation.
 
-    Args:
-      setup: `vmc.train.Setup`.
-      hf: `vmc.hf.HartreeFock`, the target orbitals and the sampled density.
-      lr: Adam's learning rate.
     Returns:
-      (start, step):
-      `start(params, mcmc: MCMCState) -> PretrainState`: a fresh Adam state, the walkers'
-      logabs set to log|ψ_HF| (n_walkers,);
-      `step(state, key) -> (state, loss, pmove)`: the loss and its gradient at the walkers,
-      m = pretrain.moves Metropolis moves under |ψ_HF|², the width adapted to the step's
-      acceptance, one Adam step. The loss is the one at the walkers the step started from.
+      (tx, step) with `step(state: PretrainState, key, t) -> (state, loss, pmove)`: the loss,
+      its gradient and log|ψ_net| at the walkers from one forward pass; m = pretrain.moves
+      Metropolis moves, ⌊(m + [t even])/2⌋ under |ψ_net|² with the current parameters, the
+      rest under |ψ_HF|²; the width adapted to the step's acceptance; then one Adam step.
+      The loss is the one at the walkers the step started from.
     """
     from vmc.hf import hf_log_psi
 
     s = setup.cfg.sampler
     m = int(setup.cfg.pretrain.moves)
-    tx = optax.adam(lr)
-    n_up = setup.molecule.n_up
+    net_moves = make_moves(setup.ansatz.log_psi)
     hf_fn = lambda p, x: hf_log_psi(hf, x)  # noqa: E731
     hf_moves = make_moves(hf_fn)
     hf_logabs = jax.vmap(lambda x: hf_fn(None, x)[1])
+    tx = optax.adam(lr)
+    n_up = setup.molecule.n_up
 
-    def start(params, mcmc: MCMCState) -> PretrainState:
-        logabs = hf_logabs(mcmc.walkers).astype(mcmc.logabs.dtype)
-        return PretrainState(params, tx.init(params), mcmc.replace(logabs=logabs))
+    def with_logabs(p, w):
+        return jax.value_and_grad(
+            lambda q: _loss_and_logabs(setup.ansatz.orbitals_and_log_psi, hf, n_up, q, w),
+            has_aux=True)(p)
 
-    def step(state: PretrainState, key):
+    def without_logabs(p, w):   # a step with no network move (m = 1, odd t)
         loss, grad = jax.value_and_grad(
-            lambda q: pretrain_loss(setup.ansatz.orbitals, hf, n_up, q,
-                                    state.mcmc.walkers))(state.params)
+            lambda q: pretrain_loss(setup.ansatz.orbitals, hf, n_up, q, w))(p)
+        return (loss, jnp.zeros(w.shape[0], loss.dtype)), grad
+
+    def step(state: PretrainState, key, t):
+        k_net, k_hf = jax.random.split(key)
+        n_net = (m + (t % 2 == 0).astype(jnp.int32)) // 2
+        (loss, logabs), grad = jax.lax.cond(n_net > 0, with_logabs, without_logabs,
+                                            state.params, state.mcmc.walkers)
         width = state.mcmc.width
-        x, logabs, accepted = hf_moves(None, state.mcmc.walkers, state.mcmc.logabs, width,
-                                       key, m)
-        pmove = accepted / m
+        x, _, acc_net = net_moves(state.params, state.mcmc.walkers,
+                                  logabs.astype(state.mcmc.logabs.dtype), width, k_net, n_net)
+        x, _, acc_hf = hf_moves(None, x, hf_logabs(x).astype(x.dtype), width, k_hf, m - n_net)
+        pmove = (acc_net + acc_hf) / m
         updates, opt_state = tx.update(grad, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        mcmc = MCMCState(x, logabs, adapt_width(width, pmove, s.target_pmove, s.adapt_rate))
+        # log|ψ| is left stale (the walkers' values under HF or old params): `pretrain`
+        # refreshes it for the network once at the end
+        mcmc = MCMCState(x, state.mcmc.logabs,
+                         adapt_width(width, pmove, s.target_pmove, s.adapt_rate))
         return PretrainState(params, opt_state, mcmc), loss, pmove
 
-    return jax.jit(start), jax.jit(step)
+    return tx, jax.jit(step)
 
 
 def _progress(cfg, total: int):
@@ -174,8 +189,8 @@ def pretrain(setup, state, key, run_dir, log: Callable = print):
         hf = run_hf(setup.molecule, cfg.pretrain.basis, cfg.pretrain.method)
     log(f"pretrain: {hf.method.upper()}/{hf.basis} energy {hf.energy:.6f} Ha "
         f"({time.time() - t0:.1f} s); {steps} steps")
-    start, step = make_pretrain_step(setup, hf, cfg.pretrain.lr)
-    pstate = start(state.params, state.mcmc)
+    tx, step = make_pretrain_step(setup, hf, cfg.pretrain.lr)
+    pstate = PretrainState(state.params, tx.init(state.params), state.mcmc)
     writer = parallel.stats_writer(pathlib.Path(run_dir) / "train.h5", group=GROUP,
                                    flush_every=100)
     bar = _progress(cfg, steps) if parallel.is_writer() else None
@@ -184,7 +199,7 @@ def pretrain(setup, state, key, run_dir, log: Callable = print):
     try:
         pending = []   # losses still on the device: read every SYNC_EVERY steps, so the
         for t in range(steps):   # host does not wait for each step before queuing the next
-            pstate, loss_t, pmove_t = step(pstate, jax.random.fold_in(key, t))
+            pstate, loss_t, pmove_t = step(pstate, jax.random.fold_in(key, t), t)
             pending.append(loss_t)
             if len(pending) == SYNC_EVERY or t == steps - 1:
                 values = [float(v) for v in jax.device_get(pending)]
