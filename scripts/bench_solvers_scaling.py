@@ -14,8 +14,8 @@ hits all alike. "residual" is ‖ĝ − (F + λI)d‖/‖ĝ‖ where CG stopped 
 F-products per update: cg: its + 2 (initial residual, curvature of the norm constraint);
 nystrom-cg: its + 2 + ℓ/k (the sketch's ℓ products amortised over its k-update reuse);
 kfac-cg: its + 2 + ℓ (the product that scales its KFAC start also gives the initial
-residual; a fresh sketch every update; plus one pass for the KFAC statistics); sample forms Ō (n_w × p) instead
-(an n_w × n_w Cholesky, O(n_w² p + n_w³)).
+residual; a fresh sketch every update; plus one pass for the KFAC statistics); sample
+forms Ō (n_w × p) instead (an n_w × n_w Cholesky, O(n_w² p + n_w³)).
 
     python scripts/bench_solvers_scaling.py                        # He, 256 1024 4096
     python scripts/bench_solvers_scaling.py --walkers 256 1024 --repeats 2

@@ -14,8 +14,8 @@ own and timed at the same state (after `--burn-in` sampler steps from the initia
   `--loop-steps` steps with a real train.h5 writer, per step, minus ``step``).
 
 Fractions are of ``step`` (the parts overlap inside the fused step, so they need not add up
-to 1). Pretraining: one pretraining step (`vmc.pretrain.make_pretrain_step`), ms per step, next to
-its floor, the loss's forward and backward pass alone.
+to 1). Pretraining: one pretraining step (`vmc.pretrain.make_pretrain_step`), ms per step,
+next to its floor, the loss's forward and backward pass alone.
 Every timing is the median of `--repeats` calls after compilation and one warm call; compile
 times are the first call's. Memory: with `--memory`, the peak RSS of a child process that
 builds the state and runs 4 steps (the last 2 timed), for each `--memory-walkers` batch (on a GPU: the device's
