@@ -4,6 +4,7 @@ reference energy, from YAML files and from `--set`. Strings that are not numbers
 one line naming the field."""
 
 import dataclasses
+import pathlib
 import typing
 
 import pytest
@@ -158,3 +159,37 @@ def test_hf_ansatz_resolves_no_pretraining(tmp_path):
     assert load_config(li).pretrain.steps == 1000
     assert load_config(li, overrides=("ansatz.name=hf",)).pretrain.steps == 0
     assert C.load_config(li, overrides=("ansatz.name=hf", "pretrain.steps=5")).pretrain.steps == 5
+
+
+def test_reference_is_for_the_files_charge_and_spin():
+    """A reference holds for the molecule as its file writes it: --charge/--spin or a
+    molecule.* override that changes either leaves the run with no error against it (the
+    summary's note, `vmc analyze`), while the file's own charge and spin keep it."""
+    from vmc.analysis import _parse_reference
+    from vmc.config import load_config, reference_mismatch, to_dict
+    root = pathlib.Path(__file__).resolve().parents[1] / "systems"
+    h2 = load_config(root / "H2.yaml")
+    assert (h2.molecule.reference.charge, h2.molecule.reference.spin) == (0, 0)
+    assert reference_mismatch(h2) is None
+    assert _parse_reference(to_dict(h2)).energy == h2.molecule.reference.energy
+    triplet = load_config(root / "H2.yaml", overrides=("molecule.spin=2",))
+    note = reference_mismatch(triplet)
+    assert "charge 0, spin 0" in note and "charge 0, spin 2" in note, note
+    assert _parse_reference(to_dict(triplet)) is None
+    cation = load_config(root / "LiH.yaml", charge=1, spin=1)
+    assert "charge 1, spin 1" in reference_mismatch(cation)
+    assert _parse_reference(to_dict(cation)) is None
+    # the same charge given again, or an override of the reference itself, still compares
+    assert reference_mismatch(load_config(root / "LiH.yaml", charge=0, spin=0)) is None
+    li_cation = load_config(root / "Li.yaml", charge=1, spin=0,
+                            overrides=("molecule.reference.energy=-7.279913",))
+    assert (li_cation.molecule.reference.charge, li_cation.molecule.reference.spin) == (0, 1)
+    assert reference_mismatch(li_cation) is not None      # still Li's charge and spin ...
+    li_cation = load_config(root / "Li.yaml", charge=1, spin=0, overrides=(
+        "molecule.reference.energy=-7.279913", "molecule.reference.charge=1",
+        "molecule.reference.spin=0"))
+    assert reference_mismatch(li_cation) is None           # ... unless the override says so
+    # a one-electron system without a reference gets its exact −Z²/2, for the molecule as run
+    he_ion = C.config_from_dict({"atoms": [{"symbol": "He", "position": [0, 0, 0]}],
+                                 "charge": 1, "spin": 1})
+    assert he_ion.molecule.reference.energy == -2.0 and reference_mismatch(he_ion) is None

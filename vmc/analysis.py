@@ -108,6 +108,9 @@ def _parse_reference(config: dict) -> Optional[Reference]:
                             [a.get("symbol") for a in atoms])
     if run != (ref.get("hamiltonian") or "all-electron"):
         return None     # another Hamiltonian's energy: nothing to compare with
+    mol = config.get("molecule") or {}
+    if any(ref.get(k) is not None and ref.get(k) != mol.get(k, 0) for k in ("charge", "spin")):
+        return None     # another charge or spin state's energy
     try:
         hf = ref.get("hf_limit")
         return Reference(float(ref["energy"]), str(ref.get("source", "")),

@@ -61,6 +61,12 @@ def reference_mismatch(cfg: Config) -> Optional[str]:
     ref = cfg.molecule.reference
     if ref.energy is None:
         return None
+    mol = cfg.molecule
+    if (ref.charge is not None and ref.charge != mol.charge) or (
+            ref.spin is not None and ref.spin != mol.spin):
+        return (f"the reference is for charge {ref.charge}, spin {ref.spin} but this run has "
+                f"charge {mol.charge}, spin {mol.spin} (molecule.charge, molecule.spin): no "
+                f"error against it")
     run = hamiltonian_label(cfg.hamiltonian.ecp, [a.get("symbol") for a in cfg.molecule.atoms])
     if run == (ref.hamiltonian or "all-electron"):
         return None
@@ -157,6 +163,15 @@ def config_from_dict(data: dict, *, name: str = "molecule", preset: Optional[str
                              f"{', '.join(PRESETS)}" + did_you_mean(preset, PRESETS))
         merged = _merge(merged, PRESETS[preset])
     merged = _merge(merged, data)
+    # a reference is for the molecule as the file writes it: record that charge and spin
+    # before the overrides, so a run with another charge or spin is not compared with it
+    ref = merged["molecule"].get("reference")
+    if isinstance(ref, dict) and ref.get("energy") is not None:
+        ref = dict(ref)
+        for key in ("charge", "spin"):
+            if ref.get(key) is None:
+                ref[key] = merged["molecule"].get(key, 0)
+        merged["molecule"] = {**merged["molecule"], "reference": ref}
     for item in overrides:
         merged = _merge(merged, _parse_override(item))
     cfg = _build(Config, merged, "")
@@ -171,7 +186,8 @@ def _one_electron_reference(cfg: Config, molecule: Molecule) -> Config:
             cfg.molecule.reference.energy is not None:
         return cfg
     z = float(molecule.charges[0])
-    ref = Reference(energy=-0.5 * z * z, source="exact: -Z^2/2 for one electron", kind="exact")
+    ref = Reference(energy=-0.5 * z * z, source="exact: -Z^2/2 for one electron", kind="exact",
+                    charge=cfg.molecule.charge, spin=cfg.molecule.spin)
     return dataclasses.replace(cfg, molecule=dataclasses.replace(cfg.molecule, reference=ref))
 
 

@@ -36,6 +36,10 @@ class Reference:
     # the Hamiltonian the energy is for: "all-electron", or the ECP, e.g. "ccecp" (a run whose
     # hamiltonian.ecp differs reports no error against it, vmc.summary)
     hamiltonian: str = "all-electron"
+    # the charge and 2S the energy is for; None: the molecule's as the file writes it (a run
+    # whose --charge, --spin or molecule.* override differs reports no error against it)
+    charge: Optional[int] = None
+    spin: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
