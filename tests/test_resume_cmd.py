@@ -111,3 +111,19 @@ def test_resume_of_no_run_directory_is_bad_input(tmp_path, capsys):
     assert _call(["resume", tmp_path / "nothing"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: run_dir") and err.count("\n") == 1
+
+
+def test_resume_of_a_finished_run_refuses_what_run_resume_refuses(finished, capsys):
+    """`vmc resume` of a finished run checks its arguments before saying there is nothing to
+    do: a total below the checkpoint's step and a setting that may not change are bad input
+    (exit 2, one line), as with `vmc run --resume`; the run is left as it was."""
+    before = sorted(p.relative_to(finished).as_posix() for p in finished.rglob("*"))
+    capsys.readouterr()
+    assert _call(["resume", finished, "--steps", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: optim.steps: 5 is below the checkpoint's step 8; valid: >= 8\n", err
+    assert _call(["resume", finished, "--set", "ansatz.determinants=4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resume: settings differ") and "ansatz.determinants" in err
+    assert err.count("\n") == 1
+    assert sorted(p.relative_to(finished).as_posix() for p in finished.rglob("*")) == before

@@ -389,6 +389,13 @@ def resume_run(run_dir: pathlib.Path, *, steps: Optional[int] = None, overrides=
         raise InputError(f"--steps: {steps} is not valid; valid: >= 1 (the total step count)")
     items = tuple(overrides) + ((f"optim.steps={steps}",) if steps is not None else ())
     cfg = load_config(run_dir / "config.yaml", overrides=items)
+    paths = ckpt.list_checkpoints(run_dir / "checkpoints")
+    if paths:   # as `vmc run --resume` refuses them, also when the run has finished
+        check_resume_config(cfg, run_dir)
+        newest = int(paths[-1].stem.split("_")[1])
+        if newest > cfg.optim.steps:
+            raise InputError(f"optim.steps: {cfg.optim.steps} is below the checkpoint's step "
+                             f"{newest}; valid: >= {newest}")
     setup_jax(cfg)
     message = finished_message(cfg, run_dir)
     if message is not None:
