@@ -187,8 +187,10 @@ def pretrain(setup, state, key, run_dir, log: Callable = print):
     if hf is None:
         from vmc.hf import run_hf
         hf = run_hf(setup.molecule, cfg.pretrain.basis, cfg.pretrain.method)
-    log(f"pretrain: {hf.method.upper()}/{hf.basis} energy {hf.energy:.6f} Ha "
-        f"({time.time() - t0:.1f} s); {steps} steps")
+        log(f"pretrain: {hf.method.upper()}/{hf.basis} energy {hf.energy:.6f} Ha "
+            f"({time.time() - t0:.1f} s); {steps} steps")
+    else:   # computed (and its energy logged) by the run's input checks
+        log(f"pretrain: fitting the {hf.method.upper()}/{hf.basis} orbitals; {steps} steps")
     tx, step = make_pretrain_step(setup, hf, cfg.pretrain.lr)
     pstate = PretrainState(state.params, tx.init(state.params), state.mcmc)
     writer = parallel.stats_writer(pathlib.Path(run_dir) / "train.h5", group=GROUP,
