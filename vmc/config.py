@@ -217,7 +217,10 @@ def load_config(path, *, preset: Optional[str] = None, overrides: tuple[str, ...
     except yaml.YAMLError as err:
         line = getattr(getattr(err, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
-        raise InputError(f"config file {str(path)!r}: invalid YAML{where}") from None
+        problem = getattr(err, "problem", None)
+        what = f": {problem}" if problem else ""
+        raise InputError(f"config file {str(path)!r}: invalid YAML{where}{what}; valid: "
+                         f"`key: value` lines, lists as `- item` or [a, b]") from None
     return config_from_dict(data if data is not None else {}, name=path.stem, preset=preset,
                             overrides=overrides)
 
