@@ -127,3 +127,22 @@ def test_resume_of_a_finished_run_refuses_what_run_resume_refuses(finished, caps
     assert err.startswith("error: --resume: settings differ") and "ansatz.determinants" in err
     assert err.count("\n") == 1
     assert sorted(p.relative_to(finished).as_posix() for p in finished.rglob("*")) == before
+
+
+def test_init_from_another_geometry_and_a_clear_error_for_another_network(finished, tmp_path,
+                                                                        capsys):
+    """`--init-from` starts a stretched H2 from the finished run's parameters and walkers;
+    a network of another size is refused in one line naming the setting that differs."""
+    stretched = tmp_path / "h2_stretched.yaml"
+    stretched.write_text(H2.replace("0.7]", "0.8]"))
+    common = ["--preset", "tiny", "--set", "run.x64=true", "--set", "sampler.walkers=16",
+              "--set", "sampler.burn_in=0", "--set", "eval.steps=0", "--set", "optim.steps=2",
+              "--init-from", finished]
+    capsys.readouterr()
+    assert _call(["run", stretched, "--out", tmp_path / "ok", *common]) == 0
+    assert f"warm start: parameters and walkers from {finished}" in capsys.readouterr().out
+    assert _call(["run", stretched, "--out", tmp_path / "bad", *common,
+                  "--set", "ansatz.determinants=4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ansatz.determinants: 2 there, 4 here" in err, err
+    assert not (tmp_path / "bad").exists()

@@ -29,7 +29,8 @@ def warm_start(setup, state, run_dir: pathlib.Path, log: Callable = print):
         trees, attrs = ckpt.restore(path, {"params": state.params})
     except ckpt.CheckpointError as err:
         raise InputError(f"--init-from {str(run_dir)!r}: parameters do not fit this ansatz "
-                         f"and molecule ({err})") from None
+                         f"and molecule{_differences(setup.cfg, pathlib.Path(run_dir), err)}"
+                         ) from None
     from vmc.stages import current_layout
     params, _ = current_layout(setup, trees["params"], attrs, log)
     mcmc = state.mcmc
@@ -42,3 +43,30 @@ def warm_start(setup, state, run_dir: pathlib.Path, log: Callable = print):
     else:
         log(f"warm start: parameters from {path} (walkers do not fit; fresh walkers)")
     return state._replace(params=params, opt_state=setup.optimizer.init(params), mcmc=mcmc)
+
+
+def _differences(cfg, run_dir: pathlib.Path, err) -> str:
+    """'; <settings that differ from run_dir's config.yaml>; valid: ...' for the error line
+    (ansatz.* and the electron count), or the checkpoint's own message when none does."""
+    import yaml
+    from vmc.config import to_dict
+    try:
+        there = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return f" ({err})"
+    here = to_dict(cfg)
+    diffs = [f"ansatz.{k}: {v!r} there, {here['ansatz'].get(k)!r} here"
+             for k, v in sorted((there.get("ansatz") or {}).items())
+             if k in here["ansatz"] and v != here["ansatz"][k]]
+    mol_there, mol_here = there.get("molecule") or {}, here["molecule"]
+    for key in ("charge", "spin"):
+        if mol_there.get(key, 0) != mol_here[key]:
+            diffs.append(f"molecule.{key}: {mol_there.get(key, 0)!r} there, "
+                         f"{mol_here[key]!r} here")
+    if len(mol_there.get("atoms") or []) != len(mol_here["atoms"]):
+        diffs.append(f"{len(mol_there.get('atoms') or [])} atoms there, "
+                     f"{len(mol_here['atoms'])} here")
+    if not diffs:
+        return f" ({err})"
+    return (f": {'; '.join(diffs[:4])}; valid: the source run's network settings, atoms, "
+            f"charge and spin (only positions may differ)")
