@@ -47,7 +47,8 @@ def warm_start(setup, state, run_dir: pathlib.Path, log: Callable = print):
 
 def _differences(cfg, run_dir: pathlib.Path, err) -> str:
     """'; <settings that differ from run_dir's config.yaml>; valid: ...' for the error line
-    (ansatz.* and the electron count), or the checkpoint's own message when none does."""
+    (ansatz.*, the atoms, charge and spin), or the checkpoint's own message when none
+    does."""
     import yaml
     from vmc.config import to_dict
     try:
@@ -63,9 +64,10 @@ def _differences(cfg, run_dir: pathlib.Path, err) -> str:
         if mol_there.get(key, 0) != mol_here[key]:
             diffs.append(f"molecule.{key}: {mol_there.get(key, 0)!r} there, "
                          f"{mol_here[key]!r} here")
-    if len(mol_there.get("atoms") or []) != len(mol_here["atoms"]):
-        diffs.append(f"{len(mol_there.get('atoms') or [])} atoms there, "
-                     f"{len(mol_here['atoms'])} here")
+    symbols = [[a.get("symbol") for a in (m.get("atoms") or []) if isinstance(a, dict)]
+               for m in (mol_there, mol_here)]
+    if symbols[0] != symbols[1]:
+        diffs.append(f"atoms {symbols[0]} there, {symbols[1]} here")
     if not diffs:
         return f" ({err})"
     return (f": {'; '.join(diffs[:4])}; valid: the source run's network settings, atoms, "
