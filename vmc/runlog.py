@@ -8,6 +8,7 @@ nothing behind) are kept in memory and written with their own timestamps once th
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 import time
@@ -33,6 +34,7 @@ class RunLog:
         self.stream = stream
         self._pending: list[tuple[float, str]] = []
         self._attached = False
+        self._console = True    # False once the console is gone (closed pipe, lost terminal)
 
     @staticmethod
     def _writer() -> bool:
@@ -42,10 +44,29 @@ class RunLog:
     def __call__(self, message: str) -> None:
         if not self._writer():
             return
-        print(message, file=self.stream or sys.stdout, flush=True)
         self._pending.append((time.time(), str(message)))
+        if self._console:
+            try:
+                print(message, file=self.stream or sys.stdout, flush=True)
+            except (OSError, ValueError):   # `vmc run ... | head`, a dead ssh session
+                self._console_lost()
         if self._attached:
             self._flush()
+
+    def _console_lost(self) -> None:
+        """Stop printing and go on: the run's files, run.log included, still get every
+        line. Python's own flush of sys.stdout at exit goes to /dev/null, so it cannot fail
+        either (the Python docs' advice for SIGPIPE)."""
+        self._console = False
+        self._pending.append((time.time(), "warning: the console is gone (its pipe or "
+                                           "terminal closed); this run goes on and logs to "
+                                           "run.log only"))
+        if self.stream is None or self.stream is sys.stdout:
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass
 
     def attach(self) -> None:
         """From now on write to run.log (the run directory exists and input is checked)."""
