@@ -164,6 +164,22 @@ def test_check_prints_parameters_and_spin_assignment(tmp_path, capsys, monkeypat
     n_params = ((44 + 1) * 8 + (4 + 1) * 4) + ((32 + 1) * 8) + 2 * (9 * 20) + 2 * (2 * 3 * 20)
     assert f"parameters: {n_params}\n" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mol.yaml"]
+    assert "warning: the estimated memory" not in out
+
+
+def test_check_warns_when_the_memory_estimate_exceeds_the_device(tmp_path, capsys):
+    """A dense solve of the paper-size network (p ≈ 700k: the p × p matrix alone is ~4 TB)
+    is flagged against this machine's memory; a tiny run's estimate does not round to 0."""
+    from vmc.check import device_memory_mb
+    assert device_memory_mb() > 100
+    config = _write(tmp_path, {"atoms": _atoms(("N", (0, 0, 0)), ("N", (2.07, 0, 0)))})
+    assert _call(["check", config, "--preset", "paper", "--set", "optim.solver=dense"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: the estimated memory per step" in out and "matrix-free" in out
+    assert _call(["check", config, "--preset", "tiny", "--set", "sampler.walkers=2"]) == 0
+    out = capsys.readouterr().out
+    assert "estimated memory per step: < 1 MB" in out or "estimated memory per step: 1" in out
+    assert "warning: the estimated memory" not in out
 
 
 def test_angstrom_input_is_converted_to_bohr(tmp_path):

@@ -32,6 +32,22 @@ def memory_estimate_mb(cfg: Config, n_params: int, n_electrons: int) -> float:
     return total / 2 ** 20
 
 
+def device_memory_mb() -> float | None:
+    """Memory of the first device, MB: an accelerator's `bytes_limit`, on a CPU the
+    machine's physical memory; None when neither is known."""
+    import os
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+    except Exception:   # noqa: BLE001 (backends without memory_stats)
+        stats = {}
+    if stats.get("bytes_limit"):
+        return stats["bytes_limit"] / 2 ** 20
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 20
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def network_size(cfg: Config) -> str:
     """The resolved network in one line, e.g. 'ferminet: one-electron widths [32, 32, 32],
     two-electron [8, 8, 8], 8 full determinants, isotropic envelope, no Jastrow'."""
@@ -77,9 +93,18 @@ def describe(cfg: Config, hf=None, notes=()) -> str:
     lines.append(f"nuclear repulsion E_nn: {mol.nuclear_repulsion:.6f} Ha")
     if hf is not None:
         lines.append(f"hartree-fock: {hf.method.upper()}/{hf.basis} energy {hf.energy:.6f} Ha")
+    mb = memory_estimate_mb(cfg, n_params, mol.n_electrons)
     lines += ["", f"network: {network_size(cfg)}", f"parameters: {n_params}",
-              f"estimated memory per step: {memory_estimate_mb(cfg, n_params, mol.n_electrons):.0f} MB",
+              f"estimated memory per step: {mb:.0f} MB" if mb >= 1 else
+              "estimated memory per step: < 1 MB",
               f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}"]
+    device_mb = device_memory_mb()
+    if device_mb is not None and mb > 0.9 * device_mb:
+        lines.append(f"warning: the estimated memory per step, {mb:.0f} MB, exceeds 90 % of "
+                     f"this device's {device_mb:.0f} MB: use fewer sampler.walkers, a "
+                     f"matrix-free solver (cg, nystrom-cg, kfac) instead of dense, sample or "
+                     f"spring, or walker chunks (hamiltonian.chunk_walkers, "
+                     f"optim.jacobian_chunk; not in this estimate)")
     if not trains(cfg):
         lines.append(f"training: none (ansatz {cfg.ansatz.name} has no parameters; "
                      f"burn-in, then {cfg.eval.steps} evaluation steps)")
