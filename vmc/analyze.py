@@ -279,7 +279,8 @@ def _run(args) -> int:
             if len(args.run_dirs) == 1:
                 raise
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            print(f"error: {d}: {msg}", file=sys.stderr)
+            where = "" if msg.startswith(f"{d}:") else f"{d}: "   # not the run's name twice
+            print(f"error: {where}{msg}", file=sys.stderr)
             failed += 1
     if not runs:
         return 2
