@@ -254,3 +254,20 @@ def test_run_eval_analyze_with_observables(x64, tmp_path, monkeypatch, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert set(rows[0]["evaluations"][0]["observables"]) == {"s2", "dipole", "density", "forces"}
     assert set(rows[0]["evaluations"][1]["observables"]) == {"dipole"}
+
+
+def test_dipole_norm_is_the_norm_of_the_mean_not_the_mean_norm():
+    """|d| from `summarize_observables`: a zero dipole with per-step noise 0.06 e·bohr per
+    component (256 walkers of a unit-variance atom) gives |⟨d⟩| of the noise's size, not the
+    per-step |d_t| ≈ 0.1; a dipole of (0.3, 0.4, 0) gives 0.5 within 4 standard errors."""
+    from vmc.obs_report import summarize_observables
+    rng = np.random.default_rng(0)
+    noise = 0.06 * rng.normal(size=(4000, 3))
+    zero = summarize_observables({"dipole": noise}, {"walkers": 256})["dipole"]
+    per_step = np.mean(np.linalg.norm(noise, axis=1))
+    assert per_step > 0.08
+    assert zero["norm_au"]["mean"] < 0.01 and zero["norm_au"]["stderr"] < 0.002
+    shifted = summarize_observables({"dipole": noise + np.array([0.3, 0.4, 0.0])},
+                                    {"walkers": 256})["dipole"]["norm_au"]
+    assert abs(shifted["mean"] - 0.5) < 4 * shifted["stderr"], shifted
+    assert 0.0005 < shifted["stderr"] < 0.002      # ≈ 0.06/√4000

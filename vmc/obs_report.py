@@ -97,6 +97,26 @@ def shell_volumes(edges) -> np.ndarray:
     return 4.0 * np.pi / 3.0 * (e[1:] ** 3 - e[:-1] ** 3)
 
 
+def dipole_norm(d, mean) -> Optional[dict]:
+    """|⟨d⟩| of a (steps, 3) dipole series and its error: {mean, stderr, tau, plateau}, or
+    None with fewer than MIN_SAMPLES finite steps.
+
+    The norm of the mean vector, not the mean of the per-step norms (each step's d averages
+    only n_w walkers, so |d_t| is biased upwards by that noise: ~0.1 e·bohr at 256 walkers
+    for a zero dipole). Its error is the reblocked error of the projection d_t · u onto
+    u = ⟨d⟩/|⟨d⟩| (first order in the noise, correlations between components included);
+    when |⟨d⟩| is within its error of 0 the norm is that noise (≈ √3 σ), no more.
+    """
+    d = np.asarray(d, np.float64)
+    d = d[np.all(np.isfinite(d), axis=1)]
+    norm = float(np.linalg.norm(mean))
+    if d.shape[0] < MIN_SAMPLES or not np.isfinite(norm):
+        return None
+    u = np.asarray(mean, np.float64) / norm if norm > 0 else np.array([1.0, 0.0, 0.0])
+    r = reblock_series(d @ u)
+    return {**r, "mean": norm}
+
+
 def summarize_observables(cols: dict, attrs: dict) -> dict:
     """Reblocked observables of one evaluation, for summary.json / `vmc analyze`.
 
@@ -122,7 +142,7 @@ def summarize_observables(cols: dict, attrs: dict) -> dict:
     if "dipole" in cols:
         d = np.asarray(cols["dipole"])
         mean, err = reblock_columns(d)
-        norm = reblock_series(np.linalg.norm(d, axis=1))
+        norm = dipole_norm(d, mean)
         out["dipole"] = {"au": _lists(mean, err),
                          "debye": _lists(mean * AU_TO_DEBYE, err * AU_TO_DEBYE),
                          "norm_au": norm, "norm_debye": None if norm is None else
