@@ -36,6 +36,24 @@ def test_train_csv_loads_with_pandas_one_row_per_step(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().err
 
 
+def test_eval_csv_carries_s2_and_dipole_where_a_group_sampled_them(tmp_path):
+    """Observable columns follow EVAL_COLUMNS when any group has them: each step's walker
+    means (burn-in left out, as the energy), empty in a group without them."""
+    d = make_run(tmp_path / "r")
+    with h5py.File(d / "eval.h5", "a") as f:
+        n = f["eval_001/energy"].shape[0]
+        dip = np.random.default_rng(0).normal(size=(n, 3))
+        f["eval_001"].create_dataset("dipole", data=dip)
+        f["eval_001"].create_dataset("s2", data=np.linspace(0.0, 0.1, n))
+    assert main([str(d), "--export", "csv", "--no-plots"]) == 0
+    ev = pd.read_csv(d / "eval.csv", float_precision="round_trip")
+    assert list(ev.columns) == list(EVAL_COLUMNS) + ["s2", "dipole_x", "dipole_y", "dipole_z"]
+    last, first = ev[ev["group"] == "eval_001"], ev[ev["group"] == "eval_000"]
+    np.testing.assert_array_equal(last["dipole_y"].to_numpy(), dip[BURN:, 1])
+    np.testing.assert_array_equal(last["s2"].to_numpy(), np.linspace(0.0, 0.1, n)[BURN:])
+    assert first[["s2", "dipole_x"]].isna().all().all()
+
+
 def test_error_panel_is_log_with_chemical_accuracy(tmp_path):
     run = load_run(make_run(tmp_path / "r"))
     fig = plots.plot_training(run, summarize(run))

@@ -12,7 +12,10 @@ Writes, in the run directory (process-independent: `vmc analyze` runs in one pro
   (optim.kfac_cosines; NaN otherwise);
 * ``eval.csv``: one row per recorded evaluation step of every eval.h5 group: group, step
   (0-based, burn-in left out), energy (Ha), variance (Ha²), pmove, nonfinite (walkers left
-  out), seed, checkpoint_step;
+  out), seed, checkpoint_step; then, when a group sampled them, the walker means s2 (⟨S²⟩)
+  and dipole_x, dipole_y, dipole_z (e·bohr, about the centre of nuclear charge), empty in
+  groups without them (forces and densities stay in eval.h5: n_atoms × 3 × 4 estimators and
+  histograms per step);
 * ``pretrain.csv``: step, loss, when train.h5 has /pretrain.
 
 `pandas.read_csv(RUN / "train.csv")` opens them; a missing value is an empty field. Floats are
@@ -74,6 +77,19 @@ def export_csv(run: RunData, out_dir=None) -> list[pathlib.Path]:
         rows = ([run.stats[c][i] for c in cols] for i in range(n))
         written.append(_write(out / "train.csv", cols, rows))
     if run.evals:
+        has = {k for ev in run.evals for k in (getattr(ev, "observables", None) or {})}
+        extra = (["s2"] if "s2" in has else []) + (
+            ["dipole_x", "dipole_y", "dipole_z"] if "dipole" in has else [])
+
+        def observables(ev, i):
+            obs = getattr(ev, "observables", None) or {}
+            row = []
+            if "s2" in extra:
+                row.append(obs["s2"][i] if "s2" in obs else None)
+            if "dipole_x" in extra:
+                row += list(obs["dipole"][i]) if "dipole" in obs else [None] * 3
+            return row
+
         def eval_rows():
             for ev in run.evals:
                 n = ev.energy.size
@@ -81,8 +97,8 @@ def export_csv(run: RunData, out_dir=None) -> list[pathlib.Path]:
                 for i in range(n):
                     yield (ev.name, i, ev.energy[i], get(ev.variance, i), get(ev.pmove, i),
                            get(ev.nonfinite, i), ev.attrs.get("seed"),
-                           ev.attrs.get("checkpoint_step"))
-        written.append(_write(out / "eval.csv", EVAL_COLUMNS, eval_rows()))
+                           ev.attrs.get("checkpoint_step"), *observables(ev, i))
+        written.append(_write(out / "eval.csv", EVAL_COLUMNS + tuple(extra), eval_rows()))
     if run.pretrain and "loss" in run.pretrain:
         p = run.pretrain
         steps = p.get("step", np.arange(p["loss"].size))
