@@ -14,7 +14,7 @@ own and timed at the same state (after `--burn-in` sampler steps from the initia
   `--loop-steps` steps with a real train.h5 writer, per step, minus ``step``).
 
 Fractions are of ``step`` (the parts overlap inside the fused step, so they need not add up
-to 1). Pretraining: one pretraining step (`vmc.pretrain.make_pretrain_step`), ms per step,
+to 1). Pretraining: ms per step of one block of steps (`vmc.pretrain.make_pretrain_block`),
 next to its floor, the loss's forward and backward pass alone.
 Every timing is the median of `--repeats` calls after compilation and one warm call; compile
 times are the first call's. Memory: with `--memory`, the peak RSS of a child process that
@@ -162,28 +162,27 @@ def profile(system: str, network: str, solver: str, repeats: int, burn_in: int,
 
 
 def pretrain_ms(system: str, network: str, repeats: int) -> dict:
-    """ms per pretraining step (even and odd steps), and the floor under it: the loss's
-    forward and backward pass alone (its gradient at the walkers: no moves, no Adam)."""
+    """ms per pretraining step as `vmc run` makes them (one compiled block of
+    `vmc.pretrain.SYNC_EVERY` steps, even and odd alike, per call), and the floor under it:
+    the loss's forward and backward pass alone (its gradient at the walkers: no moves, no
+    Adam)."""
     from vmc.hf import run_hf
-    from vmc.pretrain import PretrainState, make_pretrain_step, pretrain_loss
+    from vmc.pretrain import SYNC_EVERY, PretrainState, make_pretrain_block, pretrain_loss
     cfg = make_cfg(system, network, "kfac")
     setup = build(cfg)
     hf = run_hf(setup.molecule, cfg.pretrain.basis, cfg.pretrain.method)
     state = init_state(setup, jax.random.PRNGKey(0))
-    tx, step = make_pretrain_step(setup, hf, cfg.pretrain.lr)
+    tx, block = make_pretrain_block(setup, hf, cfg.pretrain.lr)
     ps = PretrainState(state.params, tx.init(state.params), state.mcmc)
     key = jax.random.PRNGKey(3)
-    # with one move per step, even steps move under the network and odd ones under HF:
-    # the cost per step is the mean of the two
-    first, even = timed(step, ps, key, jnp.asarray(0), repeats=repeats)
-    _, odd = timed(step, ps, key, jnp.asarray(1), repeats=repeats)
+    n = SYNC_EVERY
+    first, per_block = timed(block, ps, key, 0, n, repeats=max(3, repeats // 4))
     grad = jax.jit(jax.grad(lambda p, w: pretrain_loss(setup.ansatz.orbitals, hf,
                                                        setup.molecule.n_up, p, w)))
     _, floor = timed(grad, state.params, state.mcmc.walkers, repeats=repeats)
     return {"system": system, "network": network, "compile_s": first,
-            "ms_per_step": 1e3 * (even + odd) / 2, "ms_even": 1e3 * even, "ms_odd": 1e3 * odd,
-            "ms_loss_grad": 1e3 * floor,
-            "moves": cfg.pretrain.moves}
+            "ms_per_step": 1e3 * per_block / n, "steps_per_block": n,
+            "ms_loss_grad": 1e3 * floor, "moves": cfg.pretrain.moves}
 
 
 def table(rows: list) -> str:
@@ -261,6 +260,7 @@ def main(argv=None) -> int:
     p.add_argument("--burn-in", type=int, default=20)
     p.add_argument("--loop-steps", type=int, default=20)
     p.add_argument("--no-pretrain", action="store_true")
+    p.add_argument("--pretrain-only", action="store_true", help="the pretraining table only")
     p.add_argument("--memory", action="store_true", help="peak RSS per batch size only")
     p.add_argument("--memory-walkers", type=int, nargs="+", default=[256, 1024, 4096])
     p.add_argument("--chunk", type=int, default=None,
@@ -288,23 +288,24 @@ def main(argv=None) -> int:
                           f"| {r['step_s']:.2f} |", flush=True)
     else:
         rows = []
-        for net in args.networks:
+        for net in args.networks if not args.pretrain_only else ():
             for solver in args.solvers:
                 print(f"profiling {args.system} {net} {solver}", file=sys.stderr, flush=True)
                 rows.append(profile(args.system, net, solver, args.repeats, args.burn_in,
                                     args.loop_steps))
         result["profile"] = rows
-        print(table(rows))
+        if rows:
+            print(table(rows))
         if not args.no_pretrain:
             pre = [pretrain_ms(args.system, net, args.repeats) for net in args.networks]
             result["pretrain"] = pre
-            print("\n| system | network | pretraining ms/step (even / odd) | the loss's "
-                  "forward and backward pass alone, ms | moves/step | compile s |")
+            print("\n| system | network | pretraining ms/step (block of "
+                  f"{pre[0]['steps_per_block']}) | the loss's forward and backward pass alone, "
+                  "ms | moves/step | compile s |")
             print("|---|---|---|---|---|---|")
             for r in pre:
-                print(f"| {r['system']} | {r['network']} | {r['ms_per_step']:.1f} "
-                      f"({r['ms_even']:.1f} / {r['ms_odd']:.1f}) | {r['ms_loss_grad']:.1f} | "
-                      f"{r['moves']} | {r['compile_s']:.1f} |")
+                print(f"| {r['system']} | {r['network']} | {r['ms_per_step']:.2f} "
+                      f"| {r['ms_loss_grad']:.2f} | {r['moves']} | {r['compile_s']:.1f} |")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return 0

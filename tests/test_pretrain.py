@@ -114,3 +114,28 @@ def test_full_det_target_is_block_diagonal(x64):
     assert np.all(np.asarray(target[:2, 2:]) == 0) and np.all(np.asarray(target[2:, :2]) == 0)
     with pytest.raises(ValueError, match="fit neither"):
         hf_targets(hf, x, 2, [(2, 1, 1), (2, 2, 2)])
+
+
+def test_pretrain_blocks_compose_step_by_step():
+    """A block of n steps equals the same steps split into shorter blocks (the loop's last
+    block is shorter, and an odd count ends on one even step): same walkers, parameters and
+    losses."""
+    from vmc.pretrain import PretrainState, make_pretrain_block
+    setup, hf = _setup("LiH", 0, False, 5)
+    state0 = init_state(setup, jax.random.PRNGKey(0))
+    tx, block = make_pretrain_block(setup, hf, setup.cfg.pretrain.lr)
+    ps = PretrainState(state0.params, tx.init(state0.params), state0.mcmc)
+    key = jax.random.PRNGKey(7)
+    whole, losses, _ = block(ps, key, 0, 5)
+    part, first, _ = block(ps, key, 0, 2)
+    part, second, _ = block(part, key, 2, 2)
+    part, third, _ = block(part, key, 4, 1)
+    np.testing.assert_allclose(np.asarray(whole.mcmc.walkers), np.asarray(part.mcmc.walkers),
+                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(losses),
+                               np.concatenate([first, second, third]), rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(whole.params),
+                    jax.tree_util.tree_leaves(part.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    assert losses.shape == (5,) and np.all(np.isfinite(np.asarray(losses)))
+    assert float(jnp.max(jnp.abs(whole.mcmc.walkers - ps.mcmc.walkers))) > 0

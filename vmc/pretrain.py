@@ -25,7 +25,7 @@ evaluation per move and no refresh; the HF moves refresh log|ψ_HF| (cheap). The
 comes after the moves, which are therefore exact moves under |ψ_net(θ_t)|².
 
 `pretrain` is the host loop (progress bar, train.h5 group "pretrain" with rows {step, loss});
-`make_pretrain_step` builds the pure jit-compiled step.
+`make_pretrain_block` builds the pure jit-compiled block of steps.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from vmc import parallel
 from vmc.sampler import MCMCState, adapt_width, make_moves, make_sampler
 
 GROUP = "pretrain"
-SYNC_EVERY = 50    # pretraining steps between reads of the loss (host syncs)
+SYNC_EVERY = 50    # pretraining steps per compiled block (even), between reads of the loss
 
 
 class PretrainState(NamedTuple):
@@ -107,15 +107,23 @@ def _loss_and_logabs(orbitals_and_log_psi: Callable, hf, n_up: int, params, walk
     return jnp.mean(losses), logabs
 
 
-def make_pretrain_step(setup, hf, lr: float):
-    """The jit-compiled pretraining step and the Adam transformation.
+def make_pretrain_block(setup, hf, lr: float):
+    """The jit-compiled pretraining block and the Adam transformation.
+
+    One block is n consecutive steps in one `lax.scan` over (even, odd) pairs: one dispatch
+    and no host work between its steps (Li benchmark network, 2 cores: see README
+    "Pretraining"). Step t uses fold_in(key, t) and
+    does, in order: the loss, its gradient and log|ψ_net| at the walkers from one forward
+    pass; m = pretrain.moves Metropolis moves, ⌊(m + [t even])/2⌋ under |ψ_net|² with the
+    current parameters, the rest under |ψ_HF|² (each parity's split is static, so a step with
+    no network move takes the loss without log|ψ| and one with no HF move evaluates no HF
+    log|ψ|); the width adapted to the step's acceptance; one Adam step.
 
     Returns:
-      (tx, step) with `step(state: PretrainState, key, t) -> (state, loss, pmove)`: the loss,
-      its gradient and log|ψ_net| at the walkers from one forward pass; m = pretrain.moves
-      Metropolis moves, ⌊(m + [t even])/2⌋ under |ψ_net|² with the current parameters, the
-      rest under |ψ_HF|²; the width adapted to the step's acceptance; then one Adam step.
-      The loss is the one at the walkers the step started from.
+      (tx, block) with `block(state: PretrainState, key, t0, n) -> (state, losses (n,),
+      pmove)`: steps t0, ..., t0 + n − 1, t0 even (traced), n ≥ 1 static (each n compiles
+      once); losses[i] is step t0 + i's loss at the walkers it started from, pmove the
+      last step's acceptance.
     """
     from vmc.hf import hf_log_psi
 
@@ -128,26 +136,23 @@ def make_pretrain_step(setup, hf, lr: float):
     tx = optax.adam(lr)
     n_up = setup.molecule.n_up
 
-    def with_logabs(p, w):
-        return jax.value_and_grad(
-            lambda q: _loss_and_logabs(setup.ansatz.orbitals_and_log_psi, hf, n_up, q, w),
-            has_aux=True)(p)
-
-    def without_logabs(p, w):   # a step with no network move (m = 1, odd t)
-        loss, grad = jax.value_and_grad(
-            lambda q: pretrain_loss(setup.ansatz.orbitals, hf, n_up, q, w))(p)
-        return (loss, jnp.zeros(w.shape[0], loss.dtype)), grad
-
-    def step(state: PretrainState, key, t):
+    def one_step(state: PretrainState, key, n_net: int):
         k_net, k_hf = jax.random.split(key)
-        n_net = (m + (t % 2 == 0).astype(jnp.int32)) // 2
-        (loss, logabs), grad = jax.lax.cond(n_net > 0, with_logabs, without_logabs,
-                                            state.params, state.mcmc.walkers)
-        width = state.mcmc.width
-        x, _, acc_net = net_moves(state.params, state.mcmc.walkers,
-                                  logabs.astype(state.mcmc.logabs.dtype), width, k_net, n_net)
-        x, _, acc_hf = hf_moves(None, x, hf_logabs(x).astype(x.dtype), width, k_hf, m - n_net)
-        pmove = (acc_net + acc_hf) / m
+        x, width = state.mcmc.walkers, state.mcmc.width
+        accepted = jnp.zeros((), jnp.float32)
+        if n_net > 0:
+            (loss, logabs), grad = jax.value_and_grad(
+                lambda q: _loss_and_logabs(setup.ansatz.orbitals_and_log_psi, hf, n_up, q, x),
+                has_aux=True)(state.params)
+            x, _, acc = net_moves(state.params, x, logabs.astype(x.dtype), width, k_net, n_net)
+            accepted = accepted + acc
+        else:
+            loss, grad = jax.value_and_grad(
+                lambda q: pretrain_loss(setup.ansatz.orbitals, hf, n_up, q, x))(state.params)
+        if m - n_net > 0:
+            x, _, acc = hf_moves(None, x, hf_logabs(x).astype(x.dtype), width, k_hf, m - n_net)
+            accepted = accepted + acc
+        pmove = accepted / m
         updates, opt_state = tx.update(grad, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         # log|ψ| is left stale (the walkers' values under HF or old params): `pretrain`
@@ -156,7 +161,20 @@ def make_pretrain_step(setup, hf, lr: float):
                          adapt_width(width, pmove, s.target_pmove, s.adapt_rate))
         return PretrainState(params, opt_state, mcmc), loss, pmove
 
-    return tx, jax.jit(step)
+    def block(state: PretrainState, key, t0, n: int):
+        def pair(state, t):
+            state, loss_even, _ = one_step(state, jax.random.fold_in(key, t), (m + 1) // 2)
+            state, loss_odd, pmove = one_step(state, jax.random.fold_in(key, t + 1), m // 2)
+            return state, (jnp.stack([loss_even, loss_odd]), pmove)
+        state, (losses, pmoves) = jax.lax.scan(pair, state, t0 + 2 * jnp.arange(n // 2))
+        losses, pmove = losses.reshape(-1), pmoves[-1] if n >= 2 else None
+        if n % 2:   # a last even step
+            state, loss, pmove = one_step(state, jax.random.fold_in(key, t0 + n - 1),
+                                          (m + 1) // 2)
+            losses = jnp.concatenate([losses, loss[None]])
+        return state, losses, pmove
+
+    return tx, jax.jit(block, static_argnums=3)
 
 
 def _progress(cfg, total: int):
@@ -191,7 +209,7 @@ def pretrain(setup, state, key, run_dir, log: Callable = print):
             f"({time.time() - t0:.1f} s); {steps} steps")
     else:   # computed (and its energy logged) by the run's input checks
         log(f"pretrain: fitting the {hf.method.upper()}/{hf.basis} orbitals; {steps} steps")
-    tx, step = make_pretrain_step(setup, hf, cfg.pretrain.lr)
+    tx, block = make_pretrain_block(setup, hf, cfg.pretrain.lr)
     pstate = PretrainState(state.params, tx.init(state.params), state.mcmc)
     writer = parallel.stats_writer(pathlib.Path(run_dir) / "train.h5", group=GROUP,
                                    flush_every=100)
@@ -199,20 +217,18 @@ def pretrain(setup, state, key, run_dir, log: Callable = print):
     t0 = time.time()
     first = loss = pmove = float("nan")
     try:
-        pending = []   # losses still on the device: read every SYNC_EVERY steps, so the
-        for t in range(steps):   # host does not wait for each step before queuing the next
-            pstate, loss_t, pmove_t = step(pstate, jax.random.fold_in(key, t), t)
-            pending.append(loss_t)
-            if len(pending) == SYNC_EVERY or t == steps - 1:
-                values = [float(v) for v in jax.device_get(pending)]
-                for i, v in enumerate(values):
-                    writer.append({"step": t + 1 - len(values) + i, "loss": v})
-                first = values[0] if t + 1 == len(values) else first
-                loss, pending = values[-1], []
-                if bar is not None:
-                    bar.update(len(values))
-                    bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
-        pmove = float(pmove_t) if steps else pmove
+        for start in range(0, steps, SYNC_EVERY):   # one host read of the losses per block
+            n = min(SYNC_EVERY, steps - start)      # (a shorter last block compiles anew)
+            pstate, losses, pmove_b = block(pstate, key, start, n)
+            values = [float(v) for v in jax.device_get(losses)]
+            for i, v in enumerate(values):
+                writer.append({"step": start + i, "loss": v})
+            first = values[0] if start == 0 else first
+            loss = values[-1]
+            if bar is not None:
+                bar.update(len(values))
+                bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
+        pmove = float(pmove_b) if steps else pmove
     finally:
         writer.close()
         if bar is not None:
