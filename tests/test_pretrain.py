@@ -139,3 +139,33 @@ def test_pretrain_blocks_compose_step_by_step():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
     assert losses.shape == (5,) and np.all(np.isfinite(np.asarray(losses)))
     assert float(jnp.max(jnp.abs(whole.mcmc.walkers - ps.mcmc.walkers))) > 0
+
+
+def test_pretrain_skips_a_non_finite_gradient():
+    """A walker whose orbitals are not finite makes the loss's gradient NaN: the Adam step is
+    skipped (parameters and Adam state kept, finite) and counted, where without the guard
+    the parameters would turn NaN; with finite walkers no step is skipped."""
+    from vmc.pretrain import PretrainState, make_pretrain_block
+    from vmc.sampler import MCMCState
+    setup, hf = _setup("LiH", 0, False, 5)
+    state0 = init_state(setup, jax.random.PRNGKey(0))
+    tx, block = make_pretrain_block(setup, hf, setup.cfg.pretrain.lr)
+    key = jax.random.PRNGKey(7)
+    good = PretrainState(state0.params, tx.init(state0.params), state0.mcmc)
+    after, losses, _ = block(good, key, 0, 4)
+    assert int(after.opt_state.total_notfinite) == 0
+    assert np.all(np.isfinite(np.asarray(losses)))
+    moved = jax.tree_util.tree_leaves(after.params)[0] - jax.tree_util.tree_leaves(good.params)[0]
+    assert float(jnp.max(jnp.abs(moved))) > 0
+    walkers = state0.mcmc.walkers.at[3].set(jnp.nan)
+    bad = good._replace(mcmc=MCMCState(walkers, good.mcmc.logabs, good.mcmc.width))
+    after, losses, _ = block(bad, key, 0, 4)
+    assert np.all(np.isnan(np.asarray(losses)))
+    assert int(after.opt_state.total_notfinite) == 4
+    for a, b in zip(jax.tree_util.tree_leaves(after.params),
+                    jax.tree_util.tree_leaves(good.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # the other walkers still move
+    rest = np.arange(walkers.shape[0]) != 3
+    assert np.all(np.isfinite(np.asarray(after.mcmc.walkers)[rest]))
+    assert float(jnp.max(jnp.abs(after.mcmc.walkers[rest] - walkers[rest]))) > 0

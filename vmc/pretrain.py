@@ -44,6 +44,7 @@ from vmc.sampler import MCMCState, adapt_width, make_moves, make_sampler
 
 GROUP = "pretrain"
 SYNC_EVERY = 50    # pretraining steps per compiled block (even), between reads of the loss
+MAX_SKIPPED = 2 ** 30   # consecutive non-finite gradients skipped (optax.apply_if_finite)
 
 
 class PretrainState(NamedTuple):
@@ -117,7 +118,8 @@ def make_pretrain_block(setup, hf, lr: float):
     pass; m = pretrain.moves Metropolis moves, ⌊(m + [t even])/2⌋ under |ψ_net|² with the
     current parameters, the rest under |ψ_HF|² (each parity's split is static, so a step with
     no network move takes the loss without log|ψ| and one with no HF move evaluates no HF
-    log|ψ|); the width adapted to the step's acceptance; one Adam step.
+    log|ψ|); the width adapted to the step's acceptance; one Adam step, skipped (parameters and
+    Adam state kept) when the gradient is not finite.
 
     Returns:
       (tx, block) with `block(state: PretrainState, key, t0, n) -> (state, losses (n,),
@@ -133,7 +135,9 @@ def make_pretrain_block(setup, hf, lr: float):
     hf_fn = lambda p, x: hf_log_psi(hf, x)  # noqa: E731
     hf_moves = make_moves(hf_fn)
     hf_logabs = jax.vmap(lambda x: hf_fn(None, x)[1])
-    tx = optax.adam(lr)
+    # a step whose gradient is not finite is skipped (parameters and Adam state kept), so a
+    # numerical fault cannot reach the parameters; `total_notfinite` counts the skips
+    tx = optax.apply_if_finite(optax.adam(lr), max_consecutive_errors=MAX_SKIPPED)
     n_up = setup.molecule.n_up
 
     def one_step(state: PretrainState, key, n_net: int):
@@ -235,6 +239,10 @@ def pretrain(setup, state, key, run_dir, log: Callable = print):
             bar.close()
     log(f"pretrain: {steps} steps in {time.time() - t0:.1f} s, loss {first:.4g} -> {loss:.4g}, "
         f"pmove {pmove:.3f}")
+    skipped = int(pstate.opt_state.total_notfinite)
+    if skipped:
+        log(f"pretrain: warning: {skipped} of {steps} steps skipped (non-finite loss gradient; "
+            f"parameters kept)")
     # replicated parameters must not drift apart in the last bits: process 0's everywhere
     params = pstate.params
     if jax.process_count() > 1:
