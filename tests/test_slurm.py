@@ -79,6 +79,42 @@ def test_single_node_resumes_when_checkpoints_exist_and_does_not_requeue_errors(
     assert not any(line.startswith("scontrol") for line in lines)
 
 
+@pytest.mark.parametrize("files", [("config.yaml", "train.h5"), ("train.h5",)])
+def test_requeue_before_the_first_checkpoint_resumes(tmp_path, files):
+    """A run stopped in pretraining or burn-in has written config.yaml and train.h5 but no
+    checkpoint; `vmc run` without --resume would refuse the directory, so the requeued start
+    must pass --resume (which starts such a run again)."""
+    bin_dir, log = _fake_tools(tmp_path, vmc_exit=0)
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in files:
+        (out / name).write_bytes(b"")
+    env = _slurm_env(bin_dir, SLURM_NTASKS="1", SLURM_RESTART_COUNT="1")
+    proc = subprocess.run(["bash", str(SLURM / "single_node.sh"), "systems/He.yaml", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert log.read_text().splitlines()[0] == f"vmc run systems/He.yaml --out {out} --resume"
+
+
+def test_scan_array_requeued_before_its_first_checkpoint_warm_starts_again(tmp_path):
+    bin_dir, log = _fake_tools(tmp_path, vmc_exit=0)
+    (tmp_path / "list.txt").write_text("a.yaml\nb.yaml\n")
+    prev = tmp_path / "scan" / "point_000" / "checkpoints"
+    prev.mkdir(parents=True)
+    (prev / "ckpt_001000.h5").write_bytes(b"")
+    own = tmp_path / "scan" / "point_001"
+    own.mkdir()
+    (own / "config.yaml").write_bytes(b"")
+    env = _slurm_env(bin_dir, SLURM_NTASKS="1", SLURM_ARRAY_TASK_ID="1")
+    proc = subprocess.run(["bash", str(SLURM / "scan_array.sh"), str(tmp_path / "list.txt"),
+                           str(tmp_path / "scan")], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    first = log.read_text().splitlines()[0]
+    assert first == (f"vmc run b.yaml --out {own} --resume --init-from "
+                     f"{tmp_path}/scan/point_000")
+
+
 def test_scan_array_warm_starts_from_the_neighbour(tmp_path):
     bin_dir, log = _fake_tools(tmp_path, vmc_exit=0)
     (tmp_path / "list.txt").write_text("a.yaml\nb.yaml\n")

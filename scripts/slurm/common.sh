@@ -1,6 +1,6 @@
 #!/bin/bash
 # Shared by the vmc SLURM templates: run one `vmc run` job step, resume when the run
-# directory already holds checkpoints, and requeue the job when vmc stopped resumably.
+# directory already holds (part of) a run, and requeue the job when vmc stopped resumably.
 #
 #   vmc_step CONFIG OUT [extra vmc arguments ...]
 #
@@ -14,9 +14,15 @@ vmc_step() {
   local config=${1:?config file} out=${2:?run directory}
   shift 2
   local resume=()
-  if compgen -G "$out/checkpoints/ckpt_*.h5" > /dev/null; then
-    resume=(--resume)
-  fi
+  # any of the files a run writes (vmc.precheck._RUN_FILES): a run stopped before its first
+  # checkpoint (in pretraining or burn-in) has config.yaml and train.h5 but no checkpoint,
+  # and `vmc run --resume` then starts it again from the beginning
+  local f
+  for f in config.yaml train.h5 checkpoints summary.json; do
+    if [ -e "$out/$f" ]; then
+      resume=(--resume)
+    fi
+  done
   echo "vmc_step: job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0}: $config -> $out ${resume[*]}"
   # srun forwards the --signal warning to every task; without exec, bash waits for it
   ${SRUN:-srun} --kill-on-bad-exit=1 ${VMC:-vmc} run "$config" --out "$out" "${resume[@]}" "$@"
