@@ -129,6 +129,36 @@ def test_resume_of_a_finished_run_refuses_what_run_resume_refuses(finished, caps
     assert sorted(p.relative_to(finished).as_posix() for p in finished.rglob("*")) == before
 
 
+def test_resume_of_a_finished_run_says_an_allowed_set_is_not_applied(finished, capsys):
+    """A changed reference on a finished run is allowed but has nothing to apply to: the
+    run says so and where it would apply, exit 0, the run left as it was."""
+    before = (finished / "summary.json").read_text()
+    capsys.readouterr()
+    assert _call(["resume", finished, "--set", "molecule.reference.energy=-1.17"]) == 0
+    out = capsys.readouterr().out
+    assert "note: --set molecule.reference.energy not applied: the run has finished" in out
+    assert f"--out {finished} --resume" in out
+    assert (finished / "summary.json").read_text() == before
+
+
+def test_resume_with_more_walkers_evaluates_with_them(finished, tmp_path, capsys):
+    """config.yaml stores eval.walkers resolved (16 = sampler.walkers); `vmc resume --set
+    sampler.walkers=32` lets it follow, as `vmc run CONFIG --resume` does, and says so."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    ckpt.checkpoint_path(run / "checkpoints", 8).unlink()
+    (run / "eval.h5").unlink()
+    (run / "summary.json").unlink()
+    capsys.readouterr()
+    assert _call(["resume", run, "--set", "sampler.walkers=32"]) == 0
+    out = capsys.readouterr().out
+    assert "resume: eval.walkers follows sampler.walkers: 32 (was 16)" in out
+    s = json.loads((run / "summary.json").read_text())
+    assert s["walkers"] == 32 and np.isfinite(s["energy_ha"])
+    with h5py.File(run / "eval.h5") as f:
+        assert f["eval_000"].attrs["walkers"] == 32
+
+
 def test_init_from_another_geometry_and_a_clear_error_for_another_network(finished, tmp_path,
                                                                         capsys):
     """`--init-from` starts a stretched H2 from the finished run's parameters and walkers;

@@ -197,7 +197,7 @@ def _run(args) -> int:
 
 
 def _resume(args) -> int:
-    from vmc.run import resume_run
+    from vmc.resume import resume_run
     run_dir = pathlib.Path(args.run_dir)
     return resume_run(run_dir, steps=args.steps, overrides=tuple(args.overrides),
                       log=_run_log(run_dir), setup_jax=lambda cfg: _setup_jax(args, cfg))

@@ -89,8 +89,9 @@ def check_resume_config(cfg: Config, run_dir: pathlib.Path) -> None:
         shown = "; ".join(f"{k}: {stored[k]!r} there, {new[k]!r} now" for k in diffs[:3])
         more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
         raise InputError(f"--resume: settings differ from {str(stored_path)!r}: {shown}{more}; "
-                         f"only optim.steps, sampler.walkers, eval.* and run.* (not seed, x64) "
-                         f"may change on resume")
+                         f"valid changes on resume: optim.steps, sampler.walkers, eval.*, "
+                         f"run.* (not seed, x64), molecule.reference.*, name, "
+                         f"hamiltonian.chunk_walkers")
 
 
 def check_run_dir(run_dir: pathlib.Path, *, resume: bool) -> None:
