@@ -271,3 +271,32 @@ def test_dipole_norm_is_the_norm_of_the_mean_not_the_mean_norm():
                                     {"walkers": 256})["dipole"]["norm_au"]
     assert abs(shifted["mean"] - 0.5) < 4 * shifted["stderr"], shifted
     assert 0.0005 < shifted["stderr"] < 0.002      # ≈ 0.06/√4000
+
+
+def test_observable_errors_without_a_plateau_print_as_lower_bounds():
+    """A strongly correlated series too short for reblocking to find a plateau gets its
+    error printed as a lower bound (`± >=`, as the energy's) and counted in a note; every
+    component of the dipole and forces carries its plateau flag; independent samples print
+    plain `±` and no note."""
+    from vmc.obs_report import format_lines, summarize_observables
+    rng = np.random.default_rng(0)
+
+    def ar1(n, phi, shape=()):
+        x = np.zeros((n,) + shape)
+        for t in range(1, n):
+            x[t] = phi * x[t - 1] + rng.normal(size=shape)
+        return x
+    walkers = {"walkers": 64}
+    slow = summarize_observables({"s2": 0.75 + 0.01 * ar1(64, 0.995),
+                                  "dipole": ar1(64, 0.995, (3,))}, walkers)
+    assert not slow["s2"]["plateau"]
+    assert len(slow["dipole"]["au"]["plateau"]) == 3
+    lines = format_lines(slow)
+    assert lines[0].startswith("<S^2> = ") and "± >=" in lines[0]
+    assert "|d| = " in lines[1] and "± >=" in lines[1].split("|d| = ")[1]
+    assert lines[-1].startswith("note: ") and "lower bounds" in lines[-1]
+    fast = summarize_observables({"s2": 0.75 + 0.01 * rng.normal(size=4096),
+                                  "dipole": rng.normal(size=(4096, 3))}, walkers)
+    assert fast["s2"]["plateau"] and all(fast["dipole"]["au"]["plateau"])
+    lines = format_lines(fast)
+    assert not any(">=" in line for line in lines) and not lines[-1].startswith("note: ")

@@ -68,17 +68,20 @@ def reblock_series(x) -> Optional[dict]:
     return {"mean": r.mean, "stderr": r.stderr, "tau": r.tau, "plateau": r.plateau}
 
 
-def reblock_columns(a) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and reblocked error of each component of a (steps, ...) array: two arrays of
-    shape a.shape[1:] (NaN where fewer than MIN_SAMPLES steps are finite)."""
+def reblock_columns(a) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, reblocked error and plateau flag of each component of a (steps, ...) array:
+    three arrays of shape a.shape[1:] (NaN and False where fewer than MIN_SAMPLES steps are
+    finite). Without a plateau the error is a lower bound (`vmc.reblock`)."""
     a = np.asarray(a, np.float64)
     flat = a.reshape(a.shape[0], -1)
     mean, err = np.full(flat.shape[1], np.nan), np.full(flat.shape[1], np.nan)
+    plateau = np.zeros(flat.shape[1], bool)
     for k in range(flat.shape[1]):
         r = reblock_series(flat[:, k])
         if r is not None:
-            mean[k], err[k] = r["mean"], r["stderr"]
-    return mean.reshape(a.shape[1:]), err.reshape(a.shape[1:])
+            mean[k], err[k], plateau[k] = r["mean"], r["stderr"], r["plateau"]
+    shape = a.shape[1:]
+    return mean.reshape(shape), err.reshape(shape), plateau.reshape(shape)
 
 
 def _nonfinite(cols, name, walkers) -> dict:
@@ -87,8 +90,9 @@ def _nonfinite(cols, name, walkers) -> dict:
     return {"nonfinite_samples": bad, "nonfinite_fraction": bad / total if total else 0.0}
 
 
-def _lists(mean, err) -> dict:
-    return {"mean": np.asarray(mean).tolist(), "stderr": np.asarray(err).tolist()}
+def _lists(mean, err, plateau) -> dict:
+    return {"mean": np.asarray(mean).tolist(), "stderr": np.asarray(err).tolist(),
+            "plateau": np.asarray(plateau, bool).tolist()}
 
 
 def shell_volumes(edges) -> np.ndarray:
@@ -141,10 +145,10 @@ def summarize_observables(cols: dict, attrs: dict) -> dict:
         out["s2"] = {**r, **_nonfinite(cols, "s2_nonfinite", walkers)}
     if "dipole" in cols:
         d = np.asarray(cols["dipole"])
-        mean, err = reblock_columns(d)
+        mean, err, plateau = reblock_columns(d)
         norm = dipole_norm(d, mean)
-        out["dipole"] = {"au": _lists(mean, err),
-                         "debye": _lists(mean * AU_TO_DEBYE, err * AU_TO_DEBYE),
+        out["dipole"] = {"au": _lists(mean, err, plateau),
+                         "debye": _lists(mean * AU_TO_DEBYE, err * AU_TO_DEBYE, plateau),
                          "norm_au": norm, "norm_debye": None if norm is None else
                          {k: (v * AU_TO_DEBYE if k in ("mean", "stderr") else v)
                           for k, v in norm.items()},
@@ -161,16 +165,16 @@ def summarize_observables(cols: dict, attrs: dict) -> dict:
         n_bins = np.asarray(cols["density_radial"]).shape[1]
         edges = np.linspace(0.0, r_max, n_bins + 1)
         zedges = np.linspace(-r_max, r_max, n_bins + 1)
-        m, e = reblock_columns(cols["density_radial"])
+        m, e, p = reblock_columns(cols["density_radial"])
         vol = shell_volumes(edges)
-        mz, ez = reblock_columns(cols["density_axial"])
+        mz, ez, pz = reblock_columns(cols["density_axial"])
         dz = np.diff(zedges)
         n_el = float(np.nanmean(np.sum(cols["density_radial"], axis=1)
                                 + cols["density_radial_outside"]))
         out["density"] = {
-            "radial_edges_bohr": edges.tolist(), "radial": _lists(m / vol, e / vol),
+            "radial_edges_bohr": edges.tolist(), "radial": _lists(m / vol, e / vol, p),
             "radial_outside_share": float(np.nanmean(cols["density_radial_outside"])) / n_el,
-            "axial_edges_bohr": zedges.tolist(), "axial": _lists(mz / dz, ez / dz),
+            "axial_edges_bohr": zedges.tolist(), "axial": _lists(mz / dz, ez / dz, pz),
             "axial_outside_share": float(np.nanmean(cols["density_axial_outside"])) / n_el,
             "centre_bohr": [float(c) for c in np.ravel(attrs.get("density_centre", []))] or None}
     return out
@@ -182,27 +186,39 @@ def observable_columns(cols: dict) -> dict:
     return {k: v for k, v in cols.items() if k in keep}
 
 
+def _pm(mean, err, plateau, fmt: str = ".4f") -> str:
+    """'mean ± err', or 'mean ± >=err' where reblocking found no plateau (the error is then
+    a lower bound, as the energy's is printed)."""
+    low = plateau is not None and not plateau
+    return f"{mean:{fmt}} ± {'>=' if low else ''}{err:{fmt.lstrip('+')}}"
+
+
 def format_lines(obs: dict) -> list[str]:
-    """Human-readable lines (value ± error) of `summarize_observables` output."""
+    """Human-readable lines (value ± error) of `summarize_observables` output; an error
+    without a reblocking plateau is printed as a lower bound, `± >=`, as the energy's."""
     lines = []
     if "s2" in obs:
         s = obs["s2"]
-        lines.append(f"<S^2> = {s['mean']:.4f} ± {s['stderr']:.4f}")
+        lines.append(f"<S^2> = {_pm(s['mean'], s['stderr'], s.get('plateau'))}")
     if "dipole" in obs:
         d = obs["dipole"]
-        comp = ", ".join(f"{m:.4f} ± {e:.4f}" for m, e in zip(d["au"]["mean"], d["au"]["stderr"]))
+        plateaus = d["au"].get("plateau") or [None] * len(d["au"]["mean"])
+        comp = ", ".join(_pm(m, e, p) for m, e, p in
+                         zip(d["au"]["mean"], d["au"]["stderr"], plateaus))
         n = d["norm_au"] or {"mean": float("nan"), "stderr": float("nan")}
+        p = n.get("plateau")
         lines.append(f"dipole (e·bohr, about the centre of nuclear charge) = [{comp}]; |d| = "
-                     f"{n['mean']:.4f} ± {n['stderr']:.4f} e·bohr = "
-                     f"{n['mean'] * AU_TO_DEBYE:.4f} ± {n['stderr'] * AU_TO_DEBYE:.4f} D")
+                     f"{_pm(n['mean'], n['stderr'], p)} e·bohr = "
+                     f"{_pm(n['mean'] * AU_TO_DEBYE, n['stderr'] * AU_TO_DEBYE, p)} D")
     if "forces" in obs:
         f = obs["forces"]
         for i in range(len(f["zv_zb"]["mean"])):
             cells = []
             for name in ("hf", "zv", "zv_zb"):
                 m, e = f[name]["mean"][i], f[name]["stderr"][i]
-                cells.append(f"{name} [" + ", ".join(f"{a:+.4f}±{b:.4f}" for a, b in zip(m, e))
-                             + "]")
+                p = f[name]["plateau"][i] if "plateau" in f[name] else [None] * len(m)
+                cells.append(f"{name} [" + ", ".join(_pm(a, b, c, "+.4f").replace(" ± ", "±")
+                                                     for a, b, c in zip(m, e, p)) + "]")
             lines.append(f"force on nucleus {i} (Ha/bohr): " + "; ".join(cells))
     if "density" in obs:
         d = obs["density"]
@@ -210,4 +226,23 @@ def format_lines(obs: dict) -> list[str]:
                      f"{d['radial_edges_bohr'][-1]:g} bohr; share of electrons outside the "
                      f"radial grid {d['radial_outside_share']:.3g}, axial "
                      f"{d['axial_outside_share']:.3g}")
+    lower = _lower_bounds(obs)
+    if lower:
+        lines.append(f"note: {lower} of these error bars are lower bounds (reblocking found no "
+                     f"plateau, marked ± >=): evaluate longer (`vmc eval RUN --steps N`)")
     return lines
+
+
+def _lower_bounds(obs: dict) -> int:
+    """How many of the printed errors (S², dipole components and norm, forces) have no
+    reblocking plateau."""
+    flags = []
+    if "s2" in obs:
+        flags.append(obs["s2"].get("plateau"))
+    if "dipole" in obs:
+        flags += list(obs["dipole"]["au"].get("plateau") or [])
+        flags.append((obs["dipole"]["norm_au"] or {}).get("plateau"))
+    if "forces" in obs:
+        for name in ("hf", "zv", "zv_zb"):
+            flags += list(np.ravel(obs["forces"][name].get("plateau", [])))
+    return sum(1 for f in flags if f is not None and not f)
