@@ -334,6 +334,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as e:
         return 0 if e.code in (0, None) else 2
+    if args.no_plots and args.curve_out:
+        print("error: --curve-out: not with --no-plots, which writes no PNG; valid: one of "
+              "the two", file=sys.stderr)
+        return 2
     try:
         return _run(args)
     except (ValueError, OSError, KeyError) as e:

@@ -260,10 +260,12 @@ def plot_curve(summaries: Sequence[RunSummary], parameter_values: Sequence[float
         ax.errorbar([x for x, _ in vmc], [s.energy for _, s in vmc],
                     yerr=[s.stderr or 0.0 for _, s in vmc], fmt="o-", color="C0", ms=4,
                     capsize=3, label="VMC")
-    for exact, marker, label in ((True, "s", "reference (exact)"),
-                                 (False, "D", "reference (CCSD(T)/CBS or other)")):
-        ref = [(x, s.reference) for x, s in pts if s.reference is not None
-               and (s.reference_kind in EXACT_KINDS) == exact]
+    for exact, marker in ((True, "s"), (False, "D")):
+        group = [(x, s) for x, s in pts if s.reference is not None
+                 and (s.reference_kind in EXACT_KINDS) == exact]
+        ref = [(x, s.reference) for x, s in group]
+        kinds = sorted({str(s.reference_kind or "unknown kind") for _, s in group})
+        label = f"reference ({', '.join(kinds)})"   # the kinds the files give
         if ref:
             ax.plot(*zip(*ref), ls="--" if exact else ":", marker=marker, mfc="none",
                     color="C2" if exact else "C3", label=label)
