@@ -176,3 +176,17 @@ def test_init_from_another_geometry_and_a_clear_error_for_another_network(finish
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "ansatz.determinants: 2 there, 4 here" in err, err
     assert not (tmp_path / "bad").exists()
+    # a named checkpoint file (not only the newest) and a run of another precision
+    first = ckpt.checkpoint_path(finished / "checkpoints", 4)
+    file_args = [a if a != finished else first for a in common]
+    assert _call(["run", stretched, "--out", tmp_path / "file", *file_args]) == 0
+    assert f"warm start: parameters and walkers from {first}" in capsys.readouterr().out
+    assert _call(["run", stretched, "--out", tmp_path / "f32", *common,
+                  "--set", "run.x64=false"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run.x64: True there, False here" in err, err
+    assert "valid: " in err
+    assert _call(["run", stretched, "--out", tmp_path / "none", *common[:-1],
+                  tmp_path / "h2_stretched.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "valid: RUN_DIR or RUN_DIR/checkpoints/ckpt_NNNNNN.h5" in err, err

@@ -31,8 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true",
                    help="continue from the newest valid checkpoint in --out "
                         "(`vmc resume RUN_DIR` needs no config)")
-    r.add_argument("--init-from", metavar="RUN_DIR",
-                   help="warm start: parameters (and walkers) from another run")
+    r.add_argument("--init-from", metavar="RUN_DIR|CHECKPOINT",
+                   help="warm start: parameters (and walkers) from another run's newest "
+                        "checkpoint or from RUN_DIR/checkpoints/ckpt_NNNNNN.h5 (no "
+                        "pretraining)")
     _distributed_args(r)
     rs = sub.add_parser("resume", help="continue a run from its own config.yaml")
     rs.add_argument("run_dir", help="run directory written by `vmc run`")

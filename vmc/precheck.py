@@ -205,9 +205,13 @@ def check_run_input(cfg: Config, *, resume: bool, init_from: Optional[pathlib.Pa
     check_compatible(cfg)
     check_devices({"sampler.walkers": cfg.sampler.walkers, "eval.walkers": cfg.eval.walkers})
     if init_from is not None:
-        if not (pathlib.Path(init_from) / "checkpoints").is_dir():
+        source = pathlib.Path(init_from)
+        is_file = (source.is_file() and source.suffix == ".h5"
+                   and source.parent.name == "checkpoints")
+        if not ((source / "checkpoints").is_dir() or is_file):
             raise InputError(f"--init-from {str(init_from)!r}: not a run directory with "
-                             f"checkpoints")
+                             f"checkpoints; valid: RUN_DIR or "
+                             f"RUN_DIR/checkpoints/ckpt_NNNNNN.h5")
         if not trains(cfg):
             raise InputError(f"--init-from: ansatz.name {cfg.ansatz.name!r} has no parameters "
                              f"to warm-start; valid: ferminet, psiformer (or drop --init-from)")

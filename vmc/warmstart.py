@@ -16,15 +16,21 @@ from vmc.evaluate import resize_walkers
 
 def warm_start(setup, state, run_dir: pathlib.Path, log: Callable = print):
     """Replace `state`'s parameters (and walkers where shapes fit) by those of the newest
-    valid checkpoint in `run_dir`/checkpoints. The optimizer state starts fresh.
+    valid checkpoint in `run_dir`/checkpoints, or of the checkpoint file `run_dir` names
+    (RUN/checkpoints/ckpt_NNNNNN.h5). The optimizer state starts fresh.
 
     Raises:
-      InputError: no valid checkpoint, or parameters of another shape (another ansatz or
-        molecule with a different atom/electron count).
+      InputError: no valid checkpoint, an unreadable checkpoint file, or parameters of
+        another shape or dtype (another ansatz, a molecule with a different atom/electron
+        count, another run.x64).
     """
-    path = ckpt.latest_valid(pathlib.Path(run_dir) / "checkpoints")
-    if path is None:
-        raise InputError(f"--init-from {str(run_dir)!r}: no valid checkpoint")
+    source = pathlib.Path(run_dir)
+    if source.is_file():   # one checkpoint file, RUN/checkpoints/ckpt_NNNNNN.h5
+        path, run_dir = source, source.parent.parent
+    else:
+        path = ckpt.latest_valid(source / "checkpoints")
+        if path is None:
+            raise InputError(f"--init-from {str(run_dir)!r}: no valid checkpoint")
     try:
         trees, attrs = ckpt.restore(path, {"params": state.params})
     except ckpt.CheckpointError as err:
@@ -68,7 +74,10 @@ def _differences(cfg, run_dir: pathlib.Path, err) -> str:
                for m in (mol_there, mol_here)]
     if symbols[0] != symbols[1]:
         diffs.append(f"atoms {symbols[0]} there, {symbols[1]} here")
+    x64 = [bool((t.get("run") or {}).get("x64", False)) for t in (there, here)]
+    if x64[0] != x64[1]:   # float32 parameters cannot seed a float64 run, or the reverse
+        diffs.append(f"run.x64: {x64[0]} there, {x64[1]} here")
     if not diffs:
-        return f" ({err})"
+        return f" ({err}); valid: a run of the same network settings, atoms, charge and spin"
     return (f": {'; '.join(diffs[:4])}; valid: the source run's network settings, atoms, "
-            f"charge and spin (only positions may differ)")
+            f"charge, spin and run.x64 (only positions may differ)")
