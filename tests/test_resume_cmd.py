@@ -153,6 +153,7 @@ def test_resume_with_more_walkers_evaluates_with_them(finished, tmp_path, capsys
     assert _call(["resume", run, "--set", "sampler.walkers=32"]) == 0
     out = capsys.readouterr().out
     assert "resume: eval.walkers follows sampler.walkers: 32 (was 16)" in out
+    assert "resume: changed settings: " in out and "sampler.walkers: 16 -> 32" in out
     s = json.loads((run / "summary.json").read_text())
     assert s["walkers"] == 32 and np.isfinite(s["energy_ha"])
     with h5py.File(run / "eval.h5") as f:

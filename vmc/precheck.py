@@ -68,16 +68,18 @@ def _flatten(tree, prefix=""):
     return {prefix[:-1]: tree}
 
 
-def check_resume_config(cfg: Config, run_dir: pathlib.Path) -> None:
+def check_resume_config(cfg: Config, run_dir: pathlib.Path) -> list[str]:
     """Refuse to resume `run_dir` with settings other than those in RESUMABLE changed.
 
+    Returns:
+      the RESUMABLE settings that do change, as 'key: old -> new' (for the log).
     Raises:
       InputError: naming the first differing settings, their stored and new values.
     """
     import yaml
     stored_path = run_dir / "config.yaml"
     if not stored_path.is_file():
-        return
+        return []
     try:
         stored = _flatten(yaml.safe_load(stored_path.read_text()) or {})
     except yaml.YAMLError:
@@ -92,6 +94,8 @@ def check_resume_config(cfg: Config, run_dir: pathlib.Path) -> None:
                          f"valid changes on resume: optim.steps, sampler.walkers, eval.*, "
                          f"run.* (not seed, x64), molecule.reference.*, name, "
                          f"hamiltonian.chunk_walkers")
+    return [f"{k}: {stored[k]!r} -> {new[k]!r}" for k in new
+            if k in stored and new[k] != stored[k]]
 
 
 def check_run_dir(run_dir: pathlib.Path, *, resume: bool) -> None:

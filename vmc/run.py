@@ -117,7 +117,10 @@ def train_run(cfg: Config, run_dir: pathlib.Path, *, resume: bool = False,
     check_run_dir(run_dir, resume=resume)
     if resume:
         if ckpt.list_checkpoints(run_dir / "checkpoints"):
-            check_resume_config(cfg, run_dir)
+            changed = check_resume_config(cfg, run_dir)
+            if changed:
+                log(f"resume: changed settings: {'; '.join(changed[:6])}"
+                    + (f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""))
         else:
             log(f"resume: no checkpoint yet in {run_dir} (stopped before the first one); "
                 f"starting from the beginning")
