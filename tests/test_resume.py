@@ -246,7 +246,10 @@ def test_checkpoint_write_aborted_halfway_then_resume(h2_file, tmp_path):
     raw[mid:mid + 64] = bytes(64)
     newest.write_bytes(bytes(raw))
     ev = _vmc(["eval", str(run), "--steps", "16"])
-    assert "ckpt_000008" in ev.stderr and "(step 4)" in ev.stdout
+    assert "(step 4)" in ev.stdout
+    line = next(x for x in ev.stdout.splitlines() if "skipping invalid checkpoint" in x)
+    assert line.startswith("warning: ") and "ckpt_000008" in line   # one line, logged
+    assert line in (run / "run.log").read_text() and "UserWarning" not in ev.stderr
 
 
 def test_vmc_eval_agrees_with_run_evaluation(h2_file, tmp_path):

@@ -154,8 +154,38 @@ def main(argv=None) -> int:
         return 1
     except Exception as err:  # noqa: BLE001
         _lost_peer(err)
-        raise
+        line = _file_system_error(err)
+        if line is None:
+            raise
+        print(line, file=sys.stderr, flush=True)
+        try:
+            _LOGS and _LOGS[-1].error(line)
+        except OSError:   # the same file system may refuse run.log too
+            pass
+        return 1
     return 2
+
+
+def _file_system_error(err: Exception):
+    """One `error:` line for a write that the file system refused (disk full, quota,
+    read-only, permission), or None for any other error. The run's files are written
+    atomically (temporary file, then rename), so what was written before is intact."""
+    import errno
+    if not isinstance(err, OSError):
+        return None
+    text = str(err)
+    reasons = ((errno.ENOSPC, "No space left on device", "no space left on device"),
+               (errno.EDQUOT, "Disk quota exceeded", "disk quota exceeded"),
+               (errno.EROFS, "Read-only file system", "read-only file system"),
+               (errno.EACCES, "Permission denied", "permission denied"))
+    for code, needle, reason in reasons:
+        if err.errno == code or needle in text:
+            where = err.filename or next(
+                (w for w in text.replace("'", " ").replace(",", " ").split() if "/" in w), "")
+            return (f"error: cannot write {where or 'a run file'}: {reason}; the files written "
+                    f"before (checkpoints, train.h5) are intact: make room or fix the folder, "
+                    f"then `vmc resume RUN_DIR`")
+    return None
 
 
 def _lost_peer(err: Exception) -> None:

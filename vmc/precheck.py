@@ -15,6 +15,7 @@ the CLI prints as ``error: ...`` with exit code 2.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import shutil
 import warnings
@@ -98,6 +99,19 @@ def check_resume_config(cfg: Config, run_dir: pathlib.Path) -> list[str]:
             if k in stored and new[k] != stored[k]]
 
 
+def check_writable(run_dir: pathlib.Path, field: str) -> None:
+    """An existing run directory must take new files (a read-only file system or missing
+    permissions are caught here, before any computation, not at the first write).
+
+    Raises:
+      InputError: the directory exists and cannot be written.
+    """
+    run_dir = pathlib.Path(run_dir)
+    if run_dir.is_dir() and not os.access(run_dir, os.W_OK | os.X_OK):
+        raise InputError(f"{field} {str(run_dir)!r}: cannot write there (read-only or no "
+                         f"permission); valid: a folder you can write")
+
+
 def check_run_dir(run_dir: pathlib.Path, *, resume: bool) -> None:
     """The run directory can take this run (nothing is created).
 
@@ -112,6 +126,7 @@ def check_run_dir(run_dir: pathlib.Path, *, resume: bool) -> None:
         if parent.exists() and not parent.is_dir():
             raise InputError(f"--out {str(run_dir)!r}: {str(parent)!r} is a file; valid: a "
                              f"path whose parents are directories")
+    check_writable(run_dir, "--out")
     if holds_run(run_dir) and not resume:
         raise InputError(f"--out {str(run_dir)!r}: already holds a run; use --resume to "
                          f"continue it or choose another --out")

@@ -23,6 +23,7 @@ from vmc.errors import InputError
 from vmc.evaluate import evaluate, resize_walkers
 from vmc.loop import Outcome, SignalFlag
 from vmc.precheck import (RESUMABLE, DirectoryGuard, check_resume_config, check_run_dir,  # noqa: F401
+                          check_writable,
                           check_run_input, holds_run, trains)
 from vmc.sampler import MCMCState
 from vmc.stages import count as _count, progress_bar as _progress, restore as _restore
@@ -91,12 +92,16 @@ def _drain() -> None:
             pass
 
 
-def _interrupted_message(err: Interrupted, phase: str, again: str = "`--resume`") -> str:
+def _interrupted_message(err: Interrupted, phase: str, again: str = "`--resume`",
+                         resumed: bool = False) -> str:
     import signal
     name = signal.Signals(err.signum).name
     if phase == "evaluation":
         return (f"stopped by {name} during evaluation; the final checkpoint is written: "
                 f"{again} evaluates again")
+    if resumed:   # a resume stopped before its first step: its checkpoints are untouched
+        return (f"stopped by {name} during {phase} of a resume; nothing new was written: "
+                f"{again} continues from the last checkpoint again")
     return (f"stopped by {name} during {phase}, before the first checkpoint; {again} "
             f"starts the run again")
 
@@ -136,7 +141,7 @@ def train_run(cfg: Config, run_dir: pathlib.Path, *, resume: bool = False,
                               checked)
         except Interrupted as err:
             _drain()
-            log(_interrupted_message(err, phase[0]))
+            log(_interrupted_message(err, phase[0], resumed=resume))
             return EXIT_INTERRUPTED
 
 
@@ -291,6 +296,7 @@ def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
     wall_start = time.time()
     if not (run_dir / "config.yaml").is_file():
         raise InputError(f"run_dir {str(run_dir)!r}: no config.yaml; not a run directory")
+    check_writable(run_dir, "run_dir")
     cfg = load_config(run_dir / "config.yaml")
     for name, v, lo in (("--steps", steps, 16), ("--walkers", walkers, 2),
                         ("--burn-in", burn_in, 0), ("--max-steps", max_steps, 16)):

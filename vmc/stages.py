@@ -76,6 +76,19 @@ def current_layout(setup: Setup, params, attrs: dict, log=None):
     return params_from_schema1(setup.ansatz.module, params), True
 
 
+def latest_valid_logged(directory: pathlib.Path, template, log):
+    """`vmc.checkpoint.latest_valid`, with each skipped checkpoint's warning as one log line
+    (console and run.log) instead of a Python warning."""
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = ckpt.latest_valid(directory, template)
+    for w in caught:
+        text = str(w.message)
+        log("warning: " + (text if text.startswith("skipping") else text.splitlines()[0]))
+    return path
+
+
 def restore(setup: Setup, run_dir: pathlib.Path, log,
              what: str = "--resume") -> tuple[TrainState, int, int]:
     """State from the newest valid checkpoint; walkers resized if the count changed.
@@ -95,7 +108,7 @@ def restore(setup: Setup, run_dir: pathlib.Path, log,
                 "opt_state": schema2_layout(template.opt_state) if old else template.opt_state}
 
     d = run_dir / "checkpoints"
-    path = ckpt.latest_valid(d, layout)
+    path = latest_valid_logged(d, layout, log)
     if path is None:
         raise InputError(f"{what}: no valid checkpoint in {d}")
     trees, attrs = ckpt.restore(path, layout)

@@ -1,0 +1,45 @@
+"""File-system faults end in one `error:` line: an unwritable run folder is bad input found
+before any computation (exit 2); a write refused mid-run (disk full, quota, read-only) exits
+1 with one line that names the file, not a traceback."""
+
+import errno
+
+import pytest
+
+from vmc import cli, precheck
+from vmc.errors import InputError
+
+
+def test_unwritable_run_folder_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    real = precheck.os.access
+    monkeypatch.setattr(precheck.os, "access",
+                        lambda path, mode: False if str(path) == str(tmp_path) else real(path, mode))
+    with pytest.raises(InputError, match=r"cannot write there .*valid: a folder you can write"):
+        precheck.check_run_dir(tmp_path, resume=True)
+    precheck.check_run_dir(tmp_path / "new", resume=False)   # a folder still to be made
+
+
+@pytest.mark.parametrize("err, reason", [
+    (OSError(errno.ENOSPC, "No space left on device", "/runs/x/.train.h5.tmp"),
+     "no space left on device"),
+    (OSError("Can't synchronously write data (file write failed: filename = "
+             "'/runs/x/.train.h5.vm.1.tmp', errno = 28, error message = 'No space left on "
+             "device')"), "no space left on device"),
+    (OSError(errno.EROFS, "Read-only file system", "/runs/x/config.yaml"),
+     "read-only file system")])
+def test_a_refused_write_is_one_line_naming_the_file(err, reason, monkeypatch, capsys):
+    def refuse(args):
+        raise err
+    monkeypatch.setattr(cli, "_check", refuse)
+    assert cli.main(["check", "systems/He.yaml"]) == 1
+    out = capsys.readouterr().err
+    assert out.count("\n") == 1 and out.startswith("error: cannot write /runs/x/")
+    assert reason in out and "vmc resume" in out
+
+
+def test_other_errors_still_raise(monkeypatch):
+    def broken(args):
+        raise OSError(errno.ENOENT, "No such file or directory", "x")
+    monkeypatch.setattr(cli, "_check", broken)
+    with pytest.raises(OSError):
+        cli.main(["check", "systems/He.yaml"])
