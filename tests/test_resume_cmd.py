@@ -191,3 +191,33 @@ def test_init_from_another_geometry_and_a_clear_error_for_another_network(finish
                   tmp_path / "h2_stretched.yaml"]) == 2
     err = capsys.readouterr().err
     assert "valid: RUN_DIR or RUN_DIR/checkpoints/ckpt_NNNNNN.h5" in err, err
+
+
+def test_resume_with_a_damaged_or_short_train_h5(finished, tmp_path, capsys):
+    """A truncated train.h5 is one line (exit 2, the run left as it was) that says how to go
+    on; a missing one, or one that ends before the checkpoint, resumes with a warning naming
+    the gap."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    ckpt.checkpoint_path(run / "checkpoints", 8).unlink()
+    (run / "eval.h5").unlink()
+    (run / "summary.json").unlink()
+    history = (run / "train.h5").read_bytes()
+    (run / "train.h5").write_bytes(history[:3000])
+    capsys.readouterr()
+    assert _call(["resume", run]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: train.h5: cannot read") and err.count("\n") == 1
+    assert "move it aside" in err and (run / "train.h5").stat().st_size == 3000
+    (run / "train.h5").rename(run / "train.h5.broken")
+    assert _call(["resume", run, "--steps", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: train.h5 is missing: the training history restarts at step 4" in out
+    np.testing.assert_array_equal(h5io.read_stats(run / "train.h5")["step"], [4, 5])
+    # a history that ends before the checkpoint (step 6 now): rows 0, 1 only
+    with h5py.File(run / "train.h5", "w") as f:
+        for k, v in h5io.read_stats(finished / "train.h5").items():
+            f.create_dataset(f"stats/{k}", data=v[:2], maxshape=(None,))
+    assert _call(["resume", run, "--steps", "7"]) == 0
+    assert "warning: train.h5 ends at step 1 but the checkpoint is at step 6: steps 2-5 " \
+        "have no rows" in capsys.readouterr().out

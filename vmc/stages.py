@@ -76,6 +76,25 @@ def current_layout(setup: Setup, params, attrs: dict, log=None):
     return params_from_schema1(setup.ansatz.module, params), True
 
 
+def check_history(path: pathlib.Path, start: int, log) -> None:
+    """On resume from a checkpoint at step `start`: warn when train.h5 is missing or ends
+    before step start − 1 (it was replaced or cut by hand), since its rows then have a gap.
+    A file that cannot be read is left to the writer's error."""
+    if start <= 0:
+        return
+    if not path.exists():
+        log(f"warning: {path.name} is missing: the training history restarts at step {start}")
+        return
+    try:
+        steps = h5io.read_stats(path)["step"]
+    except (OSError, KeyError):
+        return
+    last = int(steps.max()) if len(steps) else -1
+    if last < start - 1:
+        log(f"warning: {path.name} ends at step {last} but the checkpoint is at step {start}: "
+            f"steps {last + 1}-{start - 1} have no rows")
+
+
 def latest_valid_logged(directory: pathlib.Path, template, log):
     """`vmc.checkpoint.latest_valid`, with each skipped checkpoint's warning as one log line
     (console and run.log) instead of a Python warning."""
@@ -166,10 +185,18 @@ def train(setup: Setup, state: TrainState, start: int, rejected: int, run_dir, r
       (state, completed steps, Outcome); after DIVERGED the error line is already logged.
     """
     cfg = setup.cfg
-    writer = parallel.stats_writer(run_dir / "train.h5")
-    if resume:
-        writer.truncate(start - 1)
-    else:
+    if resume and parallel.is_writer():
+        check_history(run_dir / "train.h5", start, log)
+    try:
+        writer = parallel.stats_writer(run_dir / "train.h5")
+        if resume:
+            writer.truncate(start - 1)
+    except OSError as err:   # h5py: a truncated or damaged file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise InputError(f"train.h5: cannot read {str(run_dir / 'train.h5')!r} ({first}); it "
+                         f"holds the training history: move it aside (e.g. to "
+                         f"train.h5.broken) to resume without that history") from None
+    if not resume:
         if cfg.pretrain.steps > 0 and init_from is None:
             from vmc.pretrain import pretrain
             phase[0] = "pretraining"
