@@ -65,6 +65,12 @@ def _coerce(path: str, value, tp, meta):
             raise InputError(f"{path}: expected true or false, got {value!r}")
         return value
     if tp is int:
+        # numbers as people write them: 3e2 or 300.0 is the integer 300 (not 3.5)
+        if not isinstance(value, bool) and not isinstance(value, int):
+            as_number = number(value)
+            if (isinstance(as_number, float) and as_number.is_integer()
+                    and abs(as_number) < 2 ** 53):
+                value = int(as_number)
         if isinstance(value, bool) or not isinstance(value, int):
             raise InputError(f"{path}: expected an integer, got {value!r}")
     elif tp is float:
@@ -112,6 +118,9 @@ def _coerce(path: str, value, tp, meta):
     return value
 
 
+_TOP_LEVEL_MOLECULE_KEYS = ("atoms", "units", "charge", "spin", "reference")
+
+
 def _build(cls, data: dict, prefix: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
@@ -119,9 +128,11 @@ def _build(cls, data: dict, prefix: str):
     for key, value in data.items():
         path = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
+            # at the top level the molecule's own keys are valid too (vmc.config moves them)
+            valid = list(fields) if prefix else list(fields) + list(_TOP_LEVEL_MOLECULE_KEYS)
             raise InputError(f"{path}: unknown setting; valid keys in "
-                             f"{prefix or 'the top level'}: {', '.join(fields)}"
-                             + did_you_mean(key, fields))
+                             f"{prefix or 'the top level'}: {', '.join(valid)}"
+                             + did_you_mean(key, valid))
         kwargs[key] = _coerce(path, value, hints[key], fields[key].metadata)
     return cls(**kwargs)
 

@@ -175,8 +175,10 @@ def make_molecule(atoms: Sequence[dict], units: str = "bohr", charge: int = 0,
     for i in range(len(symbols)):
         for j in range(i):
             if np.linalg.norm(positions[i] - positions[j]) < 1e-3:
-                raise InputError(f"molecule.atoms: atoms {j} and {i} sit at the same point "
-                                 f"{positions[i].tolist()} bohr; nuclei must be apart")
+                raise InputError(f"molecule.atoms: atoms {j} and {i} are "
+                                 f"{np.linalg.norm(positions[i] - positions[j]):.2g} bohr "
+                                 f"apart (at {positions[i].tolist()} bohr); valid: nuclei at "
+                                 f"least 0.001 bohr apart")
     names = resolve_ecp(symbols, ecp)
     n_core = []
     for i, (sym, name) in enumerate(zip(symbols, names)):
