@@ -43,3 +43,17 @@ def test_other_errors_still_raise(monkeypatch):
     monkeypatch.setattr(cli, "_check", broken)
     with pytest.raises(OSError):
         cli.main(["check", "systems/He.yaml"])
+
+
+def test_a_signal_during_start_up_exits_75_with_one_line():
+    """Before a run installs its handlers (JAX still importing), a preemption must still
+    exit 75, so that the SLURM templates requeue the job."""
+    import subprocess
+    import sys
+    code = ("import os, signal, time, vmc.cli as c; c._stop_early_on_signals(); "
+            "os.kill(os.getpid(), signal.SIGTERM); time.sleep(10)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 75
+    assert proc.stderr == ("stopped by SIGTERM during start-up, before the run began; the same "
+                           "command starts it again\n")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import signal
 import sys
 
 
@@ -281,12 +282,32 @@ def console() -> None:
     everything the run writes (checkpoints, train.h5, run.log, summary.json) is closed by
     then. Several processes exit normally (the distributed runtime's shutdown).
     """
+    early = (_stop_early_on_signals() if len(sys.argv) > 1
+             and sys.argv[1] in ("run", "resume", "eval") else {})
     code = main()
+    for sig, handler in early.items():   # the run is over: not "before the run began"
+        signal.signal(sig, handler)
     if code == 75 and "jax" in sys.modules and sys.modules["jax"].process_count() == 1:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def _stop_early_on_signals() -> dict:
+    """Until a run installs its own handlers (`vmc.run`), SIGTERM, SIGINT or SIGUSR1 (a
+    preemption at job start, while JAX is still being imported) exits 75 with one line, as
+    a signal in any later phase does, so a batch script requeues the job instead of
+    dropping it (exit 130/143 otherwise). Nothing of the run is written by then. Returns
+    the handlers it replaced."""
+    def stop(signum, frame):
+        name = signal.Signals(signum).name
+        sys.stderr.write(f"stopped by {name} during start-up, before the run began; the same "
+                         f"command starts it again\n")
+        sys.stderr.flush()
+        os._exit(75)
+    return {sig: signal.signal(sig, stop)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
 
 
 if __name__ == "__main__":
