@@ -23,9 +23,9 @@ vmc_step() {
       resume=(--resume)
     fi
   done
-  echo "vmc_step: job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0}: $config -> $out ${resume[*]}"
+  echo "vmc_step: job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0}: $config -> $out ${resume[*]+${resume[*]}}"
   # srun forwards the --signal warning to every task; without exec, bash waits for it
-  ${SRUN:-srun} --kill-on-bad-exit=1 ${VMC:-vmc} run "$config" --out "$out" "${resume[@]}" "$@"
+  ${SRUN:-srun} --kill-on-bad-exit=1 ${VMC:-vmc} run "$config" --out "$out" ${resume[@]+"${resume[@]}"} "$@"
   local rc=$?
   if [ "$rc" -eq 75 ]; then
     echo "vmc_step: stopped resumably (exit 75): requeueing job ${SLURM_JOB_ID:-?}"

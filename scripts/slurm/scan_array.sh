@@ -28,4 +28,4 @@ if [ "$i" -gt 0 ] && ! compgen -G "$out/checkpoints/ckpt_*.h5" > /dev/null \
    && compgen -G "$prev/checkpoints/ckpt_*.h5" > /dev/null; then
   warm=(--init-from "$prev")
 fi
-vmc_step "$config" "$out" "${warm[@]}" "$@"
+vmc_step "$config" "$out" ${warm[@]+"${warm[@]}"} "$@"  # (bash < 4.4 and set -u: empty arrays)
