@@ -26,7 +26,10 @@ def test_unwritable_run_folder_is_refused_before_anything_runs(tmp_path, monkeyp
              "'/runs/x/.train.h5.vm.1.tmp', errno = 28, error message = 'No space left on "
              "device')"), "no space left on device"),
     (OSError(errno.EROFS, "Read-only file system", "/runs/x/config.yaml"),
-     "read-only file system")])
+     "read-only file system"),
+    (RuntimeError("Disable slist on flush dest failure failed (file write failed: filename = "
+                  "'/runs/x/checkpoints/.ckpt_000600.h5.vm.9.tmp', errno = 28, error message "
+                  "= 'No space left on device')"), "no space left on device")])
 def test_a_refused_write_is_one_line_naming_the_file(err, reason, monkeypatch, capsys):
     def refuse(args):
         raise err
@@ -34,7 +37,7 @@ def test_a_refused_write_is_one_line_naming_the_file(err, reason, monkeypatch, c
     assert cli.main(["check", "systems/He.yaml"]) == 1
     out = capsys.readouterr().err
     assert out.count("\n") == 1 and out.startswith("error: cannot write /runs/x/")
-    assert reason in out and "vmc resume" in out
+    assert reason in out and "vmc resume" in out and ".tmp" not in out
 
 
 def test_other_errors_still_raise(monkeypatch):

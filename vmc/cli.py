@@ -172,20 +172,30 @@ def _file_system_error(err: Exception):
     read-only, permission), or None for any other error. The run's files are written
     atomically (temporary file, then rename), so what was written before is intact."""
     import errno
-    if not isinstance(err, OSError):
-        return None
+    import re
     text = str(err)
+    # h5py reports a failed write at close as RuntimeError ("... errno = 28 ...")
+    if not isinstance(err, OSError) and not (isinstance(err, RuntimeError)
+                                             and "errno = " in text):
+        return None
+    if not isinstance(err, OSError):
+        err = OSError(text)
     reasons = ((errno.ENOSPC, "No space left on device", "no space left on device"),
                (errno.EDQUOT, "Disk quota exceeded", "disk quota exceeded"),
                (errno.EROFS, "Read-only file system", "read-only file system"),
                (errno.EACCES, "Permission denied", "permission denied"))
     for code, needle, reason in reasons:
         if err.errno == code or needle in text:
-            where = err.filename or next(
-                (w for w in text.replace("'", " ").replace(",", " ").split() if "/" in w), "")
+            where = str(err.filename or next(
+                (w for w in text.replace("'", " ").replace(",", " ").split() if "/" in w), ""))
+            # a temporary file .NAME.<host>.<pid>...tmp stands for NAME
+            folder, _, base = where.rpartition("/")
+            final = re.match(r"^\.(.+?\.(?:h5|json|yaml|csv))\.", base)
+            if final:
+                where = f"{folder}/{final.group(1)}" if folder else final.group(1)
             return (f"error: cannot write {where or 'a run file'}: {reason}; the files written "
-                    f"before (checkpoints, train.h5) are intact: make room or fix the folder, "
-                    f"then `vmc resume RUN_DIR`")
+                    f"before (checkpoints, train.h5, eval.h5) are intact: make room or fix the "
+                    f"folder, then run the command again (`vmc resume RUN_DIR` continues a run)")
     return None
 
 

@@ -93,7 +93,7 @@ def _drain() -> None:
 
 
 def _interrupted_message(err: Interrupted, phase: str, again: str = "`--resume`",
-                         resumed: bool = False) -> str:
+                         resumed: bool = False, written: bool = True) -> str:
     import signal
     name = signal.Signals(err.signum).name
     if phase == "evaluation":
@@ -102,6 +102,9 @@ def _interrupted_message(err: Interrupted, phase: str, again: str = "`--resume`"
     if resumed:   # a resume stopped before its first step: its checkpoints are untouched
         return (f"stopped by {name} during {phase} of a resume; nothing new was written: "
                 f"{again} continues from the last checkpoint again")
+    if not written:   # the run directory holds nothing yet: --resume would be refused
+        return (f"stopped by {name} during {phase}, before anything was written; the same "
+                f"command starts the run again")
     return (f"stopped by {name} during {phase}, before the first checkpoint; {again} "
             f"starts the run again")
 
@@ -141,7 +144,8 @@ def train_run(cfg: Config, run_dir: pathlib.Path, *, resume: bool = False,
                               checked)
         except Interrupted as err:
             _drain()
-            log(_interrupted_message(err, phase[0], resumed=resume))
+            log(_interrupted_message(err, phase[0], resumed=resume,
+                                     written=holds_run(run_dir)))
             return EXIT_INTERRUPTED
 
 
