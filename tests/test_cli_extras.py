@@ -70,6 +70,21 @@ def test_bad_xyz_is_one_error_line(tmp_path, capsys):
     assert _call(["check", xyz]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "2 atoms but 1 atom lines" in err
+    # a count too low would drop atoms: the line after them is named
+    xyz.write_text("1\ncomment\nLi 0 0 0\nH 1.595 0 0\n\n")
+    assert _call(["check", xyz, "--spin", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "line 4: 'H 1.595 0 0' after the 1 atoms" in err, err
+
+
+def test_xyz_symbols_as_other_programs_write_them():
+    from vmc.config_parse import read_xyz
+    import pathlib
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        xyz = pathlib.Path(d) / "lih.xyz"
+        xyz.write_text("3\nc\nli 0 0 0\nH 1.595 0 0\n1 0 0 -1.5\n")
+        assert [a["symbol"] for a in read_xyz(xyz)["atoms"]] == ["Li", "H", "H"]
 
 
 def _tables(text):

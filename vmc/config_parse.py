@@ -167,11 +167,12 @@ def read_xyz(path) -> dict:
     """The molecule of an .xyz file: {atoms: [{symbol, position}], units: angstrom}.
 
     Format: a line with the atom count, a comment line, then one line per atom
-    ``Symbol x y z`` in Å (extra columns ignored).
+    ``Symbol x y z`` in Å (extra columns ignored; the symbol in any case, or the atomic
+    number); nothing but blank lines after the last atom.
 
     Raises:
-      InputError: a count that does not match the atom lines, or a line that is not
-        ``Symbol x y z``, naming the file and line.
+      InputError: a count that does not match the atom lines (too few, or more lines
+        after them), or a line that is not ``Symbol x y z``, naming the file and line.
     """
     import pathlib
     path = pathlib.Path(path)
@@ -192,7 +193,24 @@ def read_xyz(path) -> dict:
                              f"{line.strip()!r}") from None
     if len(atoms) != n:
         raise InputError(f"{path}: line 1 says {n} atoms but {len(atoms)} atom lines follow")
+    for k, line in enumerate(lines[2 + n:], start=3 + n):
+        if line.strip():
+            raise InputError(f"{path}: line {k}: {line.strip()!r} after the {n} atoms line 1 "
+                             f"announces; valid: exactly {n} atom lines (one frame), or "
+                             f"correct the count")
+    for atom in atoms:
+        atom["symbol"] = _xyz_symbol(atom["symbol"])
     return {"atoms": atoms, "units": "angstrom"}
+
+
+def _xyz_symbol(text: str) -> str:
+    """An xyz file's element as written by other programs: 'li' or 'LI' is Li, '3' is Li
+    (an atomic number); anything else is left for the element check to name."""
+    if text.isdigit():
+        from pyscf.data.elements import ELEMENTS
+        z = int(text)
+        return ELEMENTS[z] if 0 < z < len(ELEMENTS) else text
+    return text[:1].upper() + text[1:].lower() if text.isalpha() else text
 
 
 def ecp_clip_default(cfg, given: dict, has_ecp: bool):
