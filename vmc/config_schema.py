@@ -252,7 +252,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # tests it; the README's quick start runs it).
     "tiny": {
         "hamiltonian": {"f64_rescue": 0},
-        "ansatz": {"hidden_one": (8, 8), "hidden_two": (4, 4), "determinants": 2},
+        "ansatz": {"hidden_one": (8, 8), "hidden_two": (4, 4), "determinants": 2,
+                   "layers": 1, "heads": 2, "head_dim": 8},   # (the Psiformer: 1 × 2 × 8)
         "sampler": {"walkers": 32, "moves": 2, "burn_in": 5},
         "optim": {"steps": 10},
         "pretrain": {"steps": 0},
