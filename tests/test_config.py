@@ -205,3 +205,11 @@ def test_integers_written_as_people_write_them():
         assert c.sampler.walkers == 300 and isinstance(c.sampler.walkers, int)
     with pytest.raises(InputError, match="expected an integer"):
         config_from_dict(dict(atoms), overrides=("sampler.walkers=32.5",))
+    c = config_from_dict(dict(atoms), overrides=("ansatz.hidden_one=[1.6e1, 16.0]",
+                                                 "ansatz.hidden_two=[4, 4]",
+                                                 "run.keep_steps=[1e3, 4e3]"))
+    assert c.ansatz.hidden_one == (16, 16) and c.run.keep_steps == (1000, 4000)
+    from vmc.cli import _integer
+    assert _integer("3e1") == 30 and _integer("30") == 30
+    with pytest.raises(Exception, match="invalid integer"):
+        _integer("3.5")

@@ -12,6 +12,15 @@ import signal
 import sys
 
 
+def _integer(text: str) -> int:
+    """An integer flag written as people write numbers: 3e3 or 3000.0 is 3000."""
+    from vmc.config_parse import integral
+    value = integral(text if not text.strip().lstrip("-").isdigit() else int(text))
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that exits with code 2 and one line on errors (its default is also 2)."""
 
@@ -39,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     _distributed_args(r)
     rs = sub.add_parser("resume", help="continue a run from its own config.yaml")
     rs.add_argument("run_dir", help="run directory written by `vmc run`")
-    rs.add_argument("--steps", type=int, metavar="N",
+    rs.add_argument("--steps", type=_integer, metavar="N",
                     help="train to N steps in all (optim.steps); default: the run's own")
     rs.add_argument("--set", dest="overrides", action="append", default=[],
                     metavar="KEY=VALUE", help="change a setting that a resume may change "
@@ -52,17 +61,17 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("names", nargs="*", metavar="NAME", help="presets to print (default all)")
     e = sub.add_parser("eval", help="frozen-parameter evaluation of a run's newest checkpoint")
     e.add_argument("run_dir", help="run directory written by `vmc run`")
-    e.add_argument("--steps", type=int, help="recorded steps (default eval.steps, or 2000 "
+    e.add_argument("--steps", type=_integer, help="recorded steps (default eval.steps, or 2000 "
                    "when that is 0); at least 16")
-    e.add_argument("--walkers", type=int, help="walkers (default eval.walkers)")
+    e.add_argument("--walkers", type=_integer, help="walkers (default eval.walkers)")
     e.add_argument("--seed", type=int, help="random seed (default: one above every seed used "
                    "so far); a seed already in eval.h5 is refused")
-    e.add_argument("--burn-in", type=int, help="unrecorded Metropolis steps first, with the "
+    e.add_argument("--burn-in", type=_integer, help="unrecorded Metropolis steps first, with the "
                    "width adapting (default eval.burn_in)")
     e.add_argument("--target-stderr-mha", type=float, metavar="MHA",
                    help="go on past --steps until the reblocked error bar is at most this "
                    "(default: the run's eval.target_stderr_mha)")
-    e.add_argument("--max-steps", type=int, help="cap with a target (default eval.max_steps)")
+    e.add_argument("--max-steps", type=_integer, help="cap with a target (default eval.max_steps)")
     e.add_argument("--observables", metavar="LIST",
                    help="comma-separated, beside the energy: s2, dipole, density, forces "
                    "(default: the run's eval.observables)")

@@ -31,6 +31,17 @@ def number(value):
     return value
 
 
+def integral(value):
+    """Numbers as people write them for an integer: '3e2', 300.0 or '300.0' is the integer
+    300; anything else (32.5, 'many', True) is returned unchanged, for the caller's check."""
+    if isinstance(value, bool) or isinstance(value, int):
+        return value
+    as_number = number(value)
+    if isinstance(as_number, float) and as_number.is_integer() and abs(as_number) < 2 ** 53:
+        return int(as_number)
+    return value
+
+
 def _numeric_positions(atoms):
     """Atoms with numeric-string coordinates ('1e-3') as floats; anything else unchanged
     (vmc.system validates it)."""
@@ -65,12 +76,7 @@ def _coerce(path: str, value, tp, meta):
             raise InputError(f"{path}: expected true or false, got {value!r}")
         return value
     if tp is int:
-        # numbers as people write them: 3e2 or 300.0 is the integer 300 (not 3.5)
-        if not isinstance(value, bool) and not isinstance(value, int):
-            as_number = number(value)
-            if (isinstance(as_number, float) and as_number.is_integer()
-                    and abs(as_number) < 2 ** 53):
-                value = int(as_number)
+        value = integral(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise InputError(f"{path}: expected an integer, got {value!r}")
     elif tp is float:
@@ -92,6 +98,8 @@ def _coerce(path: str, value, tp, meta):
             value = [value]
         if not isinstance(value, (list, tuple)):
             raise InputError(f"{path}: expected a list, got {value!r}")
+        if "hidden" in path or path == "run.keep_steps":
+            value = [integral(v) for v in value]
         if "hidden" in path:
             if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
                                     for v in value):
