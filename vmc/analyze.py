@@ -190,7 +190,9 @@ def _notes(s: RunSummary) -> list[str]:
                       if last.nonfinite_fraction > (limit := _nonfinite_limit(s)) else ""))
     if s.evals and s.estimator == "eval" and s.evals[-1].observables:
         from vmc.obs_report import format_lines
-        out.extend(f"{s.evals[-1].name}: {line}" for line in format_lines(s.evals[-1].observables))
+        last = s.evals[-1]
+        out.extend(f"{last.name}: {line}" for line in
+                   format_lines(last.observables, getattr(last, "steps", 0), s.run_dir))
     if s.within_chemical_accuracy is not None:
         out.append("within chemical accuracy (1.6 mHa)" if s.within_chemical_accuracy
                    else "outside chemical accuracy (1.6 mHa)")

@@ -193,9 +193,11 @@ def _pm(mean, err, plateau, fmt: str = ".4f") -> str:
     return f"{mean:{fmt}} ± {'>=' if low else ''}{err:{fmt.lstrip('+')}}"
 
 
-def format_lines(obs: dict) -> list[str]:
+def format_lines(obs: dict, steps: int = 0, run_dir=None) -> list[str]:
     """Human-readable lines (value ± error) of `summarize_observables` output; an error
-    without a reblocking plateau is printed as a lower bound, `± >=`, as the energy's."""
+    without a reblocking plateau is printed as a lower bound, `± >=`, as the energy's, and a
+    note counts them and gives the `vmc eval` command (4× `steps`, at least 2000) for
+    `run_dir`."""
     lines = []
     if "s2" in obs:
         s = obs["s2"]
@@ -227,10 +229,25 @@ def format_lines(obs: dict) -> list[str]:
                      f"radial grid {d['radial_outside_share']:.3g}, axial "
                      f"{d['axial_outside_share']:.3g}")
     lower = _lower_bounds(obs)
-    if lower:
-        lines.append(f"note: {lower} of these error bars are lower bounds (reblocking found no "
-                     f"plateau, marked ± >=): evaluate longer (`vmc eval RUN --steps N`)")
+    bins = _density_lower_bounds(obs)
+    if lower or bins:
+        what = [f"{lower} of these error bars" if lower else "",
+                f"{bins[0]} of {bins[1]} density bins" if bins else ""]
+        lines.append(f"note: {' and '.join(w for w in what if w)} are lower bounds (reblocking "
+                     f"found no plateau; marked ± >= above, the density bins' in summary.json "
+                     f"`plateau`): evaluate longer (`vmc eval "
+                     f"{run_dir or 'RUN'} --steps {max(4 * int(steps or 0), 2000)}`)")
     return lines
+
+
+def _density_lower_bounds(obs: dict):
+    """(bins without a reblocking plateau, bins) of the radial and axial density, or None."""
+    if "density" not in obs:
+        return None
+    flags = [f for part in ("radial", "axial")
+             for f in (obs["density"][part].get("plateau") or [])]
+    low = sum(1 for f in flags if not f)
+    return (low, len(flags)) if low else None
 
 
 def _lower_bounds(obs: dict) -> int:

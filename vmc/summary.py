@@ -95,7 +95,7 @@ def write_summary(setup, run_dir: pathlib.Path, params, evaluation, *, wall_s: f
                      "density_rmax": cfg.eval.density_rmax,
                      "density_centre": list(cfg.eval.density_centre)}
             entry["observables"] = summarize_observables(result.observables, attrs)
-            for line in format_lines(entry["observables"]):
+            for line in format_lines(entry["observables"], len(result.energy), run_dir):
                 log(line)
         finite_var = result.variance[np.isfinite(result.variance)]
         variance = float(np.mean(finite_var)) if len(finite_var) else None
