@@ -60,3 +60,15 @@ def test_a_signal_during_start_up_exits_75_with_one_line():
     assert proc.returncode == 75
     assert proc.stderr == ("stopped by SIGTERM during start-up, before the run began; the same "
                            "command starts it again\n")
+
+
+def test_analyze_into_a_read_only_folder_names_the_way_out(monkeypatch, capsys):
+    from vmc import analyze
+
+    def refuse(args):
+        raise OSError(errno.EROFS, "Read-only file system", "/runs/x/training.png")
+    monkeypatch.setattr(analyze, "_run", refuse)
+    assert analyze.main(["/runs/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write /runs/x/training.png" in err
+    assert "--no-plots" in err and "--plots-dir" in err

@@ -221,3 +221,19 @@ def test_resume_with_a_damaged_or_short_train_h5(finished, tmp_path, capsys):
     assert _call(["resume", run, "--steps", "7"]) == 0
     assert "warning: train.h5 ends at step 1 but the checkpoint is at step 6: steps 2-5 " \
         "have no rows" in capsys.readouterr().out
+
+
+def test_init_from_a_damaged_checkpoint_file_says_so(finished, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    damaged = ckpt.checkpoint_path(run / "checkpoints", 4)
+    damaged.write_bytes(damaged.read_bytes()[:3000])
+    stretched = tmp_path / "h2.yaml"
+    stretched.write_text(H2)
+    capsys.readouterr()
+    assert _call(["run", stretched, "--out", tmp_path / "new", "--preset", "tiny",
+                  "--set", "run.x64=true", "--set", "sampler.walkers=16",
+                  "--init-from", damaged]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read this checkpoint" in err
+    assert "do not fit" not in err and not (tmp_path / "new").exists()

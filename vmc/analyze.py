@@ -344,6 +344,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return _run(args)
     except (ValueError, OSError, KeyError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        name = str(getattr(e, "filename", "") or "")
+        if isinstance(e, OSError) and name.endswith((".png", ".csv")):
+            msg = (f"cannot write {name}: {e.strerror or msg}; valid: a folder you can write "
+                   f"(--plots-dir DIR, --curve-out PATH) or --no-plots")
         print(f"error: {msg}", file=sys.stderr)
         return 2
 

@@ -91,8 +91,10 @@ def check_history(path: pathlib.Path, start: int, log) -> None:
         return
     last = int(steps.max()) if len(steps) else -1
     if last < start - 1:
+        gap = (f"step {last + 1} has" if last + 1 == start - 1
+               else f"steps {last + 1}-{start - 1} have")
         log(f"warning: {path.name} ends at step {last} but the checkpoint is at step {start}: "
-            f"steps {last + 1}-{start - 1} have no rows")
+            f"{gap} no rows")
 
 
 def latest_valid_logged(directory: pathlib.Path, template, log):

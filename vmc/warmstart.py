@@ -35,7 +35,12 @@ def warm_start(setup, state, run_dir: pathlib.Path, log: Callable = print):
     try:
         trees, attrs = ckpt.restore(path, {"params": state.params})
     except ckpt.CheckpointError as err:
-        raise InputError(f"--init-from {str(run_dir)!r}: parameters do not fit this ansatz "
+        text = str(err)
+        if text.startswith(("cannot open checkpoint", "cannot read checkpoint", "checksum")):
+            raise InputError(f"--init-from {str(path)!r}: cannot read this checkpoint "
+                             f"({text.splitlines()[0][:200]}); valid: an intact checkpoint, "
+                             f"e.g. an older one of the same run") from None
+        raise InputError(f"--init-from {str(source)!r}: parameters do not fit this ansatz "
                          f"and molecule{_differences(setup.cfg, pathlib.Path(run_dir), err)}"
                          ) from None
     from vmc.stages import current_layout
