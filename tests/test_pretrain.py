@@ -140,9 +140,9 @@ def test_pretrain_blocks_compose_step_by_step():
 
 
 def test_pretrain_skips_a_non_finite_gradient():
-    """A walker whose orbitals are not finite makes the loss's gradient NaN: the Adam step is
-    skipped (parameters and Adam state kept, finite) and counted, where without the guard
-    the parameters would turn NaN; with finite walkers no step is skipped."""
+    """A walker whose orbitals are not finite makes the loss's gradient NaN: its entries are
+    taken as 0, so the parameters stay exactly as they were (fresh Adam state), where
+    without the guard they would turn NaN; the other walkers still move."""
     from vmc.pretrain import PretrainState, make_pretrain_block
     from vmc.sampler import MCMCState
     setup, hf = _setup("LiH", 0, False, 5)
@@ -151,7 +151,6 @@ def test_pretrain_skips_a_non_finite_gradient():
     key = jax.random.PRNGKey(7)
     good = PretrainState(state0.params, tx.init(state0.params), state0.mcmc)
     after, losses, _ = block(good, key, 0, 3)   # the programs of the test above
-    assert int(after.opt_state.total_notfinite) == 0
     assert np.all(np.isfinite(np.asarray(losses)))
     moved = jax.tree_util.tree_leaves(after.params)[0] - jax.tree_util.tree_leaves(good.params)[0]
     assert float(jnp.max(jnp.abs(moved))) > 0
@@ -159,7 +158,6 @@ def test_pretrain_skips_a_non_finite_gradient():
     bad = good._replace(mcmc=MCMCState(walkers, good.mcmc.logabs, good.mcmc.width))
     after, losses, _ = block(bad, key, 0, 3)
     assert np.all(np.isnan(np.asarray(losses)))
-    assert int(after.opt_state.total_notfinite) == 3
     for a, b in zip(jax.tree_util.tree_leaves(after.params),
                     jax.tree_util.tree_leaves(good.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

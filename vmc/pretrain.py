@@ -30,6 +30,7 @@ comes after the moves, which are therefore exact moves under |ψ_net(θ_t)|².
 
 from __future__ import annotations
 
+import math
 import pathlib
 import sys
 import time
@@ -44,7 +45,6 @@ from vmc.sampler import MCMCState, adapt_width, make_moves, make_sampler
 
 GROUP = "pretrain"
 SYNC_EVERY = 50    # pretraining steps per compiled block (even), between reads of the loss
-MAX_SKIPPED = 2 ** 30   # consecutive non-finite gradients skipped (optax.apply_if_finite)
 
 
 class PretrainState(NamedTuple):
@@ -118,8 +118,8 @@ def make_pretrain_block(setup, hf, lr: float):
     pass; m = pretrain.moves Metropolis moves, ⌊(m + [t even])/2⌋ under |ψ_net|² with the
     current parameters, the rest under |ψ_HF|² (each parity's split is static, so a step with
     no network move takes the loss without log|ψ| and one with no HF move evaluates no HF
-    log|ψ|); the width adapted to the step's acceptance; one Adam step, skipped (parameters and
-    Adam state kept) when the gradient is not finite.
+    log|ψ|); the width adapted to the step's acceptance; one Adam step, with non-finite
+    gradient entries taken as 0 (parameters stay finite).
 
     Returns:
       (tx, block) with `block(state: PretrainState, key, t0, n) -> (state, losses (n,),
@@ -135,9 +135,7 @@ def make_pretrain_block(setup, hf, lr: float):
     hf_fn = lambda p, x: hf_log_psi(hf, x)  # noqa: E731
     hf_moves = make_moves(hf_fn)
     hf_logabs = jax.vmap(lambda x: hf_fn(None, x)[1])
-    # a step whose gradient is not finite is skipped (parameters and Adam state kept), so a
-    # numerical fault cannot reach the parameters; `total_notfinite` counts the skips
-    tx = optax.apply_if_finite(optax.adam(lr), max_consecutive_errors=MAX_SKIPPED)
+    tx = optax.adam(lr)
     n_up = setup.molecule.n_up
 
     def one_step(state: PretrainState, key, n_net: int):
@@ -157,6 +155,11 @@ def make_pretrain_block(setup, hf, lr: float):
             x, _, acc = hf_moves(None, x, hf_logabs(x).astype(x.dtype), width, k_hf, m - n_net)
             accepted = accepted + acc
         pmove = accepted / m
+        # a numerical fault must not reach the parameters: non-finite gradient entries count
+        # as 0 (one elementwise select, fused into Adam's; a NaN walker makes the whole
+        # gradient NaN, so the step then only decays Adam's moments). `pretrain` counts the
+        # steps with a non-finite loss.
+        grad = jax.tree_util.tree_map(lambda g: jnp.where(jnp.isfinite(g), g, 0), grad)
         updates, opt_state = tx.update(grad, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         # log|ψ| is left stale (the walkers' values under HF or old params): `pretrain`
@@ -220,11 +223,13 @@ def pretrain(setup, state, key, run_dir, log: Callable = print):
     bar = _progress(cfg, steps) if parallel.is_writer() else None
     t0 = time.time()
     first = loss = pmove = float("nan")
+    nonfinite = 0
     try:
         for start in range(0, steps, SYNC_EVERY):   # one host read of the losses per block
             n = min(SYNC_EVERY, steps - start)      # (a shorter last block compiles anew)
             pstate, losses, pmove_b = block(pstate, key, start, n)
             values = [float(v) for v in jax.device_get(losses)]
+            nonfinite += sum(1 for v in values if not math.isfinite(v))
             for i, v in enumerate(values):
                 writer.append({"step": start + i, "loss": v})
             first = values[0] if start == 0 else first
@@ -239,10 +244,9 @@ def pretrain(setup, state, key, run_dir, log: Callable = print):
             bar.close()
     log(f"pretrain: {steps} steps in {time.time() - t0:.1f} s, loss {first:.4g} -> {loss:.4g}, "
         f"pmove {pmove:.3f}")
-    skipped = int(pstate.opt_state.total_notfinite)
-    if skipped:
-        log(f"pretrain: warning: {skipped} of {steps} steps skipped (non-finite loss gradient; "
-            f"parameters kept)")
+    if nonfinite:
+        log(f"pretrain: warning: {nonfinite} of {steps} steps had a non-finite loss (their "
+            f"non-finite gradient entries were taken as 0)")
     # replicated parameters must not drift apart in the last bits: process 0's everywhere
     params = pstate.params
     if jax.process_count() > 1:
