@@ -383,13 +383,15 @@ def list_checkpoints(directory) -> list[pathlib.Path]:
 
 
 def latest_valid(directory, template: Mapping[str, Any] | Callable[[dict], Mapping[str, Any]]
-                 | None = None) -> pathlib.Path | None:
+                 | None = None, log: Callable[[str], Any] | None = None
+                 ) -> pathlib.Path | None:
     """Newest checkpoint whose checksum verifies (and that fits ``template`` if given: a
     mapping or a function of the file's attributes, as for `restore`).
 
     Leftover temp files of a crash mid-save (``.ckpt_*.tmp``) are removed first when
     provably abandoned (a save running elsewhere keeps its file). Invalid checkpoints are
-    skipped with a ``warnings.warn`` naming the file (they are not deleted).
+    skipped (not deleted) with one line ``warning: skipping invalid checkpoint FILE: why``
+    to ``log`` (a run's logger: console and run.log), or a ``warnings.warn`` without one.
 
     Returns:
         The path, or None if there is no valid checkpoint.
@@ -405,7 +407,10 @@ def latest_valid(directory, template: Mapping[str, Any] | Callable[[dict], Mappi
                 restore(p, template)
             return p
         except CheckpointError as e:
-            warnings.warn(f"skipping invalid checkpoint {p}: {e}", stacklevel=2)
+            if log is not None:
+                log(f"warning: skipping invalid checkpoint {p}: {e}")
+            else:
+                warnings.warn(f"skipping invalid checkpoint {p}: {e}", stacklevel=2)
     return None
 
 

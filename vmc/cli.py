@@ -15,7 +15,7 @@ import sys
 def _integer(text: str) -> int:
     """An integer flag written as people write numbers: 3e3 or 3000.0 is 3000."""
     from vmc.config_parse import integral
-    value = integral(text if not text.strip().lstrip("-").isdigit() else int(text))
+    value = integral(text)
     if isinstance(value, bool) or not isinstance(value, int):
         raise argparse.ArgumentTypeError(f"invalid integer {text!r}")
     return value

@@ -12,6 +12,7 @@ import typing
 
 import yaml
 
+from vmc.config_schema import MoleculeConfig
 from vmc.errors import InputError, did_you_mean
 
 
@@ -126,9 +127,6 @@ def _coerce(path: str, value, tp, meta):
     return value
 
 
-_TOP_LEVEL_MOLECULE_KEYS = ("atoms", "units", "charge", "spin", "reference")
-
-
 def _build(cls, data: dict, prefix: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
@@ -137,7 +135,8 @@ def _build(cls, data: dict, prefix: str):
         path = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
             # at the top level the molecule's own keys are valid too (vmc.config moves them)
-            valid = list(fields) if prefix else list(fields) + list(_TOP_LEVEL_MOLECULE_KEYS)
+            valid = list(fields) + ([] if prefix else
+                                    [f.name for f in dataclasses.fields(MoleculeConfig)])
             raise InputError(f"{path}: unknown setting; valid keys in "
                              f"{prefix or 'the top level'}: {', '.join(valid)}"
                              + did_you_mean(key, valid))

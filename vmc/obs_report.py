@@ -186,11 +186,11 @@ def observable_columns(cols: dict) -> dict:
     return {k: v for k, v in cols.items() if k in keep}
 
 
-def _pm(mean, err, plateau, fmt: str = ".4f") -> str:
+def _pm(mean, err, plateau, fmt: str = ".4f", sep: str = " ± ") -> str:
     """'mean ± err', or 'mean ± >=err' where reblocking found no plateau (the error is then
     a lower bound, as the energy's is printed)."""
     low = plateau is not None and not plateau
-    return f"{mean:{fmt}} ± {'>=' if low else ''}{err:{fmt.lstrip('+')}}"
+    return f"{mean:{fmt}}{sep}{'>=' if low else ''}{err:{fmt.lstrip('+')}}"
 
 
 def format_lines(obs: dict, steps: int = 0, run_dir=None) -> list[str]:
@@ -219,7 +219,7 @@ def format_lines(obs: dict, steps: int = 0, run_dir=None) -> list[str]:
             for name in ("hf", "zv", "zv_zb"):
                 m, e = f[name]["mean"][i], f[name]["stderr"][i]
                 p = f[name]["plateau"][i] if "plateau" in f[name] else [None] * len(m)
-                cells.append(f"{name} [" + ", ".join(_pm(a, b, c, "+.4f").replace(" ± ", "±")
+                cells.append(f"{name} [" + ", ".join(_pm(a, b, c, "+.4f", "±")
                                                      for a, b, c in zip(m, e, p)) + "]")
             lines.append(f"force on nucleus {i} (Ha/bohr): " + "; ".join(cells))
     if "density" in obs:

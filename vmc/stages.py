@@ -97,19 +97,6 @@ def check_history(path: pathlib.Path, start: int, log) -> None:
             f"{gap} no rows")
 
 
-def latest_valid_logged(directory: pathlib.Path, template, log):
-    """`vmc.checkpoint.latest_valid`, with each skipped checkpoint's warning as one log line
-    (console and run.log) instead of a Python warning."""
-    import warnings
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        path = ckpt.latest_valid(directory, template)
-    for w in caught:
-        text = str(w.message)
-        log("warning: " + (text if text.startswith("skipping") else text.splitlines()[0]))
-    return path
-
-
 def restore(setup: Setup, run_dir: pathlib.Path, log,
              what: str = "--resume") -> tuple[TrainState, int, int]:
     """State from the newest valid checkpoint; walkers resized if the count changed.
@@ -129,7 +116,7 @@ def restore(setup: Setup, run_dir: pathlib.Path, log,
                 "opt_state": schema2_layout(template.opt_state) if old else template.opt_state}
 
     d = run_dir / "checkpoints"
-    path = latest_valid_logged(d, layout, log)
+    path = ckpt.latest_valid(d, layout, log)
     if path is None:
         raise InputError(f"{what}: no valid checkpoint in {d}")
     trees, attrs = ckpt.restore(path, layout)

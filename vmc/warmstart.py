@@ -28,8 +28,7 @@ def warm_start(setup, state, run_dir: pathlib.Path, log: Callable = print):
     if source.is_file():   # one checkpoint file, RUN/checkpoints/ckpt_NNNNNN.h5
         path, run_dir = source, source.parent.parent
     else:
-        from vmc.stages import latest_valid_logged
-        path = latest_valid_logged(source / "checkpoints", None, log)
+        path = ckpt.latest_valid(source / "checkpoints", log=log)
         if path is None:
             raise InputError(f"--init-from {str(run_dir)!r}: no valid checkpoint")
     try:
