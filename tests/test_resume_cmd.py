@@ -47,6 +47,17 @@ def finished(tmp_path_factory):
     return run
 
 
+def _stopped_at_step_4(finished, tmp_path):
+    """A copy of the finished run without its step-8 checkpoint and its evaluation: a run
+    that looks stopped at step 4."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    ckpt.checkpoint_path(run / "checkpoints", 8).unlink()
+    (run / "eval.h5").unlink()
+    (run / "summary.json").unlink()
+    return run
+
+
 def test_run_log_holds_the_final_line(finished, capsys):
     log = (finished / "run.log").read_text().splitlines()
     final = [line for line in log if "results in" in line]
@@ -59,12 +70,8 @@ def test_run_log_holds_the_final_line(finished, capsys):
 def test_resume_with_only_the_directory(finished, tmp_path, capsys):
     """Drop the step-8 checkpoint and the evaluation: the run looks stopped at step 4.
     `vmc resume RUN` trains steps 4..7 again bit for bit and evaluates."""
-    run = tmp_path / "run"
-    shutil.copytree(finished, run)
-    want = ckpt.read_tree_raw(ckpt.checkpoint_path(run / "checkpoints", 8), "params")
-    ckpt.checkpoint_path(run / "checkpoints", 8).unlink()
-    (run / "eval.h5").unlink()
-    (run / "summary.json").unlink()
+    want = ckpt.read_tree_raw(ckpt.checkpoint_path(finished / "checkpoints", 8), "params")
+    run = _stopped_at_step_4(finished, tmp_path)
     capsys.readouterr()
     assert _call(["resume", run]) == 0
     out = capsys.readouterr().out
@@ -144,11 +151,7 @@ def test_resume_of_a_finished_run_says_an_allowed_set_is_not_applied(finished, c
 def test_resume_with_more_walkers_evaluates_with_them(finished, tmp_path, capsys):
     """config.yaml stores eval.walkers resolved (16 = sampler.walkers); `vmc resume --set
     sampler.walkers=32` lets it follow, as `vmc run CONFIG --resume` does, and says so."""
-    run = tmp_path / "run"
-    shutil.copytree(finished, run)
-    ckpt.checkpoint_path(run / "checkpoints", 8).unlink()
-    (run / "eval.h5").unlink()
-    (run / "summary.json").unlink()
+    run = _stopped_at_step_4(finished, tmp_path)
     capsys.readouterr()
     assert _call(["resume", run, "--set", "sampler.walkers=32"]) == 0
     out = capsys.readouterr().out
@@ -197,11 +200,7 @@ def test_resume_with_a_damaged_or_short_train_h5(finished, tmp_path, capsys):
     """A truncated train.h5 is one line (exit 2, the run left as it was) that says how to go
     on; a missing one, or one that ends before the checkpoint, resumes with a warning naming
     the gap."""
-    run = tmp_path / "run"
-    shutil.copytree(finished, run)
-    ckpt.checkpoint_path(run / "checkpoints", 8).unlink()
-    (run / "eval.h5").unlink()
-    (run / "summary.json").unlink()
+    run = _stopped_at_step_4(finished, tmp_path)
     history = (run / "train.h5").read_bytes()
     (run / "train.h5").write_bytes(history[:3000])
     capsys.readouterr()

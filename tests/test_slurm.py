@@ -96,7 +96,9 @@ def test_requeue_before_the_first_checkpoint_resumes(tmp_path, files):
     assert log.read_text().splitlines()[0] == f"vmc run systems/He.yaml --out {out} --resume"
 
 
-def test_scan_array_requeued_before_its_first_checkpoint_warm_starts_again(tmp_path):
+def _scan_task_1(tmp_path, own_files=()):
+    """scan_array.sh as array task 1 of a two-line list, point_000 holding a checkpoint and
+    point_001 the given files; returns the `vmc run` line it called."""
     bin_dir, log = _fake_tools(tmp_path, vmc_exit=0)
     (tmp_path / "list.txt").write_text("a.yaml\nb.yaml\n")
     prev = tmp_path / "scan" / "point_000" / "checkpoints"
@@ -104,29 +106,24 @@ def test_scan_array_requeued_before_its_first_checkpoint_warm_starts_again(tmp_p
     (prev / "ckpt_001000.h5").write_bytes(b"")
     own = tmp_path / "scan" / "point_001"
     own.mkdir()
-    (own / "config.yaml").write_bytes(b"")
+    for name in own_files:
+        (own / name).write_bytes(b"")
     env = _slurm_env(bin_dir, SLURM_NTASKS="1", SLURM_ARRAY_TASK_ID="1")
     proc = subprocess.run(["bash", str(SLURM / "scan_array.sh"), str(tmp_path / "list.txt"),
                            str(tmp_path / "scan")], cwd=ROOT, env=env, capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    first = log.read_text().splitlines()[0]
-    assert first == (f"vmc run b.yaml --out {own} --resume --init-from "
+    return log.read_text().splitlines()[0]
+
+
+def test_scan_array_requeued_before_its_first_checkpoint_warm_starts_again(tmp_path):
+    first = _scan_task_1(tmp_path, own_files=("config.yaml",))
+    assert first == (f"vmc run b.yaml --out {tmp_path}/scan/point_001 --resume --init-from "
                      f"{tmp_path}/scan/point_000")
 
 
 def test_scan_array_warm_starts_from_the_neighbour(tmp_path):
-    bin_dir, log = _fake_tools(tmp_path, vmc_exit=0)
-    (tmp_path / "list.txt").write_text("a.yaml\nb.yaml\n")
-    prev = tmp_path / "scan" / "point_000" / "checkpoints"
-    prev.mkdir(parents=True)
-    (prev / "ckpt_001000.h5").write_bytes(b"")
-    env = _slurm_env(bin_dir, SLURM_NTASKS="1", SLURM_ARRAY_TASK_ID="1")
-    proc = subprocess.run(["bash", str(SLURM / "scan_array.sh"), str(tmp_path / "list.txt"),
-                           str(tmp_path / "scan")], cwd=ROOT, env=env, capture_output=True,
-                          text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    first = log.read_text().splitlines()[0]
+    first = _scan_task_1(tmp_path)
     assert first == (f"vmc run b.yaml --out {tmp_path}/scan/point_001 --init-from "
                      f"{tmp_path}/scan/point_000")
 
