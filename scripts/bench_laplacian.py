@@ -19,7 +19,7 @@ The children share a temporary JAX compilation cache with the parent, so the par
 compile of the same program is a cache hit. `--no-memory` skips the children (compile_s is
 then the parent's, peak_mb null). The full table of README "Performance and memory" was
 
-    python scripts/bench_laplacian.py --json > laplacian.jsonl      # 30 min on 2 CPU cores
+    python scripts/bench_laplacian.py --json > laplacian.jsonl      # 45 min on 2 CPU cores
 
 then `python scripts/bench_laplacian.py --table laplacian.jsonl` (markdown, the default
 re-derived from the current setting, and per case whether the default is the fastest method
@@ -229,7 +229,9 @@ def main(argv=None) -> None:
     p.add_argument("--sizes", nargs="+", default=["default", "benchmark"],
                    choices=("default", "benchmark"))
     p.add_argument("--methods", nargs="+", default=None, help="default: all LAPLACIANS")
-    p.add_argument("--walkers", type=int, default=32)
+    p.add_argument("--walkers", type=int, default=256,
+                   help="batch size (default 256: a run's default walkers, on which "
+                        "hamiltonian.laplacian: auto was chosen)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-memory", action="store_true", help="no child processes")
     p.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -102,12 +102,23 @@ def test_auto_picks_sparse_by_ansatz_and_electrons_and_config_resolves_it():
     assert resolve_laplacian("auto", "ferminet", 9) == "forward"
     assert resolve_laplacian("auto", "ferminet", 10) == "forward-sparse"
     assert resolve_laplacian("auto", "psiformer", 2) == "forward"
-    assert resolve_laplacian("auto", "psiformer", 30) == "forward"
+    assert resolve_laplacian("auto", "psiformer", 3) == "forward-sparse"
+    assert resolve_laplacian("auto", "psiformer", 30) == "forward-sparse"
     assert resolve_laplacian("auto", "hf", 30) == "forward"
     root = pathlib.Path(__file__).resolve().parents[1] / "systems"
     assert load_config(root / "Ne.yaml").hamiltonian.laplacian == "forward-sparse"
     assert load_config(root / "N.yaml").hamiltonian.laplacian == "forward"
-    assert load_config(root / "Ne.yaml", overrides=("ansatz.name=psiformer",)
+    psiformer = ("ansatz.name=psiformer",)
+    assert load_config(root / "Ne.yaml", overrides=psiformer
+                       ).hamiltonian.laplacian == "forward-sparse"
+    assert load_config(root / "Li.yaml", overrides=psiformer
+                       ).hamiltonian.laplacian == "forward-sparse"
+    assert load_config(root / "He.yaml", overrides=psiformer
                        ).hamiltonian.laplacian == "forward"
+    # the tiny preset (tests, smoke runs: mostly compilation) sets folx dense; --set wins
+    assert load_config(root / "Ne.yaml", preset="tiny").hamiltonian.laplacian == "forward"
+    assert load_config(root / "Ne.yaml", preset="tiny",
+                       overrides=("hamiltonian.laplacian=auto",)
+                       ).hamiltonian.laplacian == "forward-sparse"
     assert load_config(root / "Ne.yaml", overrides=("hamiltonian.laplacian=hessian",)
                        ).hamiltonian.laplacian == "hessian"

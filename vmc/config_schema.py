@@ -249,9 +249,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # Tiny network and few steps: smoke tests and CI. No float64 rescue: its second
     # (float64) network adds ~5 s to every evaluation's compilation (tests/test_rescue.py
-    # tests it; the README's quick start runs it).
+    # tests it; the README's quick start runs it). folx dense: the sparse pass that 'auto'
+    # picks for larger cases compiles 3-5x longer, and these runs are mostly compilation.
     "tiny": {
-        "hamiltonian": {"f64_rescue": 0},
+        "hamiltonian": {"f64_rescue": 0, "laplacian": "forward"},
         "ansatz": {"hidden_one": (8, 8), "hidden_two": (4, 4), "determinants": 2,
                    "layers": 1, "heads": 2, "head_dim": 8},   # (the Psiformer: 1 × 2 × 8)
         "sampler": {"walkers": 32, "moves": 2, "burn_in": 5},

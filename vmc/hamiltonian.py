@@ -23,13 +23,14 @@ SPARSE_THRESHOLD = 6
 
 
 # 'auto' (hamiltonian.laplacian's default): folx sparse from this many electrons on, else
-# folx dense. From scripts/bench_laplacian.py's table (README, Performance and memory; CPU,
-# 32 walkers, a loaded machine): FermiNet's sparse pass took 1.1-2.8x dense's time up to
-# O (8 electrons) and 0.3-0.9x at Ne and H2O (10); the Psiformer's 0.7-1.04x from Li on,
-# 1.5-2.4x for He. The Hessian loop took 1.3-3.4x dense's time (two noisy rows aside).
-# Psiformer: dense. Its sparse pass compiles 2-3x longer (20 against 7 s) and at 256 walkers
-# is no faster (Li 1.06x, N 0.91x dense; README "Laplacian methods")
-SPARSE_FROM = {"ferminet": 10}
+# folx dense. From scripts/bench_laplacian.py's table at 256 walkers, the batch a run uses
+# (README, "Laplacian methods"; CPU, best of 5 interleaved): FermiNet's sparse pass took
+# 0.97-4x dense's time up to O (8 electrons) and 0.37-0.87x at Ne and H2O (10); the
+# Psiformer's 0.53-1.04x from Li (3) on, one row aside (N at the benchmark width, 1.36x,
+# reproduced: 1.33x), and 2.3-3x for He. The Hessian loop took 1.3-3.3x the fastest.
+# folx's sparse pass compiles 3-5x longer (7-17 against 2-4 s); the tiny preset, whose runs
+# are mostly compilation, sets 'forward'.
+SPARSE_FROM = {"ferminet": 10, "psiformer": 3}
 
 
 def resolve_laplacian(setting: str, ansatz: str, n_electrons: int) -> str:
@@ -39,7 +40,7 @@ def resolve_laplacian(setting: str, ansatz: str, n_electrons: int) -> str:
       setting: 'auto' (folx sparse, 'forward-sparse', for an ansatz with at least
         SPARSE_FROM[ansatz] electrons, else folx dense, 'forward') or one of LAPLACIANS,
         returned as is.
-      ansatz: 'ferminet', 'psiformer' or 'hf' (the last two always dense under 'auto').
+      ansatz: 'ferminet', 'psiformer' or 'hf' (the last always dense under 'auto').
       n_electrons: electrons of the molecule.
     Returns:
       one of LAPLACIANS.
