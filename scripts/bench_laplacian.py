@@ -58,9 +58,8 @@ KEYS = ("system", "ansatz", "size", "method", "n_electrons", "walkers", "ms_per_
 
 
 def _setup_jax(cache: str | None):
-    flag = "--xla_cpu_enable_concurrency_optimized_scheduler=false"   # as vmc.cli
-    if flag not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+    from vmc.cpu_env import configure_process
+    configure_process()   # as vmc.cli: the deadlock flag, one OpenBLAS thread
     import jax
     jax.config.update("jax_enable_x64", True)
     if cache:

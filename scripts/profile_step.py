@@ -43,9 +43,9 @@ import sys
 import tempfile
 import time
 
-_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"   # as vmc.cli
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+from vmc.cpu_env import configure_process  # noqa: E402
+
+configure_process()   # as vmc.cli: the deadlock flag, one OpenBLAS thread
 
 import jax  # noqa: E402
 

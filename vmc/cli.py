@@ -104,17 +104,15 @@ def _distributed_args(p):
 
 
 def _avoid_cpu_deadlock():
-    """jaxlib 0.10.x can deadlock in LAPACK calls (slogdet's LU) on a 2-thread CPU pool;
-    XLA's concurrency-optimized scheduler off avoids it. Must run before JAX starts."""
-    flag = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
-    if flag not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+    """XLA's concurrency-optimized scheduler off and one OpenBLAS thread
+    (`vmc.cpu_env.configure_process`). Must run before JAX starts."""
+    from vmc.cpu_env import configure_process
+    configure_process()
 
 
 def _setup_jax(args=None, cfg=None):
     """Process-wide JAX settings: float64 available (the network dtype is set per run), and
     the distributed runtime when launched as several processes (vmc.parallel)."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")   # keep PySCF's threads off JAX's cores
     import jax
     jax.config.update("jax_enable_x64", True)
     from vmc.compile_cache import enable
