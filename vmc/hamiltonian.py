@@ -25,9 +25,9 @@ SPARSE_THRESHOLD = 6
 # 'auto' (hamiltonian.laplacian's default): folx sparse from this many electrons on, else
 # folx dense. From scripts/bench_laplacian.py's table at 256 walkers, the batch a run uses
 # (README, "Laplacian methods"; CPU, best of 5 interleaved): FermiNet's sparse pass took
-# 0.97-4x dense's time up to O (8 electrons) and 0.37-0.87x at Ne and H2O (10); the
-# Psiformer's 0.53-1.04x from Li (3) on, one row aside (N at the benchmark width, 1.36x,
-# reproduced: 1.33x), and 2.3-3x for He. The Hessian loop took 1.3-3.3x the fastest.
+# 0.97-3.9x dense's time up to O (8 electrons) and 0.38-0.91x at Ne and H2O (10); the
+# Psiformer's 0.53-1.02x from Li (3) on, one row aside (N at the benchmark width, 1.31x,
+# reproduced: 1.33x), and 2.5-3.2x for He. The Hessian loop took 1.2-3.3x the fastest.
 # folx's sparse pass compiles 3-5x longer (7-17 against 2-4 s); the tiny preset, whose runs
 # are mostly compilation, sets 'forward'.
 SPARSE_FROM = {"ferminet": 10, "psiformer": 3}
