@@ -19,7 +19,7 @@ The children share a temporary JAX compilation cache with the parent, so the par
 compile of the same program is a cache hit. `--no-memory` skips the children (compile_s is
 then the parent's, peak_mb null). The full table of README "Performance and memory" was
 
-    python scripts/bench_laplacian.py --json > laplacian.jsonl      # 45 min on 2 CPU cores
+    python scripts/bench_laplacian.py --json > laplacian.jsonl      # about 20 min on 2 CPU cores
 
 then `python scripts/bench_laplacian.py --table laplacian.jsonl` (markdown, the default
 re-derived from the current setting, and per case whether the default is the fastest method

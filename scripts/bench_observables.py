@@ -12,11 +12,12 @@ step (`sampler.moves` Metropolis moves, local energy, observables on the same wa
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_enable_concurrency_optimized_scheduler=false")
+from vmc.cpu_env import configure_process  # noqa: E402
+
+configure_process()   # as vmc.cli: the deadlock flag, one OpenBLAS thread
 
 SYSTEMS = {
     "H2": ([{"symbol": "H", "position": [0.0, 0.0, 0.0]},

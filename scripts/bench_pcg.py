@@ -34,12 +34,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import os
 import sys
 import time
 
-_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"   # see vmc.cli
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+from vmc.cpu_env import configure_process  # noqa: E402
+
+configure_process()   # as vmc.cli: the deadlock flag, one OpenBLAS thread
 
 import jax  # noqa: E402
 

@@ -64,11 +64,9 @@ import subprocess
 import sys
 import time
 
-# as vmc.cli: jaxlib 0.10.x can deadlock in LAPACK (slogdet's LU) on a 2-thread CPU pool
-_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+from vmc.cpu_env import configure_process  # noqa: E402
+
+configure_process()   # as vmc.cli: the deadlock flag, one OpenBLAS thread
 
 import jax  # noqa: E402
 

@@ -24,12 +24,12 @@ forms Ō (n_w × p) instead (an n_w × n_w Cholesky, O(n_w² p + n_w³)).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
-_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"   # see vmc.cli
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+from vmc.cpu_env import configure_process  # noqa: E402
+
+configure_process()   # as vmc.cli: the deadlock flag, one OpenBLAS thread
 
 import jax  # noqa: E402
 

@@ -31,14 +31,13 @@ GPU or hours.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-from vmc.cli import _avoid_cpu_deadlock  # noqa: E402  (before JAX starts: LAPACK deadlock)
-_avoid_cpu_deadlock()
+from vmc.cpu_env import configure_process  # noqa: E402
+
+configure_process()   # as vmc.cli: the deadlock flag, one OpenBLAS thread
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -14,13 +14,14 @@ Trained networks against FCI-quality forces: scripts/observables_check.py.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 import numpy as np
 
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_enable_concurrency_optimized_scheduler=false")
+from vmc.cpu_env import configure_process  # noqa: E402
+
+configure_process()   # as vmc.cli: the deadlock flag, one OpenBLAS thread
 
 ATOMS = {"H2": ("H", "H"), "LiH": ("Li", "H")}
 

@@ -19,15 +19,12 @@ E_L ≈ −Z/r near each nucleus and the E_L variance is 5–30 Ha² (Be, LiH), 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-# Avoid jaxlib 0.10.2's CPU LAPACK thread-pool deadlock (see scripts/pretrain_compare.py).
-if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_enable_concurrency_optimized_scheduler=false").strip()
+from vmc.cpu_env import configure_process  # noqa: E402
+
+configure_process()   # as vmc.cli: the deadlock flag, one OpenBLAS thread
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -57,7 +57,8 @@ def _rss_mb() -> float:
 
 
 def _child(args) -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from vmc.cpu_env import configure_process
+    configure_process()   # as vmc.cli: the deadlock flag, one OpenBLAS thread
     import jax
     jax.config.update("jax_enable_x64", True)
     from vmc.ansatz import count_params

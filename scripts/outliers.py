@@ -26,13 +26,12 @@ median)² per class, and the same distances for all walkers for comparison.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-from vmc.cli import _avoid_cpu_deadlock  # noqa: E402  (before JAX starts: LAPACK deadlock)
-_avoid_cpu_deadlock()
+from vmc.cpu_env import configure_process  # noqa: E402
+
+configure_process()   # as vmc.cli: the deadlock flag, one OpenBLAS thread
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -30,11 +29,6 @@ import time
 
 import numpy as np
 
-# jaxlib 0.10.2's CPU LAPACK kernels (slogdet's LU, Cholesky) split batches over XLA's
-# intra-op pool and block on it; when as many independent LAPACK calls as there are cores run
-# at once (2 on a 2-core CPU), every pool thread waits and the step hangs forever. Observed here
-# with a Psiformer on N2; XLA's non-concurrency-optimized scheduler avoided it in every trial.
-XLA_WORKAROUND = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 EXACT = {"Li": -7.478060323, "LiH": -8.070548}
 WINDOWS = ((0, 100), (400, 500), (900, 1000))   # VMC steps [start, stop) of training means
 SYSTEMS = {
@@ -45,14 +39,6 @@ SYSTEMS = {
             "  - {symbol: H, position: [3.015, 0.0, 0.0]}\nunits: bohr\ncharge: 0\nspin: 0\n"
             "reference: {energy: -8.070548, kind: exact, source: 'Cencek & Rychlewski (2000)'}\n"),
 }
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    flags = env.get("XLA_FLAGS", "")
-    if "xla_cpu_enable_concurrency_optimized_scheduler" not in flags:
-        env["XLA_FLAGS"] = f"{flags} {XLA_WORKAROUND}".strip()
-    return env
 
 
 def run_one(out: pathlib.Path, system: str, ansatz: str, pretrain: bool, args) -> dict:
@@ -77,8 +63,7 @@ def run_one(out: pathlib.Path, system: str, ansatz: str, pretrain: bool, args) -
         print(f"[{label}] {' '.join(cmd[2:])}", flush=True)
         start = time.time()
         with open(out / f"{label}.log", "w") as logf:
-            rc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT,
-                                env=_env()).returncode
+            rc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT).returncode
         row["wall_s"] = time.time() - start
         if rc != 0 or not summary.exists():
             row["error"] = f"exit {rc}, see {out / (label + '.log')}"

@@ -3,10 +3,12 @@
 import os
 import pathlib
 
-# jaxlib 0.10.x can deadlock in LAPACK on a 2-thread CPU pool (see vmc.cli._avoid_cpu_deadlock)
-_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+from vmc.cpu_env import configure_process
+
+# the CLI's process settings (vmc.cpu_env), before NumPy/SciPy load OpenBLAS, whose LAPACK
+# JAX's CPU linear algebra calls: a `vmc run` in this process and one in a subprocess then use
+# the same single-threaded LAPACK (tests/test_resume.py compares the two bit for bit)
+configure_process()
 # The suite is mostly compilation (a fresh CI machine has no compilation cache): XLA's CPU
 # backend at optimization level 0 compiles the same programs faster and runs them slower,
 # which most of the suite's small networks and short runs do not notice (cold, -n 2: 702 s
@@ -17,11 +19,6 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
 _OPT = "--xla_backend_optimization_level=0"
 if os.environ.get("VMC_TEST_XLA_OPT", "0") == "0" and _OPT not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " " + _OPT
-
-# the CLI's setting (vmc.cli._setup_jax), before NumPy/SciPy load OpenBLAS, whose LAPACK
-# JAX's CPU linear algebra calls: a `vmc run` in this process and one in a subprocess then use
-# the same single-threaded LAPACK (tests/test_resume.py compares the two bit for bit)
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import jax  # noqa: E402
 import pytest

@@ -103,13 +103,6 @@ def _distributed_args(p):
     g.add_argument("--process-id", type=int, metavar="I", help="this process, 0 … N-1")
 
 
-def _avoid_cpu_deadlock():
-    """XLA's concurrency-optimized scheduler off and one OpenBLAS thread
-    (`vmc.cpu_env.configure_process`). Must run before JAX starts."""
-    from vmc.cpu_env import configure_process
-    configure_process()
-
-
 def _setup_jax(args=None, cfg=None):
     """Process-wide JAX settings: float64 available (the network dtype is set per run), and
     the distributed runtime when launched as several processes (vmc.parallel)."""
@@ -126,7 +119,8 @@ def _setup_jax(args=None, cfg=None):
 def main(argv=None) -> int:
     """Entry point of the `vmc` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    _avoid_cpu_deadlock()
+    from vmc.cpu_env import configure_process
+    configure_process()   # before anything loads JAX, SciPy or PySCF
     if argv and argv[0] == "analyze":
         from vmc.analyze import main as analyze_main
         return analyze_main(argv[1:])

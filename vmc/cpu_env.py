@@ -3,9 +3,12 @@
 Call `configure_process()` before the first `import jax` (and before SciPy or PySCF load
 their BLAS): environment variables read at library load time do nothing afterwards.
 
-- `--xla_cpu_enable_concurrency_optimized_scheduler=false` in XLA_FLAGS: jaxlib 0.10.x can
-  deadlock in LAPACK calls (slogdet's LU) on a 2-thread CPU pool; XLA's
-  concurrency-optimized scheduler off avoids it.
+- `--xla_cpu_enable_concurrency_optimized_scheduler=false` in XLA_FLAGS: jaxlib 0.10.x's CPU
+  LAPACK kernels (slogdet's LU, Cholesky) split batches over XLA's intra-op pool and block
+  on it; when as many independent LAPACK calls as there are cores run at once (2 on a 2-core
+  CPU), every pool thread waits and the step hangs (seen with a Psiformer on N2, and with
+  N's `sample` step when its Jacobian was made independent of the local energy). XLA's
+  other scheduler avoided it in every trial.
 - OMP_NUM_THREADS=1 (unless set): one thread for OpenBLAS/OpenMP, whose LAPACK kernels XLA
   calls on CPU (Cholesky, triangular solves, LU) and which PySCF uses. Their own worker
   threads otherwise compete with XLA's for the same cores: Li's benchmark-network KFAC step
