@@ -118,6 +118,13 @@ BAD_INPUTS = [
      ["optim.solver", "'kfac-cg'", "valid with hf: sample, dense, adam, cg, spring"]),
     ("non-number in a float setting", {"atoms": HE}, ["--set", "optim.damping=1e-3x"],
      ["optim.damping", "'1e-3x'"]),
+    # PyYAML keeps the last of two equal keys silently (spin 1 here; a triplet for H2)
+    ("key given twice", "atoms: [{symbol: He, position: [0, 0, 0]}]\nspin: 0\nspin: 1\n", [],
+     ["error: spin: given twice in '", "mol.yaml' (lines 2 and 3)", "valid: one value per key"]),
+    ("key given twice in a section",
+     "molecule:\n  atoms: [{symbol: He, position: [0, 0, 0]}]\n  spin: 0\noptim:\n"
+     "  lr: 0.1\n  steps: 5\n  lr: -1\n", [],
+     ["optim.lr: given twice", "(lines 5 and 7)"]),
 ]
 
 
@@ -142,6 +149,19 @@ def test_bad_input_exits_2_with_one_error_line_and_writes_nothing(tmp_path, caps
     assert captured.out == ""
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == before   # nor runs/<stem> in cwd
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_a_directory_as_config_is_named_a_directory(tmp_path, capsys, monkeypatch, command):
+    """`vmc run systems` said "config file 'systems': not found"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "systems").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert _call([command, "systems/"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == ("error: config file 'systems': is a directory; valid: a molecule "
+                            ".yaml file, or an .xyz file (Å), e.g. systems/H2.yaml\n")
+    assert captured.out == "" and sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_argparse_errors_exit_2_with_one_line(capsys):

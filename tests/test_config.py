@@ -213,3 +213,19 @@ def test_integers_written_as_people_write_them():
     assert _integer("3e1") == 30 and _integer("30") == 30
     with pytest.raises(Exception, match="invalid integer"):
         _integer("3.5")
+
+
+def test_load_yaml_refuses_a_key_given_twice_at_any_depth():
+    """PyYAML keeps the last of two equal keys; the config loader names the key path and
+    the lines instead (in a list item too), and still reads merge keys and aliases."""
+    from vmc.config_parse import load_yaml
+    with pytest.raises(InputError, match=r"^molecule\.spin: given twice in 'f\.yaml' "
+                                         r"\(lines 3 and 5\); valid: one value per key$"):
+        load_yaml("molecule:\n  atoms: []\n  spin: 0\n  charge: 0\n  spin: 2\n", "'f.yaml'")
+    with pytest.raises(InputError, match=r"^molecule\.atoms\[1\]\.symbol: given twice in .* "
+                                         r"\(both on line 4\)"):
+        load_yaml("molecule:\n  atoms:\n    - {symbol: H, position: [0, 0, 0]}\n"
+                  "    - {symbol: H, position: [0, 0, 1], symbol: He}\n", "'f.yaml'")
+    text = "base: &b {lr: 0.1, steps: 3}\noptim:\n  <<: *b\n  lr: 0.2\nsampler: *b\n"
+    assert load_yaml(text) == yaml.safe_load(text)
+    assert load_yaml("") is None and load_yaml("# nothing\n") is None

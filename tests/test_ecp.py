@@ -131,12 +131,30 @@ def test_valence_only_counting():
                                                                "unknown element"]),
     ([{"symbol": "O", "position": [0, 0, 0]}], 3, ["hamiltonian.ecp", "expected null"]),
     ([{"symbol": "O", "position": [0, 0, 0]}], "nosuchecp", ["hamiltonian.ecp", "nosuchecp"]),
+    # a name PySCF has for no element is refused also where no atom would take it (He, H)
+    ([{"symbol": "He", "position": [0, 0, 0]}], "ccpvdz",
+     ["hamiltonian.ecp: PySCF has no ECP named 'ccpvdz' (for any element); valid: ccecp,",
+      "lanl2dz", "or null (all-electron)"]),
+    ([{"symbol": "He", "position": [0, 0, 0]}], "ccecpp", ["did you mean 'ccecp'?"]),
+    ([{"symbol": "He", "position": [0, 0, 0]}], {"Ne": "ccpvdz"},
+     ["hamiltonian.ecp.Ne: PySCF has no ECP named 'ccpvdz'"]),
 ])
 def test_ecp_input_errors(atoms, ecp_set, words):
     with pytest.raises(InputError) as e:
         make_molecule(atoms, spin=0, ecp=ecp_set)
     msg = str(e.value)
     assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+def test_ecp_names_spelled_as_pyscf_takes_them_still_pass_on_light_atoms(capsys):
+    he = [{"symbol": "He", "position": [0, 0, 0]}]
+    for name in ("ccECP", "lanl2dz", "null", {"He": "ccecp"}):
+        make_molecule(he, spin=0, ecp=name)
+    from vmc.cli import main
+    assert main(["check", "systems/He.yaml", "--set", "hamiltonian.ecp=ccpvdz"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: hamiltonian.ecp: PySCF has no ECP named 'ccpvdz'")
+    assert err.count("\n") == 1
 
 
 @pytest.mark.parametrize("ansatz", ["ferminet", "psiformer"])

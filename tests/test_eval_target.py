@@ -52,3 +52,21 @@ def test_evaluation_runs_on_to_its_error_bar_target_and_keeps_the_same_chain(x64
     # a target already met: no extension
     assert len(evaluate(setup, {}, w, 0.3, steps=128, burn_in=10, key=key,
                         target_stderr=2 * first.stderr).energy) == 128
+
+
+def test_missed_target_warning_says_above_or_no_plateau():
+    """A bar above the target says so; a bar within it that failed only for want of a
+    reblocking plateau says it is a lower bound, not 'above' (it was: 1.6 mHa 'above' 2)."""
+    from vmc.evaluate import target_missed_warning
+    low = target_missed_warning("eval_000", 1.6e-3, False, 400, 2.0)
+    assert "above" not in low, low
+    assert low.startswith("warning: evaluation eval_000: error bar 1.6 mHa after 400 steps "
+                          "(eval.max_steps) is within eval.target_stderr_mha 2, but "
+                          "reblocking found no plateau, so it is only a lower bound"), low
+    high = target_missed_warning("eval_001", 3.1e-3, True, 400, 2.0)
+    assert high.startswith("warning: evaluation eval_001: error bar 3.1 mHa after 400 steps "
+                           "(eval.max_steps), above eval.target_stderr_mha 2;"), high
+    both = target_missed_warning("eval_002", 3.1e-3, False, 400, 2.0)
+    assert "3.1 mHa (no reblocking plateau: a lower bound) after 400" in both
+    assert "above eval.target_stderr_mha 2" in both
+    assert all("\n" not in m for m in (low, high, both))

@@ -236,3 +236,68 @@ def test_init_from_a_damaged_checkpoint_file_says_so(finished, tmp_path, capsys)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot read this checkpoint" in err
     assert "do not fit" not in err and not (tmp_path / "new").exists()
+
+
+def test_finished_run_without_evaluation_hints_what_evaluates(tmp_path):
+    """A run with eval.steps 0: `vmc resume RUN --steps N` alone only trains (the resume says
+    "evaluation skipped"), so the hint adds --set eval.steps; the plain hint said "evaluates
+    again"."""
+    from vmc.config import config_from_dict
+    from vmc.resume import finished_message
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "ckpt_000010.h5").write_bytes(b"")
+    he = [{"symbol": "He", "position": [0.0, 0.0, 0.0]}]
+    cfg = config_from_dict({"atoms": he}, overrides=("optim.steps=10", "eval.steps=0"))
+    msg = finished_message(cfg, run)
+    assert "not evaluated (eval.steps: 0)" in msg and "evaluates again" not in msg, msg
+    assert (f"`vmc resume {run} --steps 20 --set eval.steps=2000` trains to step 20 and "
+            f"evaluates (without --set eval.steps it only trains") in msg, msg
+    assert f"`vmc eval {run} --steps 2000` evaluates the final checkpoint (with a new " in msg
+
+
+def test_a_key_given_twice_in_config_yaml_is_refused(finished, tmp_path, capsys):
+    """A hand-edited config.yaml that gives a key twice: resume and eval refuse it (exit 2,
+    one line naming the key and lines) and leave the run as it was."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    text = (run / "config.yaml").read_text()
+    n = text.count("\n")
+    (run / "config.yaml").write_text(text + "name: again\n")
+    before = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
+    capsys.readouterr()
+    for argv in (["resume", run], ["eval", run, "--steps", "16"]):
+        assert _call(argv) == 2
+        err = capsys.readouterr().err
+        assert err == (f"error: name: given twice in '{run / 'config.yaml'}' (lines 1 and "
+                       f"{n + 1}); valid: one value per key\n"), err
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == before
+
+
+def test_before_the_first_checkpoint_any_setting_may_change_and_the_log_says_so(tmp_path,
+                                                                                 capsys):
+    """A run stopped before its first checkpoint (config.yaml written, nothing else) restarts
+    from step 0, so a resume may change any setting (pretrain.steps here) and says which
+    changed; once a checkpoint exists the same change is refused, and the refusal says why
+    it was allowed before."""
+    from vmc.config import config_from_dict, dump_yaml
+    he = [{"symbol": "He", "position": [0.0, 0.0, 0.0]}]
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = config_from_dict({"atoms": he}, name="He", preset="tiny",
+                           overrides=("pretrain.steps=1000", "optim.steps=2", "eval.steps=0"))
+    (run / "config.yaml").write_text(dump_yaml(cfg))
+    assert _call(["resume", run, "--set", "pretrain.steps=2"]) == 0
+    out = capsys.readouterr().out
+    assert (f"resume: no checkpoint yet in {run} (stopped before the first one); starting "
+            f"from the beginning: the run restarts from step 0 with the changed settings "
+            f"pretrain.steps: 1000 -> 2 (any setting may change until the first "
+            f"checkpoint") in out, out
+    assert ckpt.list_checkpoints(run / "checkpoints")
+    assert _call(["resume", run, "--steps", "4", "--set", "pretrain.steps=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resume: settings differ") and err.count("\n") == 1
+    assert "pretrain.steps: 2 there, 3 now" in err
+    assert err.endswith("hamiltonian.chunk_walkers; any setting may change only before a run's "
+                        "first checkpoint (a resume then starts again from step 0), and this "
+                        "run has one\n"), err

@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="train to N steps in all (optim.steps); default: the run's own")
     rs.add_argument("--set", dest="overrides", action="append", default=[],
                     metavar="KEY=VALUE", help="change a setting that a resume may change "
-                    "(sampler.walkers, eval.*, run.* but seed and x64, the reference)")
+                    "(sampler.walkers, eval.*, run.* but seed and x64, the reference; any "
+                    "setting before the run's first checkpoint: it restarts from step 0)")
     _distributed_args(rs)
     c = sub.add_parser("check", help="validate a config and print what a run would do")
     c.add_argument("config", help="molecule YAML file, or an .xyz file (Å) with --charge/--spin")
@@ -226,6 +227,8 @@ def _run_log(run_dir):
 
 def _load(args):
     from vmc.config import load_config
+    from vmc.config_parse import check_config_file
+    check_config_file(args.config)   # a directory; a key given twice
     return load_config(args.config, preset=args.preset, overrides=tuple(args.overrides),
                        charge=args.charge, spin=args.spin)
 
@@ -252,7 +255,9 @@ def _eval(args) -> int:
     run_dir = pathlib.Path(args.run_dir)
     if (run_dir / "config.yaml").is_file():   # else eval_run says it is no run directory
         from vmc.config import load_config
+        from vmc.config_parse import check_config_file
         from vmc.precheck import check_devices
+        check_config_file(run_dir / "config.yaml")
         cfg = load_config(run_dir / "config.yaml")
         check_devices({"--walkers": args.walkers} if args.walkers
                       else {"eval.walkers": cfg.eval.walkers})

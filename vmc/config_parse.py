@@ -1,5 +1,6 @@
 """Reading config values: type and range checks against the dataclass fields of vmc.config,
-numbers as people write them, `--set` overrides and merging (used by vmc.config).
+numbers as people write them, `--set` overrides and merging (used by vmc.config), and the
+YAML reading that refuses a key given twice (`load_yaml`, `check_config_file`).
 
 Errors are `vmc.errors.InputError` with one line naming the field and what would be valid.
 """
@@ -168,6 +169,78 @@ def _parse_override(item: str) -> dict:
     for p in reversed(parts):
         value = {p: value}
     return value
+
+
+def load_yaml(text: str, where: str = "the file"):
+    """`yaml.safe_load(text)`, but a mapping key given twice at any depth is refused (PyYAML
+    keeps the last one silently: `spin: 0` and later `spin: 2` would run a triplet).
+
+    Raises:
+      InputError: a key given twice, naming its path (e.g. molecule.spin), `where` and the
+        lines.
+      yaml.YAMLError: text that is not YAML (the caller words that error).
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(loader, node, "", where, set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _refuse_duplicate_keys(loader, node, path: str, where: str, seen: set) -> None:
+    """Walk the composed YAML `node` (an alias is walked once) and raise InputError at the
+    first mapping that gives a key twice."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(loader, item, f"{path}[{i}]", where, seen)
+        return
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first: dict = {}
+    for key_node, value_node in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":   # `<<: *anchor` may repeat keys
+            continue
+        try:
+            key = loader.construct_object(key_node, deep=True)
+            hash(key)
+        except (yaml.YAMLError, TypeError):   # a key that is no scalar: left to the checks
+            continue
+        name = f"{path}.{key}" if path else str(key)
+        if key in first:
+            a, b = first[key] + 1, key_node.start_mark.line + 1
+            lines = f"lines {a} and {b}" if a != b else f"both on line {a}"
+            raise InputError(f"{name}: given twice in {where} ({lines}); valid: one value per "
+                             f"key")
+        first[key] = key_node.start_mark.line
+        _refuse_duplicate_keys(loader, value_node, name, where, seen)
+
+
+def check_config_file(path) -> None:
+    """What `vmc.config.load_config` does not check in a config file before reading it: a
+    directory is no config file, and a YAML file may not give a key twice (`load_yaml`).
+    A missing file or invalid YAML is left to load_config's own error.
+
+    Raises:
+      InputError: `path` is a directory, or its YAML gives a key twice.
+    """
+    import pathlib
+    path = pathlib.Path(path)
+    if path.is_dir():
+        raise InputError(f"config file {str(path)!r}: is a directory; valid: a molecule .yaml "
+                         f"file, or an .xyz file (Å), e.g. systems/H2.yaml")
+    if not path.is_file() or path.suffix.lower() == ".xyz":
+        return
+    try:
+        load_yaml(path.read_text(), repr(str(path)))
+    except yaml.YAMLError:
+        pass   # load_config says where and what
 
 
 def read_xyz(path) -> dict:

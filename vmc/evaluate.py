@@ -120,6 +120,25 @@ def target_met(energy: np.ndarray, target: float):
     return bool(r.plateau and r.stderr <= target), r
 
 
+def target_missed_warning(group: str, stderr_ha: float, plateau: bool, steps: int,
+                          target_mha: float) -> str:
+    """The warning line for an evaluation that ended at eval.max_steps without meeting
+    eval.target_stderr_mha: its reblocked error bar `stderr_ha` (Ha) is above the target, or
+    within it but without a reblocking plateau (then only a lower bound, which a target does
+    not accept; `target_met`)."""
+    bar = 1e3 * stderr_ha
+    head = f"warning: evaluation {group}: error bar {bar:.3g} mHa"
+    if stderr_ha > 1e-3 * target_mha:   # as run_evaluation's target, Ha
+        return (f"{head}{'' if plateau else ' (no reblocking plateau: a lower bound)'} after "
+                f"{steps} steps (eval.max_steps), above eval.target_stderr_mha "
+                f"{target_mha:g}; `vmc eval` with a larger eval.max_steps, or more walkers, "
+                f"gets closer")
+    return (f"{head} after {steps} steps (eval.max_steps) is within eval.target_stderr_mha "
+            f"{target_mha:g}, but reblocking found no plateau, so it is only a lower bound and "
+            f"the target is not met; `vmc eval` with a larger eval.max_steps (a longer series) "
+            f"can find one")
+
+
 def next_length(energy: np.ndarray, target: float, max_steps: int) -> int:
     """The recorded length an evaluation should reach for a reblocked error bar ≤ `target`.
 

@@ -69,23 +69,41 @@ def _flatten(tree, prefix=""):
     return {prefix[:-1]: tree}
 
 
+def _stored_and_new(cfg: Config, run_dir: pathlib.Path):
+    """(run_dir's config.yaml, the resolved `cfg`), both flattened to {'section.key': value};
+    ({}, {}) when there is no config.yaml."""
+    import yaml
+    stored_path = run_dir / "config.yaml"
+    if not stored_path.is_file():
+        return {}, {}
+    try:
+        from vmc.config_parse import load_yaml
+        stored = _flatten(load_yaml(stored_path.read_text(), repr(str(stored_path))) or {})
+    except yaml.YAMLError:
+        raise InputError(f"--resume: {str(stored_path)!r} is not valid YAML") from None
+    return stored, _flatten(yaml.safe_load(dump_yaml(cfg)))
+
+
+def changed_settings(cfg: Config, run_dir: pathlib.Path) -> list[str]:
+    """Every resolved setting of `cfg` that differs from run_dir's config.yaml, as
+    'key: old -> new' (any of them may change while the run has no checkpoint yet)."""
+    stored, new = _stored_and_new(cfg, run_dir)
+    return [f"{k}: {stored[k]!r} -> {new[k]!r}" for k in new
+            if k in stored and new[k] != stored[k]]
+
+
 def check_resume_config(cfg: Config, run_dir: pathlib.Path) -> list[str]:
-    """Refuse to resume `run_dir` with settings other than those in RESUMABLE changed.
+    """Refuse to resume `run_dir` with settings other than those in RESUMABLE changed (call
+    once the run has a checkpoint: before the first one, a resume starts again from step 0
+    and any setting may change, `vmc.run.train_run`).
 
     Returns:
       the RESUMABLE settings that do change, as 'key: old -> new' (for the log).
     Raises:
       InputError: naming the first differing settings, their stored and new values.
     """
-    import yaml
     stored_path = run_dir / "config.yaml"
-    if not stored_path.is_file():
-        return []
-    try:
-        stored = _flatten(yaml.safe_load(stored_path.read_text()) or {})
-    except yaml.YAMLError:
-        raise InputError(f"--resume: {str(stored_path)!r} is not valid YAML") from None
-    new = _flatten(yaml.safe_load(dump_yaml(cfg)))
+    stored, new = _stored_and_new(cfg, run_dir)
     diffs = [k for k in new if k in stored and new[k] != stored[k]
              and not any(k == a or (a.endswith(".") and k.startswith(a)) for a in RESUMABLE)]
     if diffs:
@@ -94,9 +112,10 @@ def check_resume_config(cfg: Config, run_dir: pathlib.Path) -> list[str]:
         raise InputError(f"--resume: settings differ from {str(stored_path)!r}: {shown}{more}; "
                          f"valid changes on resume: optim.steps, sampler.walkers, eval.*, "
                          f"run.* (not seed, x64), molecule.reference.*, name, "
-                         f"hamiltonian.chunk_walkers")
-    return [f"{k}: {stored[k]!r} -> {new[k]!r}" for k in new
-            if k in stored and new[k] != stored[k]]
+                         f"hamiltonian.chunk_walkers; any setting may change only before a "
+                         f"run's first checkpoint (a resume then starts again from step 0), and "
+                         f"this run has one")
+    return changed_settings(cfg, run_dir)
 
 
 def check_writable(run_dir: pathlib.Path, field: str) -> None:

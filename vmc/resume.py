@@ -31,12 +31,20 @@ def finished_message(cfg: Config, run_dir: pathlib.Path) -> Optional[str]:
     if cfg.eval.steps > 0 and not groups:
         return None
     done = f"evaluated ({', '.join(groups)})" if groups else "not evaluated (eval.steps: 0)"
+    more = 2 * step or 1000
+    if cfg.eval.steps > 0:
+        train = (f"`vmc resume {run_dir} --steps {more}` trains to step {more} and evaluates "
+                 f"again (with a new seed)")
+    else:   # a resume evaluates only with eval.steps > 0
+        train = (f"`vmc resume {run_dir} --steps {more} --set eval.steps=2000` trains to step "
+                 f"{more} and evaluates (without --set eval.steps it only trains: the run's "
+                 f"eval.steps is 0)")
+    evaluate = ("adds a longer evaluation of the final checkpoint" if groups
+                else "evaluates the final checkpoint")
     return (f"{run_dir}: finished: {step} of {cfg.optim.steps} steps trained, {done}; "
-            f"nothing to resume.\n"
-            f"  `vmc resume {run_dir} --steps {2 * step or 1000}` trains to step "
-            f"{2 * step or 1000} and evaluates again (with a new seed);\n"
-            f"  `vmc eval {run_dir} --steps {max(4 * cfg.eval.steps, 2000)}` adds a longer "
-            f"evaluation of the final checkpoint (with a new seed)")
+            f"nothing to resume.\n  {train};\n"
+            f"  `vmc eval {run_dir} --steps {max(4 * cfg.eval.steps, 2000)}` {evaluate} (with "
+            f"a new seed)")
 
 
 def resume_run(run_dir: pathlib.Path, *, steps: Optional[int] = None, overrides=(),
@@ -47,16 +55,18 @@ def resume_run(run_dir: pathlib.Path, *, steps: Optional[int] = None, overrides=
     settings `--resume` may change, vmc.precheck.RESUMABLE). A finished run is left alone.
 
     Raises:
-      InputError: not a run directory, a setting that may not change, steps below the
-        checkpoint's step.
+      InputError: not a run directory, a key given twice in its config.yaml, a setting that
+        may not change, steps below the checkpoint's step.
     """
     from vmc.config import load_config
+    from vmc.config_parse import check_config_file
     run_dir = pathlib.Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise InputError(f"run_dir {str(run_dir)!r}: no config.yaml; not a run directory")
     if steps is not None and steps < 1:
         raise InputError(f"--steps: {steps} is not valid; valid: >= 1 (the total step count)")
     items = tuple(overrides) + ((f"optim.steps={steps}",) if steps is not None else ())
+    check_config_file(run_dir / "config.yaml")   # config.yaml may have been edited
     cfg = load_config(run_dir / "config.yaml", overrides=items)
     cfg = _eval_walkers_follow(cfg, load_config(run_dir / "config.yaml"), items, log)
     paths = ckpt.list_checkpoints(run_dir / "checkpoints")

@@ -23,7 +23,7 @@ from vmc.errors import InputError
 from vmc.evaluate import evaluate, resize_walkers
 from vmc.loop import Outcome, SignalFlag
 from vmc.precheck import (RESUMABLE, DirectoryGuard, check_resume_config, check_run_dir,  # noqa: F401
-                          check_writable,
+                          changed_settings, check_writable,
                           check_run_input, holds_run, trains)
 from vmc.sampler import MCMCState
 from vmc.stages import count as _count, progress_bar as _progress, restore as _restore
@@ -130,8 +130,14 @@ def train_run(cfg: Config, run_dir: pathlib.Path, *, resume: bool = False,
                 log(f"resume: changed settings: {'; '.join(changed[:6])}"
                     + (f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""))
         else:
+            changed = changed_settings(cfg, run_dir)
+            shown = "; ".join(changed[:6]) + (f" (and {len(changed) - 6} more)"
+                                              if len(changed) > 6 else "")
             log(f"resume: no checkpoint yet in {run_dir} (stopped before the first one); "
-                f"starting from the beginning")
+                f"starting from the beginning" + (
+                    f": the run restarts from step 0 with the changed settings {shown} (any "
+                    f"setting may change until the first checkpoint; after it, only those a "
+                    f"resume may change)" if changed else ""))
             resume = False
             if parallel.is_writer():   # (before the barrier below: before any write)
                 (run_dir / "train.h5").unlink(missing_ok=True)  # that attempt's rows
@@ -262,13 +268,11 @@ def run_evaluation(setup: Setup, params, mcmc: MCMCState, run_dir: pathlib.Path,
         + (f"; ran past {asked} steps for the error-bar target {ev.target_stderr_mha:g} mHa"
            if steps > asked else ""))
     if target is not None:
-        from vmc.evaluate import target_met
+        from vmc.evaluate import target_met, target_missed_warning
         met, got = target_met(result.energy, target)
         if not met:
-            log(f"warning: evaluation {group}: error bar {1e3 * got.stderr:.3g} mHa"
-                f"{'' if got.plateau else ' (no reblocking plateau)'} after {steps} steps "
-                f"(eval.max_steps), above eval.target_stderr_mha {ev.target_stderr_mha:g}; "
-                f"`vmc eval` with a larger eval.max_steps, or more walkers, gets closer")
+            log(target_missed_warning(group, got.stderr, got.plateau, steps,
+                                      ev.target_stderr_mha))
     for name in names:
         key = f"{name}_nonfinite"
         bad = int(np.sum(result.observables.get(key, 0)))
@@ -294,13 +298,16 @@ def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
     run's eval.target_stderr_mha and eval.max_steps (evaluate past `steps` to that error bar).
 
     Raises:
-      InputError: not a run directory, no valid checkpoint, a target ≤ 0 or a cap < 16.
+      InputError: not a run directory, a key given twice in its config.yaml, no valid
+        checkpoint, a target ≤ 0 or a cap < 16.
     """
     from vmc.config import load_config
     wall_start = time.time()
     if not (run_dir / "config.yaml").is_file():
         raise InputError(f"run_dir {str(run_dir)!r}: no config.yaml; not a run directory")
     check_writable(run_dir, "run_dir")
+    from vmc.config_parse import check_config_file
+    check_config_file(run_dir / "config.yaml")
     cfg = load_config(run_dir / "config.yaml")
     for name, v, lo in (("--steps", steps, 16), ("--walkers", walkers, 2),
                         ("--burn-in", burn_in, 0), ("--max-steps", max_steps, 16)):

@@ -249,7 +249,8 @@ def read_data(path) -> dict:
     if path.suffix.lower() == ".xyz":
         from vmc.config_parse import read_xyz
         return read_xyz(path)
-    data = yaml.safe_load(path.read_text())
+    from vmc.config_parse import load_yaml
+    data = load_yaml(path.read_text(), repr(str(path)))
     return dict(data) if isinstance(data, dict) else {}
 
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -107,13 +108,15 @@ def resolve_ecp(symbols: Sequence[str], ecp) -> tuple:
     Returns:
       per atom an ECP name or None.
     Raises:
-      InputError: a setting of another form, or an element in the mapping that is unknown.
+      InputError: a setting of another form, an element in the mapping that is unknown, or
+        an ECP name PySCF has for no element (checked whether or not an atom takes it).
     """
     if ecp is None:
         return (None,) * len(symbols)
     if isinstance(ecp, str):
         if not ecp.strip() or ecp.lower() in ("none", "null"):
             return (None,) * len(symbols)
+        _check_ecp_name(ecp, "hamiltonian.ecp")
         return tuple(ecp if ATOMIC_NUMBER[s] > 2 else None for s in symbols)
     if isinstance(ecp, dict):
         for k, v in ecp.items():
@@ -123,9 +126,41 @@ def resolve_ecp(symbols: Sequence[str], ecp) -> tuple:
             if v is not None and not isinstance(v, str):
                 raise InputError(f"hamiltonian.ecp.{k}: expected an ECP name such as ccecp "
                                  f"(or null), got {v!r}")
+            if v is not None:
+                _check_ecp_name(v, f"hamiltonian.ecp.{k}")
         return tuple(ecp.get(s) for s in symbols)
     raise InputError(f"hamiltonian.ecp: expected null, an ECP name such as ccecp, or a mapping "
                      f"element -> ECP name, got {ecp!r}")
+
+
+# ECP names for the messages: ccecp is the one vmc is checked with (README,
+# "Pseudopotentials"); the others are PySCF's too
+ECP_EXAMPLES = ("ccecp", "lanl2dz", "sbkjc", "stuttgart")
+
+
+@functools.lru_cache(maxsize=None)
+def pyscf_has_ecp(name: str) -> bool:
+    """Whether PySCF has an ECP called `name` (``gto.basis.load_ecp``, any spelling PySCF
+    accepts, e.g. ccECP) for at least one element H to Rn."""
+    import warnings
+
+    from pyscf import gto
+    for sym in ELEMENTS:
+        try:
+            with warnings.catch_warnings():   # "ECP may be available in basis-set-exchange"
+                warnings.simplefilter("ignore", UserWarning)
+                if gto.basis.load_ecp(name, sym):
+                    return True
+        except (KeyError, RuntimeError, ValueError, OSError, TypeError, IndexError):
+            continue
+    return False
+
+
+def _check_ecp_name(name: str, field: str) -> None:
+    if not pyscf_has_ecp(name):
+        raise InputError(f"{field}: PySCF has no ECP named {name!r} (for any element); valid: "
+                         f"ccecp, another ECP PySCF ships (e.g. {', '.join(ECP_EXAMPLES[1:])}), "
+                         f"or null (all-electron)" + did_you_mean(name, ECP_EXAMPLES))
 
 
 def make_molecule(atoms: Sequence[dict], units: str = "bohr", charge: int = 0,
