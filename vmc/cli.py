@@ -227,8 +227,6 @@ def _run_log(run_dir):
 
 def _load(args):
     from vmc.config import load_config
-    from vmc.config_parse import check_config_file
-    check_config_file(args.config)   # a directory; a key given twice
     return load_config(args.config, preset=args.preset, overrides=tuple(args.overrides),
                        charge=args.charge, spin=args.spin)
 
@@ -255,9 +253,7 @@ def _eval(args) -> int:
     run_dir = pathlib.Path(args.run_dir)
     if (run_dir / "config.yaml").is_file():   # else eval_run says it is no run directory
         from vmc.config import load_config
-        from vmc.config_parse import check_config_file
         from vmc.precheck import check_devices
-        check_config_file(run_dir / "config.yaml")
         cfg = load_config(run_dir / "config.yaml")
         check_devices({"--walkers": args.walkers} if args.walkers
                       else {"eval.walkers": cfg.eval.walkers})

@@ -199,10 +199,14 @@ def load_config(path, *, preset: Optional[str] = None, overrides: tuple[str, ...
     holds neither; default 0).
 
     Raises:
-      InputError: missing file, invalid YAML or xyz, or any invalid setting (see
-        config_from_dict).
+      InputError: missing file or a directory, invalid YAML or xyz, a key given twice
+        (`vmc.config_parse.load_yaml`), or any invalid setting (see config_from_dict).
     """
     path = pathlib.Path(path)
+    from vmc.config_parse import load_yaml
+    if path.is_dir():
+        raise InputError(f"config file {str(path)!r}: is a directory; valid: a molecule .yaml "
+                         f"file, or an .xyz file (Å), e.g. systems/H2.yaml")
     if not path.is_file():
         raise InputError(f"config file {str(path)!r}: not found")
     extra = tuple(f"molecule.{k}={v}" for k, v in (("charge", charge), ("spin", spin))
@@ -213,7 +217,7 @@ def load_config(path, *, preset: Optional[str] = None, overrides: tuple[str, ...
         return config_from_dict(read_xyz(path), name=path.stem, preset=preset,
                                 overrides=overrides)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text(), repr(str(path)))
     except yaml.YAMLError as err:
         line = getattr(getattr(err, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""

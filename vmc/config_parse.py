@@ -1,6 +1,6 @@
 """Reading config values: type and range checks against the dataclass fields of vmc.config,
 numbers as people write them, `--set` overrides and merging (used by vmc.config), and the
-YAML reading that refuses a key given twice (`load_yaml`, `check_config_file`).
+YAML reading that refuses a key given twice (`load_yaml`).
 
 Errors are `vmc.errors.InputError` with one line naming the field and what would be valid.
 """
@@ -220,27 +220,6 @@ def _refuse_duplicate_keys(loader, node, path: str, where: str, seen: set) -> No
                              f"key")
         first[key] = key_node.start_mark.line
         _refuse_duplicate_keys(loader, value_node, name, where, seen)
-
-
-def check_config_file(path) -> None:
-    """What `vmc.config.load_config` does not check in a config file before reading it: a
-    directory is no config file, and a YAML file may not give a key twice (`load_yaml`).
-    A missing file or invalid YAML is left to load_config's own error.
-
-    Raises:
-      InputError: `path` is a directory, or its YAML gives a key twice.
-    """
-    import pathlib
-    path = pathlib.Path(path)
-    if path.is_dir():
-        raise InputError(f"config file {str(path)!r}: is a directory; valid: a molecule .yaml "
-                         f"file, or an .xyz file (Å), e.g. systems/H2.yaml")
-    if not path.is_file() or path.suffix.lower() == ".xyz":
-        return
-    try:
-        load_yaml(path.read_text(), repr(str(path)))
-    except yaml.YAMLError:
-        pass   # load_config says where and what
 
 
 def read_xyz(path) -> dict:

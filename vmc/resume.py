@@ -59,14 +59,12 @@ def resume_run(run_dir: pathlib.Path, *, steps: Optional[int] = None, overrides=
         may not change, steps below the checkpoint's step.
     """
     from vmc.config import load_config
-    from vmc.config_parse import check_config_file
     run_dir = pathlib.Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise InputError(f"run_dir {str(run_dir)!r}: no config.yaml; not a run directory")
     if steps is not None and steps < 1:
         raise InputError(f"--steps: {steps} is not valid; valid: >= 1 (the total step count)")
     items = tuple(overrides) + ((f"optim.steps={steps}",) if steps is not None else ())
-    check_config_file(run_dir / "config.yaml")   # config.yaml may have been edited
     cfg = load_config(run_dir / "config.yaml", overrides=items)
     cfg = _eval_walkers_follow(cfg, load_config(run_dir / "config.yaml"), items, log)
     paths = ckpt.list_checkpoints(run_dir / "checkpoints")

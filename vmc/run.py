@@ -306,8 +306,6 @@ def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
     if not (run_dir / "config.yaml").is_file():
         raise InputError(f"run_dir {str(run_dir)!r}: no config.yaml; not a run directory")
     check_writable(run_dir, "run_dir")
-    from vmc.config_parse import check_config_file
-    check_config_file(run_dir / "config.yaml")
     cfg = load_config(run_dir / "config.yaml")
     for name, v, lo in (("--steps", steps, 16), ("--walkers", walkers, 2),
                         ("--burn-in", burn_in, 0), ("--max-steps", max_steps, 16)):
