@@ -157,6 +157,23 @@ def test_ecp_names_spelled_as_pyscf_takes_them_still_pass_on_light_atoms(capsys)
     assert err.count("\n") == 1
 
 
+def test_an_ecp_with_spin_orbit_terms_gives_its_scalar_part():
+    """crenbl lists [α, c, c_SO] per term (ccecp [α, c]): load_ecp keeps (n − 2, α, c), the
+    scalar part, term by term as PySCF lists them (it crashed on the third column)."""
+    from pyscf import gto
+
+    from vmc.hf import load_ecp
+    n_core, chans = load_ecp("crenbl", "Li")
+    raw_core, raw = gto.basis.load_ecp("crenbl", "Li")
+    assert n_core == raw_core == 2
+    want = {int(l): [(n - 2, t[0], t[1]) for n, ts in enumerate(by_n) for t in ts]
+            for l, by_n in raw}
+    assert any(len(t) == 3 for _, by_n in raw for ts in by_n for t in ts)
+    assert chans == want and chans[-1][0] == (-1, 7.25349998, -1.37580501)
+    mol = make_molecule([{"symbol": "Li", "position": [0, 0, 0]}], spin=1, ecp="crenbl")
+    assert mol.n_electrons == 1
+
+
 @pytest.mark.parametrize("ansatz", ["ferminet", "psiformer"])
 def test_local_energy_finite_at_an_ecp_nucleus(x64, ansatz):
     """The ECP's total potential is finite at its nucleus and the ansatz is smooth there

@@ -143,7 +143,9 @@ def load_ecp(name: str, symbol: str):
     """(n_core, channels) of PySCF's ECP `name` for element `symbol`, or None if PySCF has none.
 
     channels: {l: [(power n − 2, α (bohr⁻²), c), ...]}: V_l(r) = Σ c r^(n−2) e^(−αr²) Ha,
-    l = −1 the local part (PySCF's ``gto.basis.load_ecp`` lists the terms by n).
+    l = −1 the local part (PySCF's ``gto.basis.load_ecp`` lists the terms by n). ECPs with
+    spin-orbit terms (e.g. crenbl: [α, c, c_SO]) give their scalar part c, as PySCF's own
+    non-relativistic Hartree–Fock uses them.
     """
     import warnings
 
@@ -159,8 +161,8 @@ def load_ecp(name: str, symbol: str):
     n_core, chans = raw
     out = {}
     for l, by_n in chans:
-        out[int(l)] = [(n - 2, float(a), float(c)) for n, terms in enumerate(by_n)
-                       for a, c in terms]
+        out[int(l)] = [(n - 2, float(t[0]), float(t[1])) for n, terms in enumerate(by_n)
+                       for t in terms]
     return int(n_core), out
 
 
