@@ -224,3 +224,44 @@ def test_local_energy_in_walker_chunks_equals_all_at_once(x64, n_devices):
     got = np.asarray(jax.jit(over_walkers(e_l, 3, n_devices))(params, walkers))
     assert np.all(np.isfinite(want)) and np.ptp(want) > 0.1
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_chunk_rule_chunks_a_ferminet_local_energy_on_a_cpu_from_five_electrons():
+    """hamiltonian.chunk_walkers null: CPU_CHUNK walkers at a time for a FermiNet on a CPU
+    from CPU_CHUNK_FROM electrons on, all at once below that, for the Psiformer and on a GPU;
+    a set value wins."""
+    from vmc.hamiltonian import CPU_CHUNK, CPU_CHUNK_FROM, resolve_chunk
+    assert resolve_chunk(None, "ferminet", CPU_CHUNK_FROM, "cpu") == CPU_CHUNK
+    assert resolve_chunk(None, "ferminet", CPU_CHUNK_FROM - 1, "cpu") is None
+    assert resolve_chunk(None, "psiformer", 14, "cpu") is None
+    assert resolve_chunk(None, "ferminet", 14, "gpu") is None
+    assert resolve_chunk(7, "ferminet", 3, "cpu") == 7
+    assert resolve_chunk(512, "psiformer", 14, "gpu") == 512
+
+
+def test_a_run_setup_evaluates_the_local_energy_in_the_rule_chunks(monkeypatch):
+    """Setup.batched_local_energy splits the walkers as the rule says: with CPU_CHUNK
+    patched to 3, a FermiNet's E_L of 8 N walkers (7 electrons) goes through lax.map in
+    chunks, and equals the unchunked E_L walker by walker."""
+    import vmc.hamiltonian as ham
+    from vmc.config import load_config
+    from vmc.train import build
+    tiny = ("ansatz.hidden_one=[8,8]", "ansatz.hidden_two=[4,4]", "ansatz.determinants=2",
+            "sampler.walkers=8")
+    cfg = load_config("systems/N.yaml", overrides=tiny)
+    assert cfg.hamiltonian.chunk_walkers is None
+    monkeypatch.setattr(ham, "CPU_CHUNK", 3)
+    setup = build(cfg)
+    assert setup.chunk_walkers == 3
+    whole = build(load_config("systems/N.yaml", overrides=tiny + (
+        "hamiltonian.chunk_walkers=8",)))
+    assert whole.chunk_walkers == 8
+    params = jax.jit(setup.ansatz.init)(jax.random.PRNGKey(0))
+    walkers = jnp.asarray(np.random.default_rng(1).normal(size=(8, 7, 3)), jnp.float32)
+    jaxpr = str(jax.make_jaxpr(setup.batched_local_energy)(params, walkers))
+    assert "scan" in jaxpr or "while" in jaxpr
+    assert "scan" not in str(jax.make_jaxpr(whole.batched_local_energy)(params, walkers))
+    got = np.asarray(jax.jit(setup.batched_local_energy)(params, walkers))
+    want = np.asarray(jax.jit(whole.batched_local_energy)(params, walkers))
+    assert np.all(np.isfinite(want))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -100,8 +100,10 @@ class HamiltonianConfig:
     # electrons, else forward (vmc.hamiltonian.resolve_laplacian,
     # from scripts/bench_laplacian.py); config.yaml holds the resolved method
     laplacian: str = _field("auto", choices=("auto", "forward", "forward-sparse", "hessian"))
-    # walkers per device whose E_L is evaluated at once (None: all); bounds the memory of the
-    # forward Laplacian, which grows as walkers x electrons^2 (scripts/profile_step.py --memory)
+    # walkers per device whose E_L is evaluated at once; bounds the memory of the forward
+    # Laplacian, which grows as walkers x electrons^2 (scripts/profile_step.py --memory).
+    # None: chosen per platform, ansatz and size, 32 for a FermiNet on a CPU from 5 electrons
+    # on (faster: the Jacobians stay in cache), else all at once (vmc.hamiltonian.resolve_chunk)
     chunk_walkers: Optional[int] = _field(None, lo=1)
     # evaluation: walkers per device and step whose E_L is recomputed in float64, those of
     # largest |grad log|psi||^2, i.e. nearest a node of psi, where float32 cannot hold E_L

@@ -56,6 +56,40 @@ def resolve_laplacian(setting: str, ansatz: str, n_electrons: int) -> str:
                      f"{', '.join(LAPLACIANS)}")
 
 
+# 'hamiltonian.chunk_walkers: null' on a CPU: a FermiNet's local energy in chunks of CPU_CHUNK
+# walkers per device from CPU_CHUNK_FROM electrons on; all walkers at once below that, for the
+# other ansätze and on other platforms. The forward Laplacian's Jacobians (n_walkers · 3n
+# floats per activation) fall out of the cache at 256 walkers; chunks of 32 keep them there
+# (scripts/bench_chunks.py, README "Local energy in walker chunks"; 2 cores, 256 walkers,
+# FermiNet default network: B 0.56x, C 0.55x, N 0.60x, O 0.55x, Ne 0.62x the time of one
+# batch; Li, LiH and Be 1.00-1.24x, so not below CPU_CHUNK_FROM; the Psiformer, sparse there,
+# 0.96-1.02x at N, O, Ne). A GPU wants the whole batch at once.
+CPU_CHUNK = 32
+CPU_CHUNK_FROM = 5
+CPU_CHUNK_ANSATZE = ("ferminet",)
+
+
+def resolve_chunk(setting: Optional[int], ansatz: str, n_electrons: int,
+                  platform: str) -> Optional[int]:
+    """Walkers per device whose local energy is evaluated at once (`over_walkers`' chunk).
+
+    Args:
+      setting: `hamiltonian.chunk_walkers`: an int is returned as is; None picks by
+        platform, ansatz and size: CPU_CHUNK on a CPU for an ansatz in CPU_CHUNK_ANSATZE
+        with at least CPU_CHUNK_FROM electrons, else None (all walkers at once).
+      ansatz: `ansatz.name`.
+      n_electrons: electrons of the molecule (valence electrons with an ECP).
+      platform: `jax.default_backend()`, e.g. 'cpu', 'gpu'.
+    Returns:
+      a positive int, or None for all walkers at once.
+    """
+    if setting is not None:
+        return setting
+    if platform == "cpu" and ansatz in CPU_CHUNK_ANSATZE and n_electrons >= CPU_CHUNK_FROM:
+        return CPU_CHUNK
+    return None
+
+
 def potential_energy(x, atoms, charges, nuclear_repulsion: float = 0.0):
     """Coulomb potential energy of one configuration, hartree.
 

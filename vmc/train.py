@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from vmc.ansatz import Ansatz, count_params, make_ansatz
-from vmc.hamiltonian import make_local_energy, over_walkers, with_float64_rescue
+from vmc.hamiltonian import (make_local_energy, over_walkers, resolve_chunk,
+                             with_float64_rescue)
 from vmc.optim import Optimizer, make_optimizer
 from vmc.sampler import MCMCState, init_walkers, make_sampler
 from vmc.system import Molecule
@@ -75,11 +76,18 @@ class Setup:
     @property
     def batched_local_energy(self) -> Callable:
         """(params, walkers (n_w, n, 3), key=None) -> (n_w,) E_L, hartree; in chunks of
-        `hamiltonian.chunk_walkers` walkers per device when set (`vmc.hamiltonian.over_walkers`).
+        `chunk_walkers` walkers per device (`vmc.hamiltonian.over_walkers`).
         `key` (see `ecp_key`) draws the ECP quadrature rotations; all-electron runs ignore it.
         Training uses it as is (its E_L are clipped); see `eval_local_energy`."""
-        return over_walkers(self.local_energy, self.cfg.hamiltonian.chunk_walkers,
-                            jax.device_count())
+        return over_walkers(self.local_energy, self.chunk_walkers, jax.device_count())
+
+    @property
+    def chunk_walkers(self) -> Optional[int]:
+        """Walkers per device whose E_L is evaluated at once (None: all):
+        `hamiltonian.chunk_walkers`, or when that is null the platform's and size's choice
+        (`vmc.hamiltonian.resolve_chunk`)."""
+        return resolve_chunk(self.cfg.hamiltonian.chunk_walkers, self.cfg.ansatz.name,
+                             self.molecule.n_electrons, jax.default_backend())
 
     @property
     def eval_local_energy(self) -> Callable:
@@ -91,7 +99,7 @@ class Setup:
             return self.batched_local_energy
         one = make_local_energy(self.ansatz.log_psi, self.molecule, h.laplacian, self.dtype,
                                 h.ecp_rule, with_grad2=True)   # (E_L, |∇ log|ψ||²)
-        scored = over_walkers(one, h.chunk_walkers, jax.device_count())
+        scored = over_walkers(one, self.chunk_walkers, jax.device_count())
         return with_float64_rescue(scored, self.local_energy64, h.f64_rescue,
                                    jax.device_count())
 
