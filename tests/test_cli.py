@@ -189,6 +189,11 @@ def test_check_prints_parameters_and_spin_assignment(tmp_path, capsys, monkeypat
     assert f"parameters: {n_params}\n" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mol.yaml"]
     assert "warning: the estimated memory" not in out
+    # a 10-electron FermiNet on this CPU: the local energy in the rule's 32-walker chunks
+    assert "local energy: 32 walkers per device at a time (hamiltonian.chunk_walkers null" in out
+    assert _call(["check", config, "--preset", "tiny", "--set", "ansatz.name=psiformer"]) == 0
+    assert "local energy: all walkers at once (hamiltonian.chunk_walkers null" in (
+        capsys.readouterr().out)
 
 
 def test_check_warns_when_the_memory_estimate_exceeds_the_device(tmp_path, capsys):

@@ -63,6 +63,18 @@ def network_size(cfg: Config) -> str:
     return f"{a.name}: the Hartree-Fock determinant in {cfg.pretrain.basis}, no parameters"
 
 
+def _chunk_text(cfg: Config, chunk) -> str:
+    """How many walkers per device the local energy takes at once, and why."""
+    if cfg.hamiltonian.chunk_walkers is not None:
+        return f"{chunk} walkers per device at a time (hamiltonian.chunk_walkers)"
+    if chunk is None:
+        from vmc.hamiltonian import CPU_CHUNK_FROM
+        return (f"all walkers at once (hamiltonian.chunk_walkers null: chunks only for a "
+                f"FermiNet on a CPU from {CPU_CHUNK_FROM} electrons on)")
+    return (f"{chunk} walkers per device at a time (hamiltonian.chunk_walkers null: on a CPU "
+            f"a FermiNet's Jacobians stay in cache, vmc.hamiltonian.resolve_chunk)")
+
+
 def describe(cfg: Config, hf=None, notes=()) -> str:
     """Text printed by `vmc check` (the config is already validated, vmc.precheck).
 
@@ -97,7 +109,8 @@ def describe(cfg: Config, hf=None, notes=()) -> str:
     lines += ["", f"network: {network_size(cfg)}", f"parameters: {n_params}",
               f"estimated memory per step: {mb:.0f} MB" if mb >= 1 else
               "estimated memory per step: < 1 MB",
-              f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}"]
+              f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}",
+              f"local energy: {_chunk_text(cfg, setup.chunk_walkers)}"]
     device_mb = device_memory_mb()
     if device_mb is not None and mb > 0.9 * device_mb:
         lines.append(f"warning: the estimated memory per step, {mb:.0f} MB, exceeds 90 % of "
