@@ -265,3 +265,34 @@ def test_vmc_eval_agrees_with_run_evaluation(h2_file, tmp_path):
     assert diff <= 3 * np.hypot(e1["energy_stderr_ha"], e2["energy_stderr_ha"])
     with h5py.File(run / "eval.h5") as f:
         assert set(f) == {"eval_000", "eval_001"}
+
+
+def test_max_minutes_counts_from_the_process_start(h2_file, tmp_path, monkeypatch, capsys):
+    """run.max_minutes is a batch job's limit: with the process started an hour ago
+    (vmc.START_TIME) and run.max_minutes 30, the run stops after its first training step
+    (exit 75, a checkpoint at step 1), although training itself took seconds; a resume
+    with run.max_minutes 600 finishes the run."""
+    import jax
+
+    import vmc
+    from vmc.cli import main
+    monkeypatch.setattr(vmc, "START_TIME", time.time() - 3600)
+    out = tmp_path / "run"
+    args = ["run", str(h2_file), "--out", str(out), *_common("sample", 6, every=100),
+            "--set", "run.max_minutes=30"]
+    before = jax.config.jax_enable_x64
+    try:
+        with jax.enable_x64(True):
+            assert main(args) == 75
+            said = capsys.readouterr()
+            said = said.out + said.err
+            assert "stopping after step 1 (run.max_minutes=30.0)" in said, said[-2000:]
+            steps = [int(p.stem.split("_")[1])
+                     for p in ckpt.list_checkpoints(out / "checkpoints")]
+            assert steps == [1]
+            assert main(["run", str(h2_file), "--out", str(out), "--resume",
+                         *_common("sample", 6, every=100),
+                         "--set", "run.max_minutes=600"]) == 0
+    finally:
+        jax.config.update("jax_enable_x64", before)
+    assert list(h5io.read_stats(out / "train.h5")["step"]) == list(range(6))

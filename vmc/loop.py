@@ -11,7 +11,8 @@ The loop only calls the jit-compiled step (vmc.train) and owns every side effect
   `vmc.analysis.train_tail` skips such rows;
 * after `run.max_bad_steps` consecutive rejected steps the caller rolls back (see vmc.run);
 * checkpoints every `run.checkpoint_every` steps or `run.checkpoint_minutes`, at the end, and
-  between steps after SIGTERM / SIGINT / SIGUSR1 or when `run.max_minutes` is reached.
+  between steps after SIGTERM / SIGINT / SIGUSR1 or when `run.max_minutes` is reached
+  (counted from the process's start, `vmc.START_TIME`, as a batch job's time limit is).
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def run_loop(step_fn: Callable, state: TrainState, *, start: int, steps: int, tr
     n_walkers = int(state.mcmc.walkers.shape[0])
     bad_in_row = 0
     clock = _Progress(start)
-    last_ckpt_time = start_time = last_done = time.time()
+    last_ckpt_time = last_done = time.time()
 
     def dispatch(s: TrainState, i: int):
         hit = poison == "all" or (isinstance(poison, set) and i in poison)
@@ -238,7 +239,9 @@ def run_loop(step_fn: Callable, state: TrainState, *, start: int, steps: int, tr
             if bad_in_row >= r.max_bad_steps:
                 writer.flush()
                 return state, t, Outcome.DIVERGED, rejected
-            minutes = (time.time() - start_time) / 60
+            # a batch job's time limit counts from its start: Hartree–Fock, pretraining,
+            # burn-in and compilation count too
+            minutes = (time.time() - vmc.START_TIME) / 60
             # signals and clocks are per process: every process takes the same decision
             # (any process's), or one would enter a checkpoint gather the others never join
             signalled, out_of_time, clock_due = parallel.any_processes([
