@@ -87,9 +87,18 @@ def _stored_and_new(cfg: Config, run_dir: pathlib.Path):
 def changed_settings(cfg: Config, run_dir: pathlib.Path) -> list[str]:
     """Every resolved setting of `cfg` that differs from run_dir's config.yaml, as
     'key: old -> new' (any of them may change while the run has no checkpoint yet)."""
-    stored, new = _stored_and_new(cfg, run_dir)
+    return _changes(*_stored_and_new(cfg, run_dir))
+
+
+def _changes(stored: dict, new: dict) -> list[str]:
     return [f"{k}: {stored[k]!r} -> {new[k]!r}" for k in new
             if k in stored and new[k] != stored[k]]
+
+
+def shown_changes(changed: list[str], first: int = 6) -> str:
+    """The first `first` of `changed_settings`' lines joined for one log line."""
+    more = len(changed) - first
+    return "; ".join(changed[:first]) + (f" (and {more} more)" if more > 0 else "")
 
 
 def check_resume_config(cfg: Config, run_dir: pathlib.Path) -> list[str]:
@@ -115,7 +124,7 @@ def check_resume_config(cfg: Config, run_dir: pathlib.Path) -> list[str]:
                          f"hamiltonian.chunk_walkers; any setting may change only before a "
                          f"run's first checkpoint (a resume then starts again from step 0), and "
                          f"this run has one")
-    return changed_settings(cfg, run_dir)
+    return _changes(stored, new)
 
 
 def check_writable(run_dir: pathlib.Path, field: str) -> None:

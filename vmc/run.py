@@ -23,7 +23,7 @@ from vmc.errors import InputError
 from vmc.evaluate import evaluate, resize_walkers
 from vmc.loop import Outcome, SignalFlag
 from vmc.precheck import (RESUMABLE, DirectoryGuard, check_resume_config, check_run_dir,  # noqa: F401
-                          changed_settings, check_writable,
+                          changed_settings, check_writable, shown_changes,
                           check_run_input, holds_run, trains)
 from vmc.sampler import MCMCState
 from vmc.stages import count as _count, progress_bar as _progress, restore as _restore
@@ -127,15 +127,13 @@ def train_run(cfg: Config, run_dir: pathlib.Path, *, resume: bool = False,
         if ckpt.list_checkpoints(run_dir / "checkpoints"):
             changed = check_resume_config(cfg, run_dir)
             if changed:
-                log(f"resume: changed settings: {'; '.join(changed[:6])}"
-                    + (f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""))
+                log(f"resume: changed settings: {shown_changes(changed)}")
         else:
             changed = changed_settings(cfg, run_dir)
-            shown = "; ".join(changed[:6]) + (f" (and {len(changed) - 6} more)"
-                                              if len(changed) > 6 else "")
             log(f"resume: no checkpoint yet in {run_dir} (stopped before the first one); "
                 f"starting from the beginning" + (
-                    f": the run restarts from step 0 with the changed settings {shown} (any "
+                    f": the run restarts from step 0 with the changed settings "
+                    f"{shown_changes(changed)} (any "
                     f"setting may change until the first checkpoint; after it, only those a "
                     f"resume may change)" if changed else ""))
             resume = False

@@ -140,20 +140,10 @@ ECP_EXAMPLES = ("ccecp", "lanl2dz", "sbkjc", "stuttgart")
 
 @functools.lru_cache(maxsize=None)
 def pyscf_has_ecp(name: str) -> bool:
-    """Whether PySCF has an ECP called `name` (``gto.basis.load_ecp``, any spelling PySCF
+    """Whether PySCF has an ECP called `name` (`vmc.hf.load_ecp`, any spelling PySCF
     accepts, e.g. ccECP) for at least one element H to Rn."""
-    import warnings
-
-    from pyscf import gto
-    for sym in ELEMENTS:
-        try:
-            with warnings.catch_warnings():   # "ECP may be available in basis-set-exchange"
-                warnings.simplefilter("ignore", UserWarning)
-                if gto.basis.load_ecp(name, sym):
-                    return True
-        except (KeyError, RuntimeError, ValueError, OSError, TypeError, IndexError):
-            continue
-    return False
+    from vmc.hf import load_ecp
+    return any(load_ecp(name, sym) is not None for sym in ELEMENTS)
 
 
 def _check_ecp_name(name: str, field: str) -> None:
