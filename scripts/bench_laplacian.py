@@ -53,8 +53,8 @@ SIZES = {
     ("psiformer", "benchmark"): ("ansatz.heads=4", "ansatz.head_dim=32", "ansatz.layers=3",
                                  "ansatz.determinants=8"),
 }
-KEYS = ("system", "ansatz", "size", "method", "n_electrons", "walkers", "ms_per_batch",
-        "compile_s", "peak_mb", "base_mb", "max_abs_dev_ha", "default", "load_avg")
+KEYS = ("system", "ansatz", "size", "width", "method", "n_electrons", "walkers",
+        "ms_per_batch", "compile_s", "peak_mb", "base_mb", "max_abs_dev_ha", "default", "load_avg")
 
 
 def _setup_jax(cache: str | None):
@@ -148,11 +148,12 @@ def bench_case(case, methods, walkers: int, repeats: int, cache: str, memory: bo
             tic = time.perf_counter()
             jax.block_until_ready(fns[m](params, x))
             best[m] = min(best[m], time.perf_counter() - tic)
-    pick = resolve_laplacian(HamiltonianConfig().laplacian, ansatz, mol.n_electrons)
+    width = attention_width(ansatz, size)
+    pick = resolve_laplacian(HamiltonianConfig().laplacian, ansatz, mol.n_electrons, width)
     rows = []
     for m in methods:
         rows.append({
-            "system": system, "ansatz": ansatz, "size": size, "method": m,
+            "system": system, "ansatz": ansatz, "size": size, "width": width, "method": m,
             "n_electrons": mol.n_electrons, "walkers": walkers,
             "ms_per_batch": 1e3 * best[m],
             "compile_s": child[m].get("compile_s", first[m]),
@@ -160,6 +161,16 @@ def bench_case(case, methods, walkers: int, repeats: int, cache: str, memory: bo
             "max_abs_dev_ha": float(np.max(np.abs(outs[m] - ref))),
             "default": m == pick, "load_avg": os.getloadavg()[0]})
     return rows
+
+
+def attention_width(ansatz: str, size: str):
+    """heads x head_dim of a Psiformer case (`resolve_laplacian`'s width), else None."""
+    if ansatz != "psiformer":
+        return None
+    from vmc.config import AnsatzConfig
+    a = AnsatzConfig()
+    got = dict(o.split("=", 1) for o in SIZES[(ansatz, size)])
+    return int(got.get("ansatz.heads", a.heads)) * int(got.get("ansatz.head_dim", a.head_dim))
 
 
 def _fmt(v, spec):
@@ -182,7 +193,9 @@ def check_default(rows) -> tuple:
     from vmc.config import HamiltonianConfig
     from vmc.hamiltonian import resolve_laplacian
     r0 = rows[0]
-    pick = resolve_laplacian(HamiltonianConfig().laplacian, r0["ansatz"], r0["n_electrons"])
+    width = r0.get("width", attention_width(r0["ansatz"], r0["size"]))
+    pick = resolve_laplacian(HamiltonianConfig().laplacian, r0["ansatz"], r0["n_electrons"],
+                             width)
     ok = accurate(rows)
     fastest = min(ok, key=lambda r: r["ms_per_batch"])
     mine = [r for r in ok if r["method"] == pick]

@@ -105,6 +105,10 @@ def test_auto_picks_sparse_by_ansatz_and_electrons_and_config_resolves_it():
     assert resolve_laplacian("auto", "psiformer", 3) == "forward-sparse"
     assert resolve_laplacian("auto", "psiformer", 30) == "forward-sparse"
     assert resolve_laplacian("auto", "hf", 30) == "forward"
+    # a Psiformer of 128 attention features or more: sparse from 10 electrons, as FermiNet
+    assert resolve_laplacian("auto", "psiformer", 7, width=64) == "forward-sparse"
+    assert resolve_laplacian("auto", "psiformer", 7, width=128) == "forward"
+    assert resolve_laplacian("auto", "psiformer", 10, width=128) == "forward-sparse"
     root = pathlib.Path(__file__).resolve().parents[1] / "systems"
     assert load_config(root / "Ne.yaml").hamiltonian.laplacian == "forward-sparse"
     assert load_config(root / "N.yaml").hamiltonian.laplacian == "forward"
@@ -115,6 +119,10 @@ def test_auto_picks_sparse_by_ansatz_and_electrons_and_config_resolves_it():
                        ).hamiltonian.laplacian == "forward-sparse"
     assert load_config(root / "He.yaml", overrides=psiformer
                        ).hamiltonian.laplacian == "forward"
+    wide = psiformer + ("ansatz.head_dim=32",)            # 4 heads x 32: the benchmark's
+    assert load_config(root / "N.yaml", overrides=wide).hamiltonian.laplacian == "forward"
+    assert load_config(root / "Ne.yaml", overrides=wide
+                       ).hamiltonian.laplacian == "forward-sparse"
     # the tiny preset (tests, smoke runs: mostly compilation) sets folx dense; --set wins
     assert load_config(root / "Ne.yaml", preset="tiny").hamiltonian.laplacian == "forward"
     assert load_config(root / "Ne.yaml", preset="tiny",

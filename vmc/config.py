@@ -99,7 +99,7 @@ def _resolve_defaults(cfg: Config, n_electrons: int) -> Config:
     ansatz = cfg.ansatz
     from vmc.hamiltonian import resolve_laplacian
     ham = dataclasses.replace(cfg.hamiltonian, laplacian=resolve_laplacian(
-        cfg.hamiltonian.laplacian, ansatz.name, n_electrons))
+        cfg.hamiltonian.laplacian, ansatz.name, n_electrons, ansatz.heads * ansatz.head_dim))
     if ansatz.jastrow is None:
         ansatz = dataclasses.replace(ansatz, jastrow=rule.jastrow(ansatz.name).value)
     if ev.walkers is None:

@@ -97,7 +97,8 @@ class HamiltonianConfig:
     """Local energy settings."""
     # kinetic energy: "forward" (folx, dense Jacobians), "forward-sparse" (folx, sparse ones),
     # "hessian" (jvp-of-grad loop), or "auto": forward-sparse for a FermiNet of >= 10
-    # electrons, else forward (vmc.hamiltonian.resolve_laplacian,
+    # electrons, a Psiformer of >= 3 (>= 10 from 128 attention features on), else forward
+    # (vmc.hamiltonian.resolve_laplacian,
     # from scripts/bench_laplacian.py); config.yaml holds the resolved method
     laplacian: str = _field("auto", choices=("auto", "forward", "forward-sparse", "hessian"))
     # walkers per device whose E_L is evaluated at once; bounds the memory of the forward

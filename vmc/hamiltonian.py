@@ -26,22 +26,29 @@ SPARSE_THRESHOLD = 6
 # folx dense. From scripts/bench_laplacian.py's table at 256 walkers, the batch a run uses
 # (README, "Laplacian methods"; CPU, best of 5 interleaved): FermiNet's sparse pass took
 # 0.97-3.9x dense's time up to O (8 electrons) and 0.38-0.91x at Ne and H2O (10); the
-# Psiformer's 0.53-1.02x from Li (3) on, one row aside (N at the benchmark width, 1.31x,
-# reproduced: 1.33x), and 2.5-3.2x for He. The Hessian loop took 1.2-3.3x the fastest.
-# folx's sparse pass compiles 3-5x longer (7-17 against 2-4 s); the tiny preset, whose runs
-# are mostly compilation, sets 'forward'.
+# Psiformer's at its default width (4 heads x 16) 0.53-0.92x from Li (3) on and 2.5-3.2x for
+# He. At PSIFORMER_WIDE attention features (the benchmark's 4 x 32) sparse gained nothing
+# below 10 electrons (Li 0.99x, N 1.31x, reproduced 1.33x, O 0.98x) and did at Ne and H2O
+# (0.82x, 0.55x): there the rule is the FermiNet's. The Hessian loop took 1.2-3.3x the
+# fastest. folx's sparse pass compiles 3-5x longer (7-17 against 2-4 s); the tiny preset,
+# whose runs are mostly compilation, sets 'forward'.
 SPARSE_FROM = {"ferminet": 10, "psiformer": 3}
+PSIFORMER_WIDE = 128
+SPARSE_FROM_WIDE_PSIFORMER = 10
 
 
-def resolve_laplacian(setting: str, ansatz: str, n_electrons: int) -> str:
+def resolve_laplacian(setting: str, ansatz: str, n_electrons: int,
+                      width: Optional[int] = None) -> str:
     """The method of `kinetic_parts` that `hamiltonian.laplacian: setting` means for a case.
 
     Args:
       setting: 'auto' (folx sparse, 'forward-sparse', for an ansatz with at least
-        SPARSE_FROM[ansatz] electrons, else folx dense, 'forward') or one of LAPLACIANS,
-        returned as is.
+        SPARSE_FROM[ansatz] electrons, or SPARSE_FROM_WIDE_PSIFORMER for a Psiformer with
+        at least PSIFORMER_WIDE attention features; else folx dense, 'forward') or one of
+        LAPLACIANS, returned as is.
       ansatz: 'ferminet', 'psiformer' or 'hf' (the last always dense under 'auto').
       n_electrons: electrons of the molecule.
+      width: the Psiformer's attention features, heads x head_dim (None: the default's).
     Returns:
       one of LAPLACIANS.
     Raises:
@@ -51,6 +58,8 @@ def resolve_laplacian(setting: str, ansatz: str, n_electrons: int) -> str:
         return setting
     if setting == "auto":
         from_n = SPARSE_FROM.get(ansatz)
+        if ansatz == "psiformer" and width is not None and width >= PSIFORMER_WIDE:
+            from_n = SPARSE_FROM_WIDE_PSIFORMER
         return "forward-sparse" if from_n is not None and n_electrons >= from_n else "forward"
     raise ValueError(f"hamiltonian.laplacian: unknown {setting!r}; valid: auto, "
                      f"{', '.join(LAPLACIANS)}")
