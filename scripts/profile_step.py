@@ -33,6 +33,7 @@ walkers, 10 moves per step (issue #13).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import resource
@@ -162,26 +163,40 @@ def profile(system: str, network: str, solver: str, repeats: int, burn_in: int,
 
 def pretrain_ms(system: str, network: str, repeats: int) -> dict:
     """ms per pretraining step as `vmc run` makes them (one compiled block of
-    `vmc.pretrain.SYNC_EVERY` steps, even and odd alike, per call), and the floor under it:
-    the loss's forward and backward pass alone (its gradient at the walkers: no moves, no
-    Adam)."""
+    `vmc.pretrain.SYNC_EVERY` steps, even and odd alike, per call), for the default
+    `pretrain.sampling` ('alternate': network and HF moves by turns) and for 'hf' (HF moves
+    only: FermiNet's default work per step, its `scf_fraction` 1), the two timed interleaved
+    (medians over rounds of one call each); and the floor under both: the loss's forward and
+    backward pass alone (its gradient at the walkers: no moves, no Adam)."""
     from vmc.hf import run_hf
     from vmc.pretrain import SYNC_EVERY, PretrainState, make_pretrain_block, pretrain_loss
     cfg = make_cfg(system, network, "kfac")
     setup = build(cfg)
     hf = run_hf(setup.molecule, cfg.pretrain.basis, cfg.pretrain.method)
     state = init_state(setup, jax.random.PRNGKey(0))
-    tx, block = make_pretrain_block(setup, hf, cfg.pretrain.lr)
-    ps = PretrainState(state.params, tx.init(state.params), state.mcmc)
     key = jax.random.PRNGKey(3)
     n = SYNC_EVERY
-    first, per_block = timed(block, ps, key, 0, n, repeats=max(3, repeats // 4))
+    blocks, first = {}, {}
+    for sampling in ("alternate", "hf"):
+        alt = make_cfg(system, network, "kfac", extra=(f"pretrain.sampling={sampling}",))
+        tx, block = make_pretrain_block(dataclasses.replace(setup, cfg=alt), hf,
+                                        cfg.pretrain.lr)
+        ps = PretrainState(state.params, tx.init(state.params), state.mcmc)
+        first[sampling], _ = timed(block, ps, key, 0, n, repeats=1)
+        blocks[sampling] = (block, ps)
+    times = {k: [] for k in blocks}
+    for _ in range(max(5, repeats // 2)):
+        for k, (block, ps) in blocks.items():
+            tic = time.perf_counter()
+            _block(block(ps, key, 0, n))
+            times[k].append(time.perf_counter() - tic)
     grad = jax.jit(jax.grad(lambda p, w: pretrain_loss(setup.ansatz.orbitals, hf,
                                                        setup.molecule.n_up, p, w)))
     _, floor = timed(grad, state.params, state.mcmc.walkers, repeats=repeats)
-    return {"system": system, "network": network, "compile_s": first,
-            "ms_per_step": 1e3 * per_block / n, "steps_per_block": n,
-            "ms_loss_grad": 1e3 * floor, "moves": cfg.pretrain.moves}
+    return {"system": system, "network": network, "compile_s": first["alternate"],
+            "ms_per_step": 1e3 * statistics.median(times["alternate"]) / n,
+            "ms_per_step_hf": 1e3 * statistics.median(times["hf"]) / n,
+            "steps_per_block": n, "ms_loss_grad": 1e3 * floor, "moves": cfg.pretrain.moves}
 
 
 def table(rows: list) -> str:
@@ -299,12 +314,14 @@ def main(argv=None) -> int:
             pre = [pretrain_ms(args.system, net, args.repeats) for net in args.networks]
             result["pretrain"] = pre
             print("\n| system | network | pretraining ms/step (block of "
-                  f"{pre[0]['steps_per_block']}) | the loss's forward and backward pass alone, "
-                  "ms | moves/step | compile s |")
-            print("|---|---|---|---|---|---|")
+                  f"{pre[0]['steps_per_block']}), default: network and HF moves by turns | "
+                  "ms/step, pretrain.sampling=hf (FermiNet's work per step) | the loss's "
+                  "forward and backward pass alone, ms | moves/step | compile s |")
+            print("|---|---|---|---|---|---|---|")
             for r in pre:
                 print(f"| {r['system']} | {r['network']} | {r['ms_per_step']:.2f} "
-                      f"| {r['ms_loss_grad']:.2f} | {r['moves']} | {r['compile_s']:.1f} |")
+                      f"| {r['ms_per_step_hf']:.2f} | {r['ms_loss_grad']:.2f} | {r['moves']} "
+                      f"| {r['compile_s']:.1f} |")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return 0

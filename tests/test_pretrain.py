@@ -165,3 +165,25 @@ def test_pretrain_skips_a_non_finite_gradient():
     rest = np.arange(walkers.shape[0]) != 3
     assert np.all(np.isfinite(np.asarray(after.mcmc.walkers)[rest]))
     assert float(jnp.max(jnp.abs(after.mcmc.walkers[rest] - walkers[rest]))) > 0
+
+
+def test_pretrain_sampling_hf_moves_walkers_under_hartree_fock_only():
+    """pretrain.sampling=hf (FermiNet's scf_fraction 1): the walkers' path does not depend on
+    the network, so two different parameter sets move the same walkers identically; with
+    the default 'alternate' the network's moves make the paths part."""
+    from vmc.pretrain import PretrainState, make_pretrain_block
+    setup, hf = _setup("LiH", 0, False, 5)
+    state_a = init_state(setup, jax.random.PRNGKey(0))
+    params_b = init_state(setup, jax.random.PRNGKey(5)).params
+    key = jax.random.PRNGKey(7)
+    walkers = {}
+    for sampling in ("hf", "alternate"):
+        cfg = dataclasses.replace(setup.cfg, pretrain=dataclasses.replace(
+            setup.cfg.pretrain, sampling=sampling))
+        tx, block = make_pretrain_block(dataclasses.replace(setup, cfg=cfg), hf, 0.01)
+        for name, params in (("a", state_a.params), ("b", params_b)):
+            ps = PretrainState(params, tx.init(params), state_a.mcmc)
+            walkers[sampling, name] = np.asarray(block(ps, key, 0, 4)[0].mcmc.walkers)
+    assert np.max(np.abs(walkers["hf", "a"] - state_a.mcmc.walkers)) > 0       # they moved
+    np.testing.assert_array_equal(walkers["hf", "a"], walkers["hf", "b"])
+    assert np.max(np.abs(walkers["alternate", "a"] - walkers["alternate", "b"])) > 1e-3

@@ -172,6 +172,9 @@ class PretrainConfig:
     method: str = _field("auto", choices=("auto", "rhf", "rohf", "uhf"))
     lr: float = _field(3e-3, lo=0.0)
     moves: int = _field(1, lo=1)   # Metropolis moves per step, network and HF alternating
+    # which densities the moves sample: "alternate" (|ψ_net|² and |ψ_HF|² by turns) or "hf"
+    # (|ψ_HF|² only, FermiNet's pretrain.scf_fraction 1: no network pass besides the loss's)
+    sampling: str = _field("alternate", choices=("alternate", "hf"))
 
 
 @dataclasses.dataclass(frozen=True)

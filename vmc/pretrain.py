@@ -18,7 +18,9 @@ Every determinant k is fitted to the same target. Each step makes `pretrain.move
 Metropolis moves (default 1, as FermiNet's pretraining), split between |ψ_net|² and |ψ_HF|²:
 step t makes ⌊(m + [t even])/2⌋ under the network and the rest under Hartree–Fock (m = 1:
 the network on even steps, HF on odd ones), one shared adaptive width, so the fit covers the
-regions both densities visit; the walkers are kept and VMC burn-in starts from them. The
+regions both densities visit (`pretrain.sampling: hf` moves every walker under |ψ_HF|²
+only, as FermiNet's default `scf_fraction` 1 does: cheaper, but a worse start where HF puts
+little density; README "Pretraining"); the walkers are kept and VMC burn-in starts from them. The
 network's moves start from the log|ψ| of the loss's own forward pass (the orbitals and
 log|ψ| come from one pass, `Ansatz.orbitals_and_log_psi`), so they cost one network
 evaluation per move and no refresh; the HF moves refresh log|ψ_HF| (cheap). The Adam update
@@ -116,7 +118,8 @@ def make_pretrain_block(setup, hf, lr: float):
     "Pretraining"). Step t uses fold_in(key, t) and
     does, in order: the loss, its gradient and log|ψ_net| at the walkers from one forward
     pass; m = pretrain.moves Metropolis moves, ⌊(m + [t even])/2⌋ under |ψ_net|² with the
-    current parameters, the rest under |ψ_HF|² (each parity's split is static, so a step with
+    current parameters (none with `pretrain.sampling: hf`), the rest under |ψ_HF|² (each
+    parity's split is static, so a step with
     no network move takes the loss without log|ψ| and one with no HF move evaluates no HF
     log|ψ|); the width adapted to the step's acceptance; one Adam step, with non-finite
     gradient entries taken as 0 (parameters stay finite).
@@ -131,6 +134,8 @@ def make_pretrain_block(setup, hf, lr: float):
 
     s = setup.cfg.sampler
     m = int(setup.cfg.pretrain.moves)
+    hf_only = setup.cfg.pretrain.sampling == "hf"
+    n_even, n_odd = (0, 0) if hf_only else ((m + 1) // 2, m // 2)    # network moves per parity
     net_moves = make_moves(setup.ansatz.log_psi)
     hf_fn = lambda p, x: hf_log_psi(hf, x)  # noqa: E731
     hf_moves = make_moves(hf_fn)
@@ -170,14 +175,13 @@ def make_pretrain_block(setup, hf, lr: float):
 
     def block(state: PretrainState, key, t0, n: int):
         def pair(state, t):
-            state, loss_even, _ = one_step(state, jax.random.fold_in(key, t), (m + 1) // 2)
-            state, loss_odd, pmove = one_step(state, jax.random.fold_in(key, t + 1), m // 2)
+            state, loss_even, _ = one_step(state, jax.random.fold_in(key, t), n_even)
+            state, loss_odd, pmove = one_step(state, jax.random.fold_in(key, t + 1), n_odd)
             return state, (jnp.stack([loss_even, loss_odd]), pmove)
         state, (losses, pmoves) = jax.lax.scan(pair, state, t0 + 2 * jnp.arange(n // 2))
         losses, pmove = losses.reshape(-1), pmoves[-1] if n >= 2 else None
         if n % 2:   # a last even step
-            state, loss, pmove = one_step(state, jax.random.fold_in(key, t0 + n - 1),
-                                          (m + 1) // 2)
+            state, loss, pmove = one_step(state, jax.random.fold_in(key, t0 + n - 1), n_even)
             losses = jnp.concatenate([losses, loss[None]])
         return state, losses, pmove
 
