@@ -53,8 +53,8 @@ SIZES = {
     ("psiformer", "benchmark"): ("ansatz.heads=4", "ansatz.head_dim=32", "ansatz.layers=3",
                                  "ansatz.determinants=8"),
 }
-KEYS = ("system", "ansatz", "size", "width", "method", "n_electrons", "walkers",
-        "ms_per_batch", "compile_s", "peak_mb", "base_mb", "max_abs_dev_ha", "default", "load_avg")
+KEYS = ("system", "ansatz", "size", "method", "n_electrons", "walkers", "ms_per_batch",
+        "compile_s", "peak_mb", "base_mb", "max_abs_dev_ha", "default", "load_avg")
 
 
 def _setup_jax(cache: str | None):
@@ -69,6 +69,19 @@ def _setup_jax(cache: str | None):
     return jax
 
 
+def case_config(system: str, ansatz: str, size: str):
+    """The resolved configuration of one case, as `vmc run` would load it."""
+    from vmc.config import load_config
+    overrides = (f"ansatz.name={ansatz}", *SIZES[(ansatz, size)])
+    return load_config(ROOT / "systems" / f"{system}.yaml", overrides=overrides)
+
+
+def default_method(system: str, ansatz: str, size: str) -> str:
+    """The method `hamiltonian.laplacian: auto` resolves to for the case (by
+    `vmc.hamiltonian.resolve_laplacian`, through the configuration as a run does)."""
+    return case_config(system, ansatz, size).hamiltonian.laplacian
+
+
 def make_case(system: str, ansatz: str, size: str, method: str, walkers: int, dtype):
     """(batched E_L (params, walkers) -> (n_w,) hartree, params, walkers (n_w, n, 3) bohr,
     molecule) for one case; parameters from PRNGKey(0), walkers from PRNGKey(1), both
@@ -76,11 +89,9 @@ def make_case(system: str, ansatz: str, size: str, method: str, walkers: int, dt
     import jax
     import jax.numpy as jnp
     from vmc.ansatz import make_ansatz
-    from vmc.config import load_config
     from vmc.hamiltonian import make_local_energy, over_walkers
     from vmc.sampler import init_walkers
-    overrides = (f"ansatz.name={ansatz}", *SIZES[(ansatz, size)])
-    cfg = load_config(ROOT / "systems" / f"{system}.yaml", overrides=overrides)
+    cfg = case_config(system, ansatz, size)
     mol = cfg.build_molecule()
     params = make_ansatz(cfg.ansatz, mol, jnp.float32).init(jax.random.PRNGKey(0))
     x = init_walkers(jax.random.PRNGKey(1), mol, walkers, cfg.sampler.init_width)
@@ -130,8 +141,6 @@ def bench_case(case, methods, walkers: int, repeats: int, cache: str, memory: bo
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from vmc.config import HamiltonianConfig
-    from vmc.hamiltonian import resolve_laplacian
     system, ansatz, size = case
     child = {m: run_child(case, m, walkers, cache) if memory else {} for m in methods}
     ref_fn, p64, x64, mol = make_case(system, ansatz, size, "hessian", walkers, jnp.float64)
@@ -148,12 +157,11 @@ def bench_case(case, methods, walkers: int, repeats: int, cache: str, memory: bo
             tic = time.perf_counter()
             jax.block_until_ready(fns[m](params, x))
             best[m] = min(best[m], time.perf_counter() - tic)
-    width = attention_width(ansatz, size)
-    pick = resolve_laplacian(HamiltonianConfig().laplacian, ansatz, mol.n_electrons, width)
+    pick = default_method(system, ansatz, size)
     rows = []
     for m in methods:
         rows.append({
-            "system": system, "ansatz": ansatz, "size": size, "width": width, "method": m,
+            "system": system, "ansatz": ansatz, "size": size, "method": m,
             "n_electrons": mol.n_electrons, "walkers": walkers,
             "ms_per_batch": 1e3 * best[m],
             "compile_s": child[m].get("compile_s", first[m]),
@@ -161,16 +169,6 @@ def bench_case(case, methods, walkers: int, repeats: int, cache: str, memory: bo
             "max_abs_dev_ha": float(np.max(np.abs(outs[m] - ref))),
             "default": m == pick, "load_avg": os.getloadavg()[0]})
     return rows
-
-
-def attention_width(ansatz: str, size: str):
-    """heads x head_dim of a Psiformer case (`resolve_laplacian`'s width), else None."""
-    if ansatz != "psiformer":
-        return None
-    from vmc.config import AnsatzConfig
-    a = AnsatzConfig()
-    got = dict(o.split("=", 1) for o in SIZES[(ansatz, size)])
-    return int(got.get("ansatz.heads", a.heads)) * int(got.get("ansatz.head_dim", a.head_dim))
 
 
 def _fmt(v, spec):
@@ -190,12 +188,8 @@ def check_default(rows) -> tuple:
     """(fastest accurate method, default method, default's time / fastest's) of one case;
     the default is recomputed from the current `hamiltonian.laplacian` default (None when
     it is not among the accurate rows)."""
-    from vmc.config import HamiltonianConfig
-    from vmc.hamiltonian import resolve_laplacian
     r0 = rows[0]
-    width = r0.get("width", attention_width(r0["ansatz"], r0["size"]))
-    pick = resolve_laplacian(HamiltonianConfig().laplacian, r0["ansatz"], r0["n_electrons"],
-                             width)
+    pick = default_method(r0["system"], r0["ansatz"], r0["size"])
     ok = accurate(rows)
     fastest = min(ok, key=lambda r: r["ms_per_batch"])
     mine = [r for r in ok if r["method"] == pick]

@@ -178,9 +178,9 @@ def pretrain_ms(system: str, network: str, repeats: int) -> dict:
     n = SYNC_EVERY
     blocks, first = {}, {}
     for sampling in ("alternate", "hf"):
-        alt = make_cfg(system, network, "kfac", extra=(f"pretrain.sampling={sampling}",))
-        tx, block = make_pretrain_block(dataclasses.replace(setup, cfg=alt), hf,
-                                        cfg.pretrain.lr)
+        pre = dataclasses.replace(cfg.pretrain, sampling=sampling)
+        tx, block = make_pretrain_block(
+            dataclasses.replace(setup, cfg=dataclasses.replace(cfg, pretrain=pre)), hf, pre.lr)
         ps = PretrainState(state.params, tx.init(state.params), state.mcmc)
         first[sampling], _ = timed(block, ps, key, 0, n, repeats=1)
         blocks[sampling] = (block, ps)
