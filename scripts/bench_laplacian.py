@@ -57,6 +57,19 @@ KEYS = ("system", "ansatz", "size", "method", "n_electrons", "walkers", "ms_per_
         "compile_s", "peak_mb", "base_mb", "max_abs_dev_ha", "default", "load_avg")
 
 
+# the JAX settings `_setup_jax` changes, which `main` restores when it returns
+_JAX_SETTINGS = ("jax_enable_x64", "jax_compilation_cache_dir",
+                 "jax_persistent_cache_min_compile_time_secs",
+                 "jax_persistent_cache_min_entry_size_bytes")
+
+
+def _reopen_cache() -> None:
+    """Make JAX's compilation cache follow `jax_compilation_cache_dir` again: once opened,
+    it keeps its folder whatever the setting says later."""
+    from jax.experimental.compilation_cache import compilation_cache
+    compilation_cache.reset_cache()
+
+
 def _setup_jax(cache: str | None):
     from vmc.cpu_env import configure_process
     configure_process()   # as vmc.cli: the deadlock flag, one OpenBLAS thread
@@ -66,6 +79,7 @@ def _setup_jax(cache: str | None):
         jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        _reopen_cache()
     return jax
 
 
@@ -250,28 +264,42 @@ def main(argv=None) -> None:
         return _child(args)
     if args.table:
         return print_table(args.table)
-    with tempfile.TemporaryDirectory(prefix="bench_laplacian_") as cache:
-        _setup_jax(cache)
-        from vmc.hamiltonian import LAPLACIANS
-        methods = args.methods or list(LAPLACIANS)
-        if not args.json:
-            print(f"load average {os.getloadavg()}; {args.walkers} walkers, best of "
-                  f"{args.repeats}; max|dE| against float64 Hessian", flush=True)
-            print(f"{'system':6s} {'ansatz':9s} {'size':9s} {'method':14s} {'ms/batch':>9s} "
-                  f"{'compile s':>9s} {'peak MB':>8s} {'max|dE| Ha':>10s} default", flush=True)
-        for system in args.systems:
-            for ansatz in args.ansatz:
-                for size in args.sizes:
-                    for r in bench_case((system, ansatz, size), methods, args.walkers,
-                                        args.repeats, cache, not args.no_memory):
-                        if args.json:
-                            print(json.dumps({k: r[k] for k in KEYS}), flush=True)
-                        else:
-                            print(f"{system:6s} {ansatz:9s} {size:9s} {r['method']:14s} "
-                                  f"{r['ms_per_batch']:9.1f} {r['compile_s']:9.1f} "
-                                  f"{_fmt(r['peak_mb'], '8.0f')} "
-                                  f"{r['max_abs_dev_ha']:10.2e} "
-                                  f"{'*' if r['default'] else ''}", flush=True)
+    from vmc.cpu_env import configure_process
+    configure_process()   # before JAX's import, as `_setup_jax`
+    import jax
+    saved = {k: getattr(jax.config, k) for k in _JAX_SETTINGS}
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench_laplacian_") as cache:
+            _bench(args, cache)
+    finally:   # a caller in the same process (the tests) keeps its own cache and dtypes
+        for k, v in saved.items():
+            jax.config.update(k, v)
+        _reopen_cache()
+
+
+def _bench(args, cache: str) -> None:
+    """The benchmark proper (`main` without a --child or --table)."""
+    _setup_jax(cache)
+    from vmc.hamiltonian import LAPLACIANS
+    methods = args.methods or list(LAPLACIANS)
+    if not args.json:
+        print(f"load average {os.getloadavg()}; {args.walkers} walkers, best of "
+              f"{args.repeats}; max|dE| against float64 Hessian", flush=True)
+        print(f"{'system':6s} {'ansatz':9s} {'size':9s} {'method':14s} {'ms/batch':>9s} "
+              f"{'compile s':>9s} {'peak MB':>8s} {'max|dE| Ha':>10s} default", flush=True)
+    for system in args.systems:
+        for ansatz in args.ansatz:
+            for size in args.sizes:
+                for r in bench_case((system, ansatz, size), methods, args.walkers,
+                                    args.repeats, cache, not args.no_memory):
+                    if args.json:
+                        print(json.dumps({k: r[k] for k in KEYS}), flush=True)
+                    else:
+                        print(f"{system:6s} {ansatz:9s} {size:9s} {r['method']:14s} "
+                              f"{r['ms_per_batch']:9.1f} {r['compile_s']:9.1f} "
+                              f"{_fmt(r['peak_mb'], '8.0f')} "
+                              f"{r['max_abs_dev_ha']:10.2e} "
+                              f"{'*' if r['default'] else ''}", flush=True)
 
 
 if __name__ == "__main__":

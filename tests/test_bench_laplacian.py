@@ -3,6 +3,9 @@
 import importlib.util
 import json
 import pathlib
+import warnings
+
+import jax.numpy as jnp
 
 _PATH = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "bench_laplacian.py"
 _spec = importlib.util.spec_from_file_location("bench_laplacian", _PATH)
@@ -14,6 +17,8 @@ REQUIRED = ("system", "ansatz", "method", "ms_per_batch", "compile_s", "peak_mb"
 
 
 def test_bench_laplacian_json_on_helium(capsys):
+    import jax
+    before = {k: getattr(jax.config, k) for k in bench._JAX_SETTINGS}
     bench.main(["--systems", "He", "--ansatz", "ferminet", "--sizes", "default",
                 "--methods", "forward", "hessian", "--walkers", "4", "--repeats", "1",
                 "--json"])
@@ -27,3 +32,10 @@ def test_bench_laplacian_json_on_helium(capsys):
         # float32 E_L of a fresh network against the float64 Hessian: float32 rounding only
         assert 0 < r["max_abs_dev_ha"] < 1e-3
     assert [r["default"] for r in rows] == [True, False]  # auto: dense for 2 electrons
+    # the caller's float64 setting and compilation cache are back (the suite's other tests
+    # in this process wrote to the benchmark's deleted cache folder before)
+    assert {k: getattr(jax.config, k) for k in bench._JAX_SETTINGS} == before
+    with warnings.catch_warnings(record=True) as caught:   # and the cache writes there
+        warnings.simplefilter("always")
+        jax.jit(lambda v: jnp.sin(v) * 3.25 + 0.5)(jnp.arange(7.0)).block_until_ready()
+    assert not [w for w in caught if "compilation cache" in str(w.message)]
