@@ -58,8 +58,9 @@ MARKER = "ladder"
 # bumped when a default the rungs use changes (records and run folders of other versions are
 # kept apart): 1 = one damping for every size (1e-3), 2 = the damping size rule
 # (vmc.size_rule.optim_damping: 0.1 beyond five electrons), 3 = 3000 pretraining steps
-# beyond five electrons (vmc.size_rule.pretrain_steps)
-DEFAULTS_VERSION = 3
+# beyond five electrons (vmc.size_rule.pretrain_steps), 4 = 512 walkers beyond five electrons
+# (vmc.size_rule.sampler_walkers)
+DEFAULTS_VERSION = 4
 RESULTS = ROOT / "runs" / "ladder_results.jsonl"   # tracked by git (.gitignore), unlike runs/
 
 

@@ -49,7 +49,7 @@ def test_settings_without_a_size_rule_say_so():
     one = "the same for every size: no size rule measured yet, issue #14"
     assert found["ansatz.hidden_one"] == f"[32, 32, 32] (default, {one})"
     assert found["ansatz.determinants"] == f"8 (default, {one})"
-    assert found["sampler.walkers"] == f"256 (default, {one})"
+    assert found["sampler.walkers"].startswith("512 (default for > 5 electrons (4000 steps")
     assert found["optim.lr"] == f"0.2 (default for SR solvers (sample), {one})"
     assert found["optim.lr_decay_steps"] == (f"1000.0 (default, {one}; t0 of lr/(1 + t/t0), "
                                              f"independent of optim.steps)")
@@ -58,7 +58,7 @@ def test_settings_without_a_size_rule_say_so():
     assert found["optim.clip"] == f"5.0 (default all-electron, {one})"
     assert found["eval.steps"] == (f"2000 (default, {one}; `vmc eval RUN --steps N` "
                                    f"evaluates longer)")
-    assert found["eval.walkers"] == "256 (default: sampler.walkers)"
+    assert found["eval.walkers"] == "512 (default: sampler.walkers)"
     assert found["pretrain.basis"] == "cc-pvdz (default all-electron)"
     assert found["ansatz.jastrow"] == "false (default for ferminet: no Jastrow)"
     assert list(found) == list(size_rule.REPORTED)
@@ -78,6 +78,23 @@ def test_damping_follows_the_electron_count_and_the_solver(name, overrides, valu
     found = _section(path, overrides=overrides)
     assert found["optim.damping"].startswith(f"{value} ({reason}")
     assert load_config(path, overrides=tuple(overrides)).optim.damping == value
+
+
+@pytest.mark.parametrize("name, preset, value, reason", [
+    ("He", None, 256, "default for <= 5 electrons"),
+    ("Be", None, 256, "default for <= 5 electrons"),
+    ("C", None, 512, "default for > 5 electrons"),
+    ("CH4", None, 512, "default for > 5 electrons"),
+    ("O_ccecp", None, 256, "default with an ECP"),
+    ("N", "tiny", 32, "preset tiny"),
+])
+def test_walkers_follow_the_electron_count(name, preset, value, reason):
+    path = SYSTEMS / f"{name}.yaml"
+    found = _section(path, preset=preset)
+    assert found["sampler.walkers"].startswith(f"{value} ({reason}")
+    cfg = load_config(path, preset=preset)
+    assert cfg.sampler.walkers == value and cfg.eval.walkers == value
+    assert load_config(path, overrides=("sampler.walkers=64",)).sampler.walkers == 64
 
 
 def test_an_ecp_gets_the_ecp_defaults():

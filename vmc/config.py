@@ -102,8 +102,12 @@ def _resolve_defaults(cfg: Config, n_electrons: int) -> Config:
         cfg.hamiltonian.laplacian, ansatz.name, n_electrons, ansatz.heads * ansatz.head_dim))
     if ansatz.jastrow is None:
         ansatz = dataclasses.replace(ansatz, jastrow=rule.jastrow(ansatz.name).value)
+    sampler = cfg.sampler
+    if sampler.walkers is None:
+        sampler = dataclasses.replace(sampler, walkers=rule.sampler_walkers(n_electrons,
+                                                                            ecp_on).value)
     if ev.walkers is None:
-        ev = dataclasses.replace(ev, walkers=cfg.sampler.walkers)
+        ev = dataclasses.replace(ev, walkers=sampler.walkers)
     if ev.seed is None:
         ev = dataclasses.replace(ev, seed=cfg.run.seed + 1)
     if optim.lr <= 0:
@@ -130,7 +134,7 @@ def _resolve_defaults(cfg: Config, n_electrons: int) -> Config:
         raise InputError(f"eval.steps: {ev.steps} is not valid; valid: 0 (no evaluation) or "
                          f">= 16 (reblocking needs 16 samples)")
     return dataclasses.replace(cfg, ansatz=ansatz, optim=optim, pretrain=pre, eval=ev,
-                               hamiltonian=ham)
+                               hamiltonian=ham, sampler=sampler)
 
 
 def config_from_dict(data: dict, *, name: str = "molecule", preset: Optional[str] = None,

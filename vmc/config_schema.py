@@ -83,7 +83,7 @@ class AnsatzConfig:
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
     """Metropolis walkers sampling |ψ|² (all-electron Gaussian proposals)."""
-    walkers: int = _field(256, lo=2)
+    walkers: Optional[int] = _field(None, lo=2)   # None: 256 for <= 5 electrons or an ECP, else 512
     moves: int = _field(10, lo=1)              # Metropolis moves per optimization step
     width: float = _field(0.2, lo=1e-6)        # initial proposal width, bohr
     target_pmove: float = _field(0.5, lo=0.05, hi=0.95)
