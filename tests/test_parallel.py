@@ -1,5 +1,6 @@
 """Walkers sharded over several devices give the same run as one device."""
 
+import pathlib
 import subprocess
 import sys
 
@@ -7,7 +8,7 @@ import numpy as np
 
 from helpers import host_devices_env
 from vmc import h5io
-
+from vmc.precheck import cpu_devices_warning
 
 
 def _run(out, cfg, devices):
@@ -29,3 +30,16 @@ def test_two_devices_match_one(tmp_path):
     np.testing.assert_allclose(two["energy"], one["energy"], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(two["width"], one["width"], rtol=1e-10)
     assert np.ptp(one["energy"]) > 1e-3   # the steps really moved
+    # two CPU devices in one process: the hang warning, in run.log; one device: none
+    assert "CPU devices in this process" not in (tmp_path / "one" / "run.log").read_text()
+    warned = [ln for ln in (tmp_path / "two" / "run.log").read_text().splitlines()
+              if "warning: 2 CPU devices in this process" in ln]
+    assert len(warned) == 1 and "Known hang" in warned[0]
+
+
+def test_cpu_devices_warning_only_for_several_cpu_devices():
+    assert "4 CPU devices" in cpu_devices_warning("cpu", 4)
+    assert cpu_devices_warning("cpu", 1) is None
+    assert cpu_devices_warning("gpu", 8) is None
+    readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+    assert "**Known hang" in readme.read_text()   # the section the warning points to
