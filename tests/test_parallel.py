@@ -8,7 +8,7 @@ import numpy as np
 
 from helpers import host_devices_env
 from vmc import h5io
-from vmc.precheck import cpu_devices_warning
+from vmc.parallel import cpu_devices_warning
 
 
 def _run(out, cfg, devices):

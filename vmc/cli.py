@@ -257,9 +257,14 @@ def _eval(args) -> int:
         cfg = load_config(run_dir / "config.yaml")
         check_devices({"--walkers": args.walkers} if args.walkers
                       else {"eval.walkers": cfg.eval.walkers})
+    from vmc.parallel import cpu_devices_warning
     from vmc.run import eval_run
+    log = _run_log(run_dir)
+    line = cpu_devices_warning()
+    if line:
+        log(line)
     return eval_run(run_dir, steps=args.steps, walkers=args.walkers,
-                    seed=args.seed, burn_in=args.burn_in, log=_run_log(run_dir),
+                    seed=args.seed, burn_in=args.burn_in, log=log,
                     observables=args.observables, target_stderr_mha=args.target_stderr_mha,
                     max_steps=args.max_steps)
 

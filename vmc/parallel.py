@@ -238,6 +238,29 @@ def to_host(tree: Any) -> Any:
     return jax.tree_util.tree_map(leaf, tree)
 
 
+def cpu_devices_warning(platform: Optional[str] = None,
+                        n_local: Optional[int] = None) -> Optional[str]:
+    """The warning line for several CPU devices in one process (XLA_FLAGS
+    --xla_force_host_platform_device_count), else None.
+
+    jaxlib 0.10's CPU runtime can hang with them: the default FermiNet of C (8 full
+    determinants) over 512 walkers on 2 forced devices stopped in its first Metropolis step
+    with the machine idle, on 2 cores and on 1 (README "Known hang"). Such devices exist to
+    test the multi-device code; one device per process already uses every core.
+
+    Args:
+      platform, n_local: JAX's default backend and local device count; None asks JAX.
+    """
+    if platform is None or n_local is None:
+        platform, n_local = jax.default_backend(), jax.local_device_count()
+    if platform != "cpu" or n_local < 2:
+        return None
+    return (f"warning: {n_local} CPU devices in this process (XLA_FLAGS "
+            f"--xla_force_host_platform_device_count): jaxlib's CPU runtime can hang with "
+            f"them on larger systems (README \"Known hang\"); use them to test layouts, and "
+            f"one device per process for production runs on a CPU")
+
+
 def _mesh() -> Mesh:
     return Mesh(np.asarray(jax.devices()), ("walkers",))
 
