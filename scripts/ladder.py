@@ -50,17 +50,20 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import accuracy  # noqa: E402  (scripts/accuracy.py: config_file)
+import ladder_table  # noqa: E402  (scripts/ladder_table.py: the README table)
+from ladder_table import _fmt, write_readme  # noqa: E402,F401  (write_readme re-exported)
 
 # the ladder of issue #14, in table order, with the step counts each rung runs at
 LADDER = {"C": (1000, 4000, 16000), "N": (1000, 4000, 16000), "O": (1000, 4000),
           "H2O": (1000, 4000), "CH4": (1000, 4000), "N2": (1000, 4000)}
-MARKER = "ladder"
 # bumped when a default the rungs use changes (records and run folders of other versions are
 # kept apart): 1 = one damping for every size (1e-3), 2 = the damping size rule
 # (vmc.size_rule.optim_damping: 0.1 beyond five electrons), 3 = 3000 pretraining steps
 # beyond five electrons (vmc.size_rule.pretrain_steps), 4 = 512 walkers beyond five electrons
-# (vmc.size_rule.sampler_walkers)
-DEFAULTS_VERSION = 4
+# (vmc.size_rule.sampler_walkers), 5 = damping 1e-3 beyond five electrons in runs of >= 8000
+# steps (vmc.size_rule.optim_damping); records whose resolved config is the same are carried
+# over from other versions and settings (carry_over)
+DEFAULTS_VERSION = 5
 RESULTS = ROOT / "runs" / "ladder_results.jsonl"   # tracked by git (.gitignore), unlike runs/
 
 
@@ -202,21 +205,95 @@ def _key(rung: str, steps: int, settings: dict) -> str:
     return json.dumps([rung, int(steps), settings], sort_keys=True)
 
 
+def config_digest(data: dict) -> str:
+    """12 hex digits of sha1 over a resolved config (config.yaml's mapping) less what does
+    not change the training up to a step: optim.steps, run.keep_steps, molecule.reference."""
+    d = json.loads(json.dumps(data))
+    d.get("optim", {}).pop("steps", None)
+    d.get("run", {}).pop("keep_steps", None)
+    d.get("molecule", {}).pop("reference", None)
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run_digest(run_dir) -> str | None:
+    """`config_digest` of a run folder's config.yaml, or None when it has none."""
+    import yaml
+    path = pathlib.Path(run_dir) / "config.yaml"
+    return config_digest(yaml.safe_load(path.read_text())) if path.is_file() else None
+
+
+def expected_digest(rung: str, steps: int, preset, sets) -> str:
+    """`config_digest` of the config `vmc run <rung file> --set optim.steps=<steps>` (with
+    the preset and --set settings) resolves to: the size rule may depend on the step count."""
+    import yaml
+    from vmc.config import dump_yaml, load_config
+    cfg = load_config(config_file(rung), preset=preset,
+                      overrides=(*sets, f"optim.steps={steps}"))
+    return config_digest(yaml.safe_load(dump_yaml(cfg)))
+
+
+def carry_over(records: list[dict], rung: str, steps: int, digest: str,
+               settings: dict) -> dict | None:
+    """A record of `rung` at `steps` made with other settings whose run has the resolved
+    config `digest`, relabelled with `settings` (its old ones in ``same_config_as``), or None.
+    The newest such record wins (records keep ``config_digest``; older ones are checked
+    against their run folder's config.yaml when it is still there)."""
+    for r in reversed(records):
+        if r["rung"] != rung or r["steps"] != steps or r["settings"] == settings:
+            continue
+        have = r.get("config_digest") or run_digest(r.get("run_dir", "/nonexistent"))
+        if have == digest:
+            return {**r, "settings": settings, "config_digest": digest,
+                    "same_config_as": r.get("same_config_as") or r["settings"]}
+    return None
+
+
 def run_rung(rung: str, steps: list[int], out: pathlib.Path, results: pathlib.Path,
              preset, sets) -> int:
     """Train the rung, evaluate every step count, append the new records; the exit code."""
     settings = _settings(preset, sets)
-    have = {_key(r["rung"], r["steps"], r["settings"]) for r in read_results(results)}
+    records = read_results(results)
+    have = {_key(r["rung"], r["steps"], r["settings"]) for r in records}
     todo = [s for s in sorted(set(steps)) if _key(rung, s, settings) not in have]
+    digests = {s: expected_digest(rung, s, preset, sets) for s in todo}
+    for s in list(todo):
+        rec = carry_over(records, rung, s, digests[s], settings)
+        if rec is not None:
+            with results.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            todo.remove(s)
+            print(f"{rung} at {s} steps: carried over from {rec['run_dir']} (same resolved "
+                  f"config): {rec['energy_ha']:.6f} Ha", flush=True)
     if not todo:
         print(f"{rung}: {sorted(set(steps))} steps: all in {results}", flush=True)
         return 0
     base = out / rung / settings_tag(preset, sets)
-    train_dir = base / "train"
+    groups: dict[str, list[int]] = {}   # one training run per resolved config
+    for s in sorted(set(steps)):
+        d = digests.get(s) or expected_digest(rung, s, preset, sets)
+        groups.setdefault(d, []).append(s)
+    for digest, counts in groups.items():
+        if not any(s in todo for s in counts):
+            continue
+        # base/train holds the run of the largest count's config (or whichever config it
+        # was made with); another config trains in base/train_<digest>
+        held = run_digest(base / "train")
+        first = held == digest or (held is None and max(steps) in counts)
+        train_dir = base / ("train" if first else f"train_{digest[:8]}")
+        code = _train_and_evaluate(rung, counts, [s for s in counts if s in todo], base,
+                                   train_dir, results, preset, sets, settings)
+        if code != 0:
+            return code
+    return 0
+
+
+def _train_and_evaluate(rung, counts, todo, base, train_dir, results, preset, sets,
+                        settings) -> int:
+    """Train one run to max(counts), evaluate the `todo` counts, append their records."""
     latest = trained_steps(train_dir)
     if latest is None or latest < max(todo) or (latest == max(todo)
                                                 and evaluated_at(train_dir) != latest):
-        code = train(rung, train_dir, sorted(set(steps)), preset, sets)
+        code = train(rung, train_dir, sorted(set(counts)), preset, sets)
         if code != 0:
             print(f"{rung}: training stopped with exit code {code}; run the same command "
                   f"again to continue", file=sys.stderr)
@@ -233,17 +310,14 @@ def run_rung(rung: str, steps: list[int], out: pathlib.Path, results: pathlib.Pa
                 print(f"{rung}: evaluation at {s} steps stopped with exit code {code}",
                       file=sys.stderr)
                 return code
-        rec = record(rung, s, top, train_dir, eval_dir, settings)
+        rec = {**record(rung, s, top, train_dir, eval_dir, settings),
+               "config_digest": run_digest(train_dir)}
         with results.open("a") as f:
             f.write(json.dumps(rec) + "\n")
         print(f"{rung} at {s} steps: {rec['energy_ha']:.6f} Ha, "
               f"{_fmt(rec['deviation_mha'], '+.1f')} mHa, wall {rec['wall_s']:.0f} s",
               flush=True)
     return 0
-
-
-def _fmt(v, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
 
 
 def _settings(preset, sets) -> dict:
@@ -255,53 +329,8 @@ DEFAULTS = _settings(None, [])
 
 
 def table(records: list[dict], plan: dict, settings: dict = DEFAULTS) -> str:
-    """The README table of the records made with `settings` (default: the defaults): every
-    rung and step count of `plan` (those without a record say 'not yet run'), then the
-    other rungs and counts that have one."""
-    by = {(r["rung"], r["steps"]): r for r in records if r["settings"] == settings}
-    rows = ["| system | e⁻ | steps | energy (Ha) | stderr (mHa) | reference (Ha), kind | "
-            "E − ref (mHa) | corr. energy % | wall (s) | params |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    keys = [(rung, s) for rung, counts in plan.items() for s in counts]
-    keys += sorted(k for k in by if k not in keys)
-    for rung, s in keys:
-        r = by.get((rung, s))
-        if r is None:
-            rows.append(f"| {rung} | | {s} | not yet run | | | | | | |")
-            continue
-        se = None if r["stderr_ha"] is None else 1000 * r["stderr_ha"]
-        low = ">=" if r["plateau"] is False else ""
-        corr = ("-" if r["corr_pct"] is None else f"{r['corr_pct']:.1f}"
-                + ("" if r["corr_pct_stderr"] is None else f" ± {r['corr_pct_stderr']:.1f}"))
-        src = "" if r["trained_to"] == s else f" (of {r['trained_to']})"
-        rows.append(f"| {rung} | {r['n_electrons']} | {s}{src} | {r['energy_ha']:.6f} | "
-                    f"{low}{_fmt(se, '.3f')} | {r['reference_ha']}, {r['reference_kind']} | "
-                    f"{_fmt(r['deviation_mha'], '+.3f')} | {corr} | {r['wall_s']:.0f} | "
-                    f"{r['n_params']} |")
-    done = list(by.values())
-    what = ("Defaults" if settings == DEFAULTS else
-            f"Settings: {'--preset ' + settings['preset'] if settings['preset'] else ''} "
-            f"{' '.join('--set ' + x for x in settings['set'])}".strip())
-    if done:
-        meta = done[-1]
-        rows += ["", f"{what} ({meta['dtype']}, {meta['walkers']} walkers, solver "
-                 f"`{meta['solver']}`, {meta['eval_steps']} evaluation steps); vmc "
-                 f"{meta['vmc_version']} ({(meta['git_commit'] or '')[:8]}), jax "
-                 f"{meta['jax_version']}, {meta['device_kind']}. Written by scripts/ladder.py."]
-    else:
-        rows += ["", f"{what}: no rung run yet. Written by scripts/ladder.py."]
-    return "\n".join(rows)
-
-
-def write_readme(readme: pathlib.Path, text: str) -> None:
-    """Replace what stands between `<!-- ladder:begin -->` and `<!-- ladder:end -->`."""
-    begin, end = f"<!-- {MARKER}:begin -->", f"<!-- {MARKER}:end -->"
-    body = readme.read_text()
-    if begin not in body or end not in body:
-        raise SystemExit(f"error: {readme}: no {begin} ... {end} block")
-    head, rest = body.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+    """The README table of the records made with `settings` (`ladder_table.table`)."""
+    return ladder_table.table(records, plan, settings, settings == DEFAULTS)
 
 
 def main(argv=None) -> int:

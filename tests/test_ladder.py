@@ -129,6 +129,49 @@ def test_he_ladder_end_to_end(tmp_path, capsys):
     assert ladder.main(argv) == 0
     assert "He: [6, 12] steps: all in" in capsys.readouterr().out
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
+    # other settings that resolve to the same config: the records are carried over, untrained
+    same = argv + ["--set", "optim.lr_decay_steps=1000.0"]   # the default value
+    assert ladder.main(same) == 0
+    assert "He at 6 steps: carried over from" in capsys.readouterr().out
+    assert (out / "He" / ladder.settings_tag("tiny", ["run.keep_checkpoints=1"])).is_dir()
+    assert not (out / "He" / ladder.settings_tag(
+        "tiny", ["run.keep_checkpoints=1", "optim.lr_decay_steps=1000.0"])).exists()
+    got = ladder.read_results(out / "results.jsonl")
+    assert len(got) == 4
+    assert [r["energy_ha"] for r in got[2:]] == [r["energy_ha"] for r in records]
+    assert got[2]["same_config_as"] == records[0]["settings"]
+    assert "6 (of 12) ‡" in ladder.table(got, {}, got[2]["settings"])
+
+
+def test_config_digest_ignores_only_the_step_counts_and_the_reference():
+    cfg = {"optim": {"steps": 4000, "damping": 0.1}, "run": {"keep_steps": [1000], "seed": 0},
+           "molecule": {"atoms": [], "reference": {"energy": -1.0}}}
+    d = ladder.config_digest(cfg)
+    assert ladder.config_digest({"optim": {"steps": 16000, "damping": 0.1},
+                                 "run": {"keep_steps": [], "seed": 0},
+                                 "molecule": {"atoms": []}}) == d
+    assert ladder.config_digest({**cfg, "optim": {"steps": 4000, "damping": 1e-3}}) != d
+    assert ladder.config_digest({**cfg, "run": {"keep_steps": [1000], "seed": 1}}) != d
+
+
+def test_damping_rule_makes_separate_runs_for_short_and_long_counts():
+    """C's resolved config at 4000 steps (λ = 0.1) differs from the one at 16000 (1e-3): the
+    ladder trains them apart; 1000 and 4000 share one run."""
+    d = {s: ladder.expected_digest("C", s, None, []) for s in (1000, 4000, 7999, 8000, 16000)}
+    assert d[1000] == d[4000] == d[7999] != d[8000] == d[16000]
+
+
+def test_carry_over_picks_the_same_config_only():
+    recs = [_record(steps=4000, settings={"preset": None, "set": ["x=1"], "defaults": 4},
+                    config_digest="aaa", energy_ha=-1.0),
+            _record(steps=4000, settings={"preset": None, "set": ["x=2"], "defaults": 4},
+                    config_digest="bbb", energy_ha=-2.0)]
+    got = ladder.carry_over(recs, "C", 4000, "aaa", ladder.DEFAULTS)
+    assert got["energy_ha"] == -1.0 and got["settings"] == ladder.DEFAULTS
+    assert got["same_config_as"] == recs[0]["settings"]
+    assert ladder.carry_over(recs, "C", 1000, "aaa", ladder.DEFAULTS) is None
+    assert ladder.carry_over(recs, "C", 4000, "ccc", ladder.DEFAULTS) is None
+    assert ladder.carry_over(recs, "N", 4000, "bbb", ladder.DEFAULTS) is None
 
 
 def ckpt_list(run_dir):

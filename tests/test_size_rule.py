@@ -53,8 +53,9 @@ def test_settings_without_a_size_rule_say_so():
     assert found["optim.lr"] == f"0.2 (default for SR solvers (sample), {one})"
     assert found["optim.lr_decay_steps"] == (f"1000.0 (default, {one}; t0 of lr/(1 + t/t0), "
                                              f"independent of optim.steps)")
-    assert found["optim.damping"] == ("0.1 (default for > 5 electrons with sample (4000 "
-                                      "steps: C +19.4, N +18.5 mHa; 1e-3: +27.1, +60.7))")
+    assert found["optim.damping"] == ("0.1 (default for > 5 electrons with sample in runs "
+                                      "of < 8000 steps (4000 steps: C +19.4, N +18.5 mHa; "
+                                      "1e-3: +27.1, +60.7))")
     assert found["optim.clip"] == f"5.0 (default all-electron, {one})"
     assert found["eval.steps"] == (f"2000 (default, {one}; `vmc eval RUN --steps N` "
                                    f"evaluates longer)")
@@ -67,8 +68,13 @@ def test_settings_without_a_size_rule_say_so():
 @pytest.mark.parametrize("name, overrides, value, reason", [
     ("He", [], 0.001, "default for <= 5 electrons"),
     ("Be", [], 0.001, "default for <= 5 electrons"),
-    ("C", [], 0.1, "default for > 5 electrons with sample"),
+    ("C", [], 0.1, "default for > 5 electrons with sample in runs of < 8000 steps"),
+    ("C", ["optim.steps=7999"], 0.1, "default for > 5 electrons with sample in runs of < 8000"),
+    ("C", ["optim.steps=8000"], 0.001, "default for > 5 electrons in runs of >= 8000 steps"),
+    ("N", ["optim.steps=16000", "optim.solver=cg"], 0.001, "default for > 5 electrons in runs "
+                                                          "of >= 8000 steps"),
     ("N", ["optim.solver=cg"], 0.1, "default for > 5 electrons with cg"),
+    ("O_ccecp", ["optim.steps=16000"], 0.001, "default with an ECP"),
     ("N", ["optim.solver=kfac"], 0.001, "default for kfac, the same for every size"),
     ("N", ["optim.damping=0.02"], 0.02, "set by --set"),
     ("O_ccecp", [], 0.001, "default with an ECP, whatever the electron count"),

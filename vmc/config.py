@@ -86,9 +86,6 @@ def _resolve_defaults(cfg: Config, n_electrons: int) -> Config:
     ecp_on = any(e is not None for e in _ecp_names(cfg))
     if optim.lr is None:
         optim = dataclasses.replace(optim, lr=rule.optim_lr(optim.solver).value)
-    if optim.damping is None:
-        optim = dataclasses.replace(optim, damping=rule.optim_damping(
-            n_electrons, ecp_on, optim.solver).value)
     if pre.basis is None:
         pre = dataclasses.replace(pre, basis=rule.pretrain_basis(ecp_on).value)
     if pre.steps is None:
@@ -96,6 +93,9 @@ def _resolve_defaults(cfg: Config, n_electrons: int) -> Config:
                                                                  cfg.ansatz.name).value)
     if optim.steps is None:
         optim = dataclasses.replace(optim, steps=rule.optim_steps(n_electrons, ecp_on).value)
+    if optim.damping is None:   # after the steps: the damping's rule depends on them
+        optim = dataclasses.replace(optim, damping=rule.optim_damping(
+            n_electrons, ecp_on, optim.solver, optim.steps).value)
     ansatz = cfg.ansatz
     from vmc.hamiltonian import resolve_laplacian
     ham = dataclasses.replace(cfg.hamiltonian, laplacian=resolve_laplacian(

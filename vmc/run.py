@@ -69,15 +69,31 @@ class _RaiseOnSignal(SignalFlag):
         sys.unraisablehook = self._old_hook
         return super().__exit__(*exc)
 
+    _in_hook = False
+
     def _unraisable(self, info):
         if isinstance(info.exc_value, Interrupted):   # from another thread: not in here
             import os
             import threading
-            threading.Timer(0.01, os.kill, (os.getpid(), info.exc_value.signum)).start()
+            import time
+            signum, done = info.exc_value.signum, threading.Event()
+
+            def deliver():   # only once this hook has returned: raised in here, it is lost
+                done.wait()
+                time.sleep(0.01)
+                os.kill(os.getpid(), signum)
+            self._in_hook = True
+            try:
+                threading.Thread(target=deliver, daemon=True).start()
+            finally:
+                self._in_hook = False
+                done.set()
             return
         self._old_hook(info)
 
     def _handle(self, signum, frame):
+        if self._in_hook:   # another signal while the hook runs: its delivery is on the way
+            return
         raise Interrupted(signum)
 
 

@@ -8,7 +8,7 @@ Settings the issue (#14) names as candidates for scaling with the system — net
 determinants, learning-rate schedule, clipping, evaluation length — keep one value for every
 size until measurements beyond five electrons choose a rule (scripts/ladder.py); `vmc check`
 says so for each. The SR damping (`optim_damping`, measured on N and He) and the walkers
-(`sampler_walkers`, measured on N and O) have rules (README "Ladder beyond five electrons").
+(`sampler_walkers`, measured on N and O) have rules, the damping by the run's length too (README "Ladder beyond five electrons").
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import yaml
 STEPS_SMALL_MAX = 3      # <= this many electrons (no ECP): 1000 optimization steps
 PRETRAIN_NONE_MAX = 2    # <= this many electrons: no Hartree–Fock pretraining
 PRETRAIN_SHORT_MAX = 5   # <= this many electrons: 1000 pretraining steps, else 3000
-DAMPING_SMALL_MAX = 5    # <= this many electrons (or any ECP): SR damping 1e-3, else 0.1
+DAMPING_SMALL_MAX = 5    # <= this many electrons (or any ECP): SR damping 1e-3, else 0.1 ...
+DAMPING_LONG_STEPS = 8000  # ... for runs shorter than this many steps, 1e-3 from here on
 WALKERS_SMALL_MAX = 5    # <= this many electrons (or any ECP): 256 walkers, else 512
 # the solvers whose damping is λ of the exact F + λI (one direction, up to a tolerance)
 EXACT_SR_SOLVERS = ("sample", "dense", "cg", "nystrom-cg")
@@ -117,21 +118,25 @@ def optim_lr(solver: str) -> Choice:
     return Choice("optim.lr", 0.2, f"default for SR solvers ({solver}), " + _ONE_SIZE)
 
 
-def optim_damping(n_electrons: int, ecp: bool, solver: str) -> Choice:
-    """Default `optim.damping` (λ of F + λI): 0.1 for > 5 electrons without an ECP with the
-    exact-SR solvers (sample, dense, cg, nystrom-cg), else 1e-3.
+def optim_damping(n_electrons: int, ecp: bool, solver: str, steps: int = 4000) -> Choice:
+    """Default `optim.damping` (λ of F + λI) with the exact-SR solvers (sample, dense, cg,
+    nystrom-cg): 0.1 for > 5 electrons without an ECP in runs of fewer than 8000 steps
+    (`optim.steps`), else 1e-3.
 
-    Measured with `sample`, 256 walkers, the default network (README "Ladder beyond five
-    electrons"): on N (7 electrons) λ = 1e-3 leaves the norm constraint active at every step
-    and the training energy biased low (with n_w ≪ p the solve fits the batch's noise); after
-    4000 steps λ = 0.1 gives +11.9 mHa against +60.7 mHa for 1e-3 (1e-2: +29.7); on the
-    ladder (2000 evaluation steps) C +19.4 and N +18.5 mHa at 4000 steps against +27.1 and
-    +60.7. At 16000 steps it is worse than 1e-3 (C +11.8 against +3.8, N +12.1 against
-    +7.2 mHa): the rule serves the default step count, not long runs. On He the
-    same 0.1 costs accuracy (+0.92 ± 0.25 mHa against +0.01 ± 0.07 after 1000 steps), so
-    <= 5 electrons keep 1e-3, where the README's results were measured. With an ECP, and for
-    kfac, kfac-cg, spring and adam (whose λ means something else or nothing), 1e-3 whatever
-    the size: not measured beyond five electrons."""
+    Measured with `sample` and the default network (README "Ladder beyond five electrons").
+    256 walkers: on N (7 electrons) λ = 1e-3 leaves the norm constraint active at every step
+    and the training energy biased low (with n_w ≪ p the solve fits the batch's noise);
+    after 4000 steps λ = 0.1 gives +11.9 mHa against +60.7 mHa for 1e-3 (1e-2: +29.7); on
+    the ladder C +19.4 and N +18.5 mHa at 4000 steps against +27.1 and +60.7. At 16000 steps
+    1e-3 ends better (C +3.8 against +11.8, N +7.2 against +12.1 mHa). 512 walkers (the
+    default beyond five electrons), 0.1 against 1e-3: C +12.7 against +8.9 mHa at 4000 steps,
+    +7.5 against +2.25 at 16000 (evaluations of 0.48 and 0.40 mHa); N's and O's training
+    means run 10-90 mHa behind with 1e-3 before step 4000, and N's are 1.5-4 mHa ahead from
+    step 7000 on. Hence the step count: a run of 8000 steps or more takes 1e-3 from its first
+    step (switching λ half-way sent N 112 mHa uphill). On He the same 0.1 costs accuracy
+    (+0.92 ± 0.25 mHa against +0.01 ± 0.07 after 1000 steps), so <= 5 electrons keep 1e-3,
+    where the README's results were measured. With an ECP, and for kfac, kfac-cg, spring and
+    adam (whose λ means something else or nothing), 1e-3 whatever the size."""
     if solver not in EXACT_SR_SOLVERS:
         return Choice("optim.damping", 1e-3, f"default for {solver}, the same for every "
                       f"size: the rule is for the exact-SR solvers ({', '.join(EXACT_SR_SOLVERS)})")
@@ -140,8 +145,13 @@ def optim_damping(n_electrons: int, ecp: bool, solver: str) -> Choice:
                       "count: not measured beyond five electrons")
     if n_electrons <= DAMPING_SMALL_MAX:
         return Choice("optim.damping", 1e-3, f"default for <= {DAMPING_SMALL_MAX} electrons")
+    if steps >= DAMPING_LONG_STEPS:
+        return Choice("optim.damping", 1e-3, f"default for > {DAMPING_SMALL_MAX} electrons "
+                      f"in runs of >= {DAMPING_LONG_STEPS} steps (C at 16000 steps, 512 "
+                      f"walkers: +2.25 mHa; 0.1: +7.5)")
     return Choice("optim.damping", 0.1, f"default for > {DAMPING_SMALL_MAX} electrons "
-                  f"with {solver} (4000 steps: C +19.4, N +18.5 mHa; 1e-3: +27.1, +60.7)")
+                  f"with {solver} in runs of < {DAMPING_LONG_STEPS} steps (4000 steps: "
+                  f"C +19.4, N +18.5 mHa; 1e-3: +27.1, +60.7)")
 
 
 def pretrain_basis(ecp: bool) -> Choice:
@@ -163,7 +173,8 @@ def _rule_reason(key: str, cfg, n_electrons: int, ecp: bool) -> str:
     rules = {"optim.steps": lambda: optim_steps(n_electrons, ecp),
              "pretrain.steps": lambda: pretrain_steps(n_electrons, cfg.ansatz.name),
              "optim.lr": lambda: optim_lr(cfg.optim.solver),
-             "optim.damping": lambda: optim_damping(n_electrons, ecp, cfg.optim.solver),
+             "optim.damping": lambda: optim_damping(n_electrons, ecp, cfg.optim.solver,
+                                                   cfg.optim.steps),
              "sampler.walkers": lambda: sampler_walkers(n_electrons, ecp),
              "pretrain.basis": lambda: pretrain_basis(ecp),
              "ansatz.jastrow": lambda: jastrow(cfg.ansatz.name)}
