@@ -275,16 +275,37 @@ def run_rung(rung: str, steps: list[int], out: pathlib.Path, results: pathlib.Pa
     for digest, counts in groups.items():
         if not any(s in todo for s in counts):
             continue
+        counts = [s for s in counts if s <= max(s for s in counts if s in todo)]
         # base/train holds the run of the largest count's config (or whichever config it
         # was made with); another config trains in base/train_<digest>
         held = run_digest(base / "train")
         first = held == digest or (held is None and max(steps) in counts)
         train_dir = base / ("train" if first else f"train_{digest[:8]}")
+        if run_digest(train_dir) is None:
+            train_dir = reusable_run(out / rung, digest, counts) or train_dir
         code = _train_and_evaluate(rung, counts, [s for s in counts if s in todo], base,
                                    train_dir, results, preset, sets, settings)
         if code != 0:
             return code
     return 0
+
+
+def reusable_run(rung_dir: pathlib.Path, digest: str, counts: list[int]):
+    """A training folder under `rung_dir` (any settings tag) made with the resolved config
+    `digest` that can serve every step count of `counts` (it has the checkpoint, or it has
+    not got there yet and extends), the furthest trained first; None when there is none."""
+    from vmc import checkpoint as ckpt
+    found = []
+    for run_dir in sorted(rung_dir.glob("*/train*")):
+        if run_digest(run_dir) != digest:
+            continue
+        latest = trained_steps(run_dir)
+        if latest is None:
+            continue
+        if all(s > latest or ckpt.checkpoint_path(run_dir / "checkpoints", s).is_file()
+               for s in counts):
+            found.append((latest, run_dir))
+    return max(found)[1] if found else None
 
 
 def _train_and_evaluate(rung, counts, todo, base, train_dir, results, preset, sets,
