@@ -9,10 +9,12 @@ a README table.
     python scripts/ladder.py He --steps 20 40 --preset tiny --out /tmp/ladder   # a smoke test
 
 A rung is any systems/<NAME>.yaml (or examples/<NAME>.yaml); without --steps it runs at its
-LADDER step counts (1000 and 4000 for a rung not in LADDER). It trains once, to the largest
-step count: `vmc run <file> --out OUT/<rung>/<tag>/train --set optim.steps=MAX
---set run.keep_steps=[the smaller counts]` (`run.keep_steps` writes checkpoints at those
-steps and never prunes them). The run evaluates its own last step. Each smaller count is
+LADDER step counts (1000 and 4000 for a rung not in LADDER). It trains once per resolved
+config, to the largest step count of those that resolve to it (the size rule may depend on
+optim.steps: the SR damping beyond five electrons does): `vmc run <file> --out
+OUT/<rung>/<tag>/train --set optim.steps=MAX --set run.keep_steps=[the smaller counts]`
+(`run.keep_steps` writes checkpoints at those steps and never prunes them; a second config
+trains in OUT/<rung>/<tag>/train_<digest>). The run evaluates its own last step. Each smaller count is
 evaluated by `vmc eval` in a copy of the run cut back to that checkpoint
 (OUT/<rung>/<tag>/at_<steps>: config.yaml, train.h5 up to that step, the one checkpoint), with
 the run's own `eval.seed`, so it is the evaluation a `vmc run --set optim.steps=<steps>` would
@@ -24,6 +26,11 @@ Resumable: stop it at any time (Ctrl-C, SIGTERM) and run the same command again.
 continues from its newest checkpoint (`vmc run --resume`), a finished evaluation is never
 repeated (its line in the results file, or its copy's summary.json, is reused) and an
 unfinished one starts again in a fresh copy. Asking for more steps later extends the run.
+
+A record of another tag (other defaults version, or --set) whose run resolved to the same
+config (`config_digest`: config.yaml less optim.steps, run.keep_steps and the reference) is
+carried over instead of repeated, and a training run of the same config under another tag is
+extended rather than started again (`carry_over`, `reusable_run`).
 
 Results: runs/ladder_results.jsonl (git tracks it, so the table can be rebuilt anywhere), or
 OUT/results.jsonl with --out. `<tag>` is `defaults`, or the `--preset`/`--set` settings (a smoke test never mixes with the
