@@ -70,9 +70,11 @@ def test_settings_without_a_size_rule_say_so():
     ("Be", [], 0.001, "default for <= 5 electrons"),
     ("C", [], 0.1, "default for > 5 electrons with sample in runs of < 8000 steps"),
     ("C", ["optim.steps=7999"], 0.1, "default for > 5 electrons with sample in runs of < 8000"),
-    ("C", ["optim.steps=8000"], 0.001, "default for > 5 electrons in runs of >= 8000 steps"),
-    ("N", ["optim.steps=16000", "optim.solver=cg"], 0.001, "default for > 5 electrons in runs "
+    ("C", ["optim.steps=8000"], 0.001, "default for 6-7 electrons in runs of >= 8000 steps"),
+    ("N", ["optim.steps=16000", "optim.solver=cg"], 0.001, "default for 6-7 electrons in runs "
                                                           "of >= 8000 steps"),
+    ("O", ["optim.steps=16000"], 0.1, "default for > 7 electrons with sample, whatever"),
+    ("O", [], 0.1, "default for > 7 electrons with sample, whatever"),
     ("N", ["optim.solver=cg"], 0.1, "default for > 5 electrons with cg"),
     ("O_ccecp", ["optim.steps=16000"], 0.001, "default with an ECP"),
     ("N", ["optim.solver=kfac"], 0.001, "default for kfac, the same for every size"),

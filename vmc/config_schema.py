@@ -130,8 +130,8 @@ class OptimConfig:
     steps: Optional[int] = _field(None, lo=1)  # None: 1000 for <= 3 electrons (no ECP), else 4000
     lr: Optional[float] = None        # None: 0.2 for SR solvers, 1e-3 for adam
     lr_decay_steps: float = _field(1000.0, lo=1e-9)  # t0 in η_t = η0 / (1 + t/t0)
-    # λ in F + λI; None: 0.1 for > 5 electrons (no ECP) with sample/dense/cg/nystrom-cg in
-    # runs of < 8000 steps, else 1e-3 (`vmc.size_rule.optim_damping`)
+    # λ in F + λI; None: 0.1 for > 5 electrons (no ECP) with sample/dense/cg/nystrom-cg,
+    # except 6-7 electrons in runs of >= 8000 steps; else 1e-3 (`vmc.size_rule.optim_damping`)
     damping: Optional[float] = _field(None, lo=0.0)
     # sample, dense, cg, nystrom-cg: λ_t = max(damping_min, λ0 / (1 + t/damping_decay_steps)),
     # λ0 = damping; None: λ constant (vmc.optim.schedules.damping_schedule)
