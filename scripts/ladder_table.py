@@ -17,10 +17,11 @@ def _fmt(v, spec: str) -> str:
 
 
 def _describe(settings: dict) -> str:
-    """'--set a=1 --set b=2 (defaults version 4)' for a record's settings."""
+    """'`--set a=1` on defaults version 4' (or 'defaults version 4') for a record's settings."""
     parts = ([f"--preset {settings['preset']}"] if settings.get("preset") else [])
     parts += [f"--set {x}" for x in settings.get("set", [])]
-    return " ".join(parts + [f"(defaults version {settings.get('defaults')})"])
+    version = f"defaults version {settings.get('defaults')}"
+    return f"`{' '.join(parts)}` on {version}" if parts else version
 
 
 def table(records: list[dict], plan: dict, settings: dict, is_defaults: bool) -> str:
@@ -63,7 +64,7 @@ def table(records: list[dict], plan: dict, settings: dict, is_defaults: bool) ->
                  f"{meta['vmc_version']} ({(meta['git_commit'] or '')[:8]}), jax "
                  f"{meta['jax_version']}, {meta['device_kind']}. Written by scripts/ladder.py."]
         for how, which in carried.items():
-            rows += ["", f"‡ {', '.join(which)}: trained with `{how}`, whose resolved config "
+            rows += ["", f"‡ {', '.join(which)}: trained with {how}, whose resolved config "
                      f"(config.yaml less optim.steps, run.keep_steps and the reference) is "
                      f"the one these settings give at that step count."]
     else:
