@@ -282,12 +282,14 @@ def run_rung(rung: str, steps: list[int], out: pathlib.Path, results: pathlib.Pa
     for digest, counts in groups.items():
         if not any(s in todo for s in counts):
             continue
-        counts = [s for s in counts if s <= max(s for s in counts if s in todo)]
         # base/train holds the run of the largest count's config (or whichever config it
         # was made with); another config trains in base/train_<digest>
         held = run_digest(base / "train")
-        first = held == digest or (held is None and max(steps) in counts)
-        train_dir = base / ("train" if first else f"train_{digest[:8]}")
+        own = base / f"train_{digest[:8]}"
+        first = held == digest or (held is None and max(steps) in counts
+                                   and run_digest(own) is None)
+        train_dir = base / "train" if first else own
+        counts = [s for s in counts if s <= max(s for s in counts if s in todo)]
         if run_digest(train_dir) is None:
             train_dir = reusable_run(out / rung, digest, counts) or train_dir
         code = _train_and_evaluate(rung, counts, [s for s in counts if s in todo], base,
