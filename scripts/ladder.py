@@ -232,11 +232,10 @@ def run_digest(run_dir) -> str | None:
 def expected_digest(rung: str, steps: int, preset, sets) -> str:
     """`config_digest` of the config `vmc run <rung file> --set optim.steps=<steps>` (with
     the preset and --set settings) resolves to: the size rule may depend on the step count."""
-    import yaml
-    from vmc.config import dump_yaml, load_config
+    from vmc.config import load_config, to_dict
     cfg = load_config(config_file(rung), preset=preset,
                       overrides=(*sets, f"optim.steps={steps}"))
-    return config_digest(yaml.safe_load(dump_yaml(cfg)))
+    return config_digest(to_dict(cfg))
 
 
 def carry_over(records: list[dict], rung: str, steps: int, digest: str,
