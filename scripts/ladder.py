@@ -59,6 +59,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import accuracy  # noqa: E402  (scripts/accuracy.py: config_file)
 import ladder_table  # noqa: E402  (scripts/ladder_table.py: the README table)
 from ladder_table import _fmt, write_readme  # noqa: E402,F401  (write_readme re-exported)
+from ladder_digest import config_digest, run_digest  # noqa: E402  (a run's config identity)
 
 # the ladder of issue #14, in table order, with the step counts each rung runs at
 LADDER = {"C": (1000, 4000, 16000), "N": (1000, 4000, 16000), "O": (1000, 4000),
@@ -212,23 +213,6 @@ def _key(rung: str, steps: int, settings: dict) -> str:
     return json.dumps([rung, int(steps), settings], sort_keys=True)
 
 
-def config_digest(data: dict) -> str:
-    """12 hex digits of sha1 over a resolved config (config.yaml's mapping) less what does
-    not change the training up to a step: optim.steps, run.keep_steps, molecule.reference."""
-    d = json.loads(json.dumps(data))
-    d.get("optim", {}).pop("steps", None)
-    d.get("run", {}).pop("keep_steps", None)
-    d.get("molecule", {}).pop("reference", None)
-    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def run_digest(run_dir) -> str | None:
-    """`config_digest` of a run folder's config.yaml, or None when it has none."""
-    import yaml
-    path = pathlib.Path(run_dir) / "config.yaml"
-    return config_digest(yaml.safe_load(path.read_text())) if path.is_file() else None
-
-
 def expected_digest(rung: str, steps: int, preset, sets) -> str:
     """`config_digest` of the config `vmc run <rung file> --set optim.steps=<steps>` (with
     the preset and --set settings) resolves to: the size rule may depend on the step count."""
@@ -242,12 +226,13 @@ def carry_over(records: list[dict], rung: str, steps: int, digest: str,
                settings: dict) -> dict | None:
     """A record of `rung` at `steps` made with other settings whose run has the resolved
     config `digest`, relabelled with `settings` (its old ones in ``same_config_as``), or None.
-    The newest such record wins (records keep ``config_digest``; older ones are checked
-    against their run folder's config.yaml when it is still there)."""
+    The newest such record wins (checked against its run folder's config.yaml when that is
+    still there, which counts settings added since with their defaults; else the record's
+    own ``config_digest``)."""
     for r in reversed(records):
         if r["rung"] != rung or r["steps"] != steps or r["settings"] == settings:
             continue
-        have = r.get("config_digest") or run_digest(r.get("run_dir", "/nonexistent"))
+        have = run_digest(r.get("run_dir", "/nonexistent")) or r.get("config_digest")
         if have == digest:
             return {**r, "settings": settings, "config_digest": digest,
                     "same_config_as": r.get("same_config_as") or r["settings"]}

@@ -216,9 +216,11 @@ def test_nuclear_cusp_is_katos_and_keeps_the_local_energy_finite(x64, name):
     dirs = rng.normal(size=(8, 3))
     dirs = jnp.asarray(dirs / np.linalg.norm(dirs, axis=1, keepdims=True))
     x = jnp.asarray(_walkers(mol, 1, seed=4)[0])
-    for cusp in (True, False) if name == "ferminet" else (True,):
+    forms = ((True, "pade"), (True, "tanh"), (False, "pade")) if name == "ferminet" \
+        else ((True, "pade"),)
+    for cusp, form in forms:
         cfg = AnsatzConfig(name=name, hidden_one=(8, 8), hidden_two=(4, 4), determinants=2,
-                           heads=2, head_dim=4, nuclear_cusp=cusp)
+                           heads=2, head_dim=4, nuclear_cusp=cusp, cusp_form=form)
         ansatz = make_ansatz(cfg, mol, jnp.float64)
         params = random_params(ansatz, seed=2)
         local_energy = jax.jit(make_local_energy(ansatz.log_psi, mol, dtype=jnp.float64))
@@ -238,6 +240,25 @@ def test_nuclear_cusp_is_katos_and_keeps_the_local_energy_finite(x64, name):
             elif atom == 0:        # a random network's cusp at C is off (at H it may be close)
                 assert abs(cusp_value + z) > 0.05, (name, atom, cusp_value)
                 assert abs(e_near[1]) > 20 * abs(e_near[0])      # ∝ 1/r: 100× closer
+
+
+@pytest.mark.parametrize("form", ["pade", "tanh"])
+def test_nuclear_cusp_form_sets_the_constant_it_adds_at_the_nucleus(x64, form):
+    """−½∇²u of the cusp factor is Z/r plus a constant at the nucleus: −3Z/α for the Padé
+    form α r/(α + r), 0 for tanh (no r² term); both have slope −Z."""
+    from vmc.ansatz.common import NuclearCusp
+    z, alpha = 6.0, 1.0 / 6.0
+    module = NuclearCusp((z,), (alpha,), jnp.float64, form)
+    params = module.init(jax.random.PRNGKey(0), jnp.ones((1, 1, 1)))
+
+    def u(pos):
+        return module.apply(params, jnp.linalg.norm(pos)[None, None, None])[0]
+    pos = jnp.asarray([3e-4, -2e-4, 1e-4])
+    r = float(jnp.linalg.norm(pos))
+    constant = float(-0.5 * jnp.trace(jax.hessian(u)(pos))) - z / r
+    slope = float(jax.grad(u)(pos) @ pos) / r
+    assert abs(slope + z) < 0.05                     # −Z + O(r/α) at r = 3.7e-4 bohr
+    assert abs(constant - {"pade": -3 * z / alpha, "tanh": 0.0}[form]) < 1.0, constant
 
 
 def test_nuclear_cusp_leaves_ecp_atoms_smooth(x64):

@@ -154,6 +154,21 @@ def test_config_digest_ignores_only_the_step_counts_and_the_reference():
     assert ladder.config_digest({**cfg, "run": {"keep_steps": [1000], "seed": 1}}) != d
 
 
+def test_run_digest_counts_a_setting_added_since_with_its_default(tmp_path):
+    """A run folder written before a setting existed (its config.yaml lacks the key) has the
+    digest of the config resolved today, where the setting takes its default; a value other
+    than the default is another config."""
+    import yaml
+    from vmc.config import load_config, to_dict
+    data = to_dict(load_config(ladder.config_file("C"), overrides=("optim.steps=4000",)))
+    assert data["ansatz"].pop("cusp_form") == "pade"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    assert ladder.run_digest(tmp_path) == ladder.expected_digest("C", 4000, None, [])
+    data["ansatz"]["cusp_form"] = "tanh"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    assert ladder.run_digest(tmp_path) != ladder.expected_digest("C", 4000, None, [])
+
+
 def test_damping_rule_makes_separate_runs_for_short_and_long_counts():
     """C's resolved config at 4000 steps (λ = 0.1) differs from the one at 16000 (1e-3): the
     ladder trains them apart; 1000 and 4000 share one run."""

@@ -76,6 +76,9 @@ class AnsatzConfig:
     # and the network sees √(r² + a²) − a there, a = cusp_length/(2 Z_I) bohr
     nuclear_cusp: bool = False
     cusp_length: float = _field(1.0, lo=1e-3, hi=100.0)
+    # NuclearCusp's shape: 'pade' α r/(α + r), or 'tanh' α tanh(r/α) (no r² term, so no
+    # constant −3Z/α in E_L at the nucleus)
+    cusp_form: str = _field("pade", choices=("pade", "tanh"))
     # with nuclear_cusp: the envelope exponents at those atoms start at Z_I instead of 1
     cusp_envelope_z: bool = False
 

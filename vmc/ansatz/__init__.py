@@ -88,7 +88,8 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
                           full_det=cfg.full_det, envelope=cfg.envelope, jastrow=jastrow,
                           det_precision=cfg.det_precision, dtype=dtype, smooth_atoms=smooth,
                           smooth_length=length, cusp_charges=cusp_charges,
-                          cusp_lengths=cusp_lengths, envelope_sigma=sigma)
+                          cusp_lengths=cusp_lengths, envelope_sigma=sigma,
+                          cusp_form=cfg.cusp_form)
     elif cfg.name == "psiformer":
         from vmc.ansatz.psiformer import Psiformer
         module = Psiformer(atoms=atoms, charges=charges, n_up=molecule.n_up,
@@ -98,7 +99,8 @@ def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
                            envelope=cfg.envelope, jastrow=jastrow,
                            det_precision=cfg.det_precision, dtype=dtype, smooth_atoms=smooth,
                            smooth_length=length, cusp_charges=cusp_charges,
-                           cusp_lengths=cusp_lengths, envelope_sigma=sigma)
+                           cusp_lengths=cusp_lengths, envelope_sigma=sigma,
+                           cusp_form=cfg.cusp_form)
     else:
         raise ValueError(f"ansatz.name: unknown ansatz {cfg.name!r}; valid: ferminet, psiformer, hf")
 

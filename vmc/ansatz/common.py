@@ -209,7 +209,8 @@ class Jastrow(nn.Module):
 
 class NuclearCusp(nn.Module):
     """Kato's electron–nucleus cusp as a factor of every orbital: row i of each orbital
-    matrix is multiplied by exp(u_i), u_i = Σ_I −Z_I α_I r_iI/(α_I + r_iI).
+    matrix is multiplied by exp(u_i), u_i = Σ_I −Z_I α_I f(r_iI/α_I), with f(s) = s/(1 + s)
+    (form 'pade') or tanh(s) (form 'tanh').
 
     ∂u/∂r_iI at r_iI = 0 is −Z_I, Kato's cusp (Kato, Commun. Pure Appl. Math. 10, 151
     (1957)); the network and the envelopes see the smooth distance at these atoms
@@ -220,14 +221,20 @@ class NuclearCusp(nn.Module):
     the first α_I. The e–n part of the exact-cusp Jastrow of Drummond, Towler & Needs,
     Phys. Rev. B 70, 235119 (2004), in the Padé form of the electron–electron `Jastrow`.
 
+    The Padé form is −Z r + Z r²/α + O(r³), so −½∇²u adds the constant −3Z/α (−108 Ha at C
+    with α = 1/6 bohr) to E_L at the nucleus, which the rest of ψ must cancel; tanh has no r²
+    term (−Z r + Z r³/(3α²)), so its −½∇²u is Z/r + O(r) there and adds no constant.
+
     Attributes:
       charges: per atom Z_I, 0 where no cusp is imposed (ECP atoms).
       lengths: per atom the initial α_I, bohr (learnable: α_I = lengths_I·|θ_I|, θ_I = 1).
+      form: 'pade' or 'tanh' (`ansatz.cusp_form`).
     Call: r_ae (n, n_atoms, 1) true distances, bohr; returns u (n,).
     """
     charges: tuple
     lengths: tuple
     dtype: jnp.dtype = jnp.float32
+    form: str = "pade"
 
     @nn.compact
     def __call__(self, r_ae):
@@ -235,7 +242,8 @@ class NuclearCusp(nn.Module):
         alpha = jnp.asarray(self.lengths, self.dtype) * jnp.abs(theta)
         z = jnp.asarray(self.charges, self.dtype)
         r = r_ae[..., 0]                                                     # (n, A)
-        return jnp.sum(-z * alpha * r / (alpha + r), axis=-1)
+        shape = jnp.tanh(r / alpha) if self.form == "tanh" else r / (alpha + r)
+        return jnp.sum(-z * alpha * shape, axis=-1)
 
 
 def orbital_matrices(h, ae, r_ae, n_up: int, orbital_dense, envelopes, determinants: int,

@@ -77,6 +77,7 @@ class FermiNet(nn.Module):
     smooth_length: float | tuple = 1.0   # its length a, bohr, one or per atom
     cusp_charges: tuple = ()   # per atom Z_I where NuclearCusp imposes Kato's cusp, else 0
     cusp_lengths: tuple = ()   # per atom NuclearCusp's initial α_I, bohr
+    cusp_form: str = "pade"    # NuclearCusp's form: 'pade' or 'tanh'
     envelope_sigma: tuple = ()   # per atom initial envelope exponent (() = 1)
 
     def setup(self):
@@ -99,7 +100,7 @@ class FermiNet(nn.Module):
             self.jastrow_factor = Jastrow(self.n_up, self.dtype)
         if any(self.cusp_charges):
             self.nuclear_cusp = NuclearCusp(self.cusp_charges, self.cusp_lengths,
-                                            self.dtype)
+                                            self.dtype, self.cusp_form)
 
     def orbitals(self, x, atoms=None):
         """Orbital matrices.
