@@ -242,6 +242,22 @@ def test_nuclear_cusp_is_katos_and_keeps_the_local_energy_finite(x64, name):
                 assert abs(e_near[1]) > 20 * abs(e_near[0])      # ∝ 1/r: 100× closer
 
 
+@pytest.mark.parametrize("envelope", ["isotropic", "full"])
+def test_nuclear_cusp_keeps_a_float32_network_in_float32(x64, envelope):
+    """With float64 enabled (as every run has it) a float32 network with `nuclear_cusp` (a
+    smoothing length per atom) returns float32 (sign, logabs): a float64 array of lengths
+    once made it float64, and the sampler's loop, whose carry is float32, refused it."""
+    mol = _mol(("C", (0.0, 0.0, 0.0)), ("H", (0.0, 0.3, 2.0)), spin=1)
+    x = jnp.asarray(_walkers(mol, 1, seed=4)[0], jnp.float32)
+    for name in ("ferminet", "psiformer"):
+        ansatz = make_ansatz(AnsatzConfig(name=name, hidden_one=(8, 8), hidden_two=(4, 4),
+                                          determinants=2, heads=2, head_dim=4,
+                                          envelope=envelope, nuclear_cusp=True), mol,
+                             jnp.float32)
+        sign, logabs = ansatz.log_psi(ansatz.init(jax.random.PRNGKey(2)), x)
+        assert sign.dtype == logabs.dtype == jnp.float32, (name, logabs.dtype)
+
+
 @pytest.mark.parametrize("form", ["pade", "tanh"])
 def test_nuclear_cusp_form_sets_the_constant_it_adds_at_the_nucleus(x64, form):
     """−½∇²u of the cusp factor is Z/r plus a constant at the nucleus: −3Z/α for the Padé

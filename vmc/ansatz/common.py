@@ -88,11 +88,12 @@ def soft_norm(sq, a: float):
     return jnp.sqrt(sq + a * a) - a
 
 
-def per_atom(length, n_atoms: int):
+def per_atom(length, n_atoms: int, dtype):
     """A smoothing length a as an array that broadcasts over (n, n_atoms, ·): a float (the
-    same for every atom) stays a float; a tuple of n_atoms floats becomes (1, n_atoms, 1)."""
+    same for every atom) stays a float; a tuple of n_atoms floats becomes (1, n_atoms, 1) of
+    `dtype` (the network's: a float64 array here would turn a float32 ψ into float64)."""
     if isinstance(length, (tuple, list)):
-        return jnp.asarray(length).reshape(1, n_atoms, 1)
+        return jnp.asarray(length, dtype).reshape(1, n_atoms, 1)
     return length
 
 
@@ -112,7 +113,7 @@ def smooth_distance(ae, r_ae, smooth=(), length=1.0):
     """
     if not any(smooth):
         return r_ae
-    soft = soft_norm(jnp.sum(ae * ae, axis=-1, keepdims=True), per_atom(length, ae.shape[1]))
+    soft = soft_norm(jnp.sum(ae * ae, axis=-1, keepdims=True), per_atom(length, ae.shape[1], ae.dtype))
     return jnp.where(jnp.asarray(smooth)[None, :, None], soft, r_ae)
 
 
@@ -174,7 +175,7 @@ class Envelope(nn.Module):
             dist = jnp.sqrt(jnp.sum(v * v, axis=2) + 1e-12)
             if any(self.smooth):
                 soft = soft_norm(jnp.sum(v * v, axis=2),
-                                 per_atom(self.smooth_length, self.n_atoms))
+                                 per_atom(self.smooth_length, self.n_atoms, v.dtype))
                 dist = jnp.where(jnp.asarray(self.smooth)[None, :, None], soft, dist)
         else:
             raise ValueError(f"ansatz.envelope: unknown kind {self.kind!r}; valid: isotropic, full")
