@@ -242,20 +242,30 @@ def test_nuclear_cusp_is_katos_and_keeps_the_local_energy_finite(x64, name):
                 assert abs(e_near[1]) > 20 * abs(e_near[0])      # ∝ 1/r: 100× closer
 
 
-@pytest.mark.parametrize("envelope", ["isotropic", "full"])
-def test_nuclear_cusp_keeps_a_float32_network_in_float32(x64, envelope):
-    """With float64 enabled (as every run has it) a float32 network with `nuclear_cusp` (a
-    smoothing length per atom) returns float32 (sign, logabs): a float64 array of lengths
-    once made it float64, and the sampler's loop, whose carry is float32, refused it."""
-    mol = _mol(("C", (0.0, 0.0, 0.0)), ("H", (0.0, 0.3, 2.0)), spin=1)
+@pytest.mark.parametrize("options", [
+    {}, {"jastrow": True, "envelope": "full"}, {"full_det": False, "det_precision": "network"},
+    {"name": "psiformer", "layer_norm": True}, {"nuclear_cusp": True},
+    {"nuclear_cusp": True, "envelope": "full", "cusp_form": "tanh", "cusp_envelope_z": True},
+    {"name": "psiformer", "nuclear_cusp": True}, {"ecp": True},
+    {"ecp": True, "nuclear_cusp": True, "envelope": "full"}])
+def test_a_float32_network_stays_float32(x64, options):
+    """With float64 enabled (as every run has it) a float32 network returns float32 (sign,
+    logabs) under every ansatz option: the sampler's loop carries float32 and refuses a
+    float64 logabs (a float64 array of per-atom smoothing lengths once made `nuclear_cusp`
+    runs crash so)."""
+    options = dict(options)
+    if options.pop("ecp", False):
+        mol = make_molecule([{"symbol": "O", "position": [0.0, 0.0, 0.0]},
+                             {"symbol": "H", "position": [0.0, 1.4, 1.1]},
+                             {"symbol": "H", "position": [0.0, -1.4, 1.1]}], ecp="ccecp")
+    else:
+        mol = _mol(("C", (0.0, 0.0, 0.0)), ("H", (0.0, 0.3, 2.0)), spin=1)
     x = jnp.asarray(_walkers(mol, 1, seed=4)[0], jnp.float32)
-    for name in ("ferminet", "psiformer"):
-        ansatz = make_ansatz(AnsatzConfig(name=name, hidden_one=(8, 8), hidden_two=(4, 4),
-                                          determinants=2, heads=2, head_dim=4,
-                                          envelope=envelope, nuclear_cusp=True), mol,
-                             jnp.float32)
-        sign, logabs = ansatz.log_psi(ansatz.init(jax.random.PRNGKey(2)), x)
-        assert sign.dtype == logabs.dtype == jnp.float32, (name, logabs.dtype)
+    ansatz = make_ansatz(AnsatzConfig(hidden_one=(8, 8), hidden_two=(4, 4), determinants=2,
+                                      heads=2, head_dim=4, **options), mol, jnp.float32)
+    sign, logabs = ansatz.log_psi(ansatz.init(jax.random.PRNGKey(2)), x)
+    assert sign.dtype == logabs.dtype == jnp.float32, logabs.dtype
+    assert np.isfinite(float(logabs))
 
 
 @pytest.mark.parametrize("form", ["pade", "tanh"])
