@@ -113,7 +113,8 @@ def smooth_distance(ae, r_ae, smooth=(), length=1.0):
     """
     if not any(smooth):
         return r_ae
-    soft = soft_norm(jnp.sum(ae * ae, axis=-1, keepdims=True), per_atom(length, ae.shape[1], ae.dtype))
+    soft = soft_norm(jnp.sum(ae * ae, axis=-1, keepdims=True),
+                     per_atom(length, ae.shape[1], ae.dtype))
     return jnp.where(jnp.asarray(smooth)[None, :, None], soft, r_ae)
 
 
