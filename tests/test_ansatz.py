@@ -287,6 +287,20 @@ def test_nuclear_cusp_form_sets_the_constant_it_adds_at_the_nucleus(x64, form):
     assert abs(constant - {"pade": -3 * z / alpha, "tanh": 0.0}[form]) < 1.0, constant
 
 
+def test_nuclear_cusp_with_every_atom_an_ecp_says_it_does_nothing():
+    """`unused_cusp_note` (printed by `vmc run` and `vmc check`) speaks only when the cusp is
+    on and no atom is all-electron."""
+    from vmc.ansatz import unused_cusp_note
+    o = make_molecule([{"symbol": "O", "position": [0.0, 0.0, 0.0]}], spin=2, ecp="ccecp")
+    oh = make_molecule([{"symbol": "O", "position": [0.0, 0.0, 0.0]},
+                        {"symbol": "H", "position": [0.0, 0.0, 1.8]}], spin=1, ecp="ccecp")
+    assert "no effect" in unused_cusp_note(AnsatzConfig(nuclear_cusp=True), o)
+    assert unused_cusp_note(AnsatzConfig(nuclear_cusp=True), oh) is None
+    assert unused_cusp_note(AnsatzConfig(), o) is None
+    assert unused_cusp_note(AnsatzConfig(nuclear_cusp=True), _mol(("C", (0, 0, 0)), spin=2)) \
+        is None
+
+
 def test_nuclear_cusp_leaves_ecp_atoms_smooth(x64):
     """With an ECP atom and `nuclear_cusp`, only the all-electron atoms get the cusp factor
     (charge 0 at the ECP atom, whose smoothing length stays `ecp_smoothing`), and

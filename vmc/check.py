@@ -121,4 +121,6 @@ def describe(cfg: Config, hf=None, notes=()) -> str:
     if not trains(cfg):
         lines.append(f"training: none (ansatz {cfg.ansatz.name} has no parameters; "
                      f"burn-in, then {cfg.eval.steps} evaluation steps)")
-    return "\n".join(lines + list(notes))
+    from vmc.ansatz import unused_cusp_note
+    cusp_note = unused_cusp_note(cfg.ansatz, mol)
+    return "\n".join(lines + ([cusp_note] if cusp_note else []) + list(notes))

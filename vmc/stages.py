@@ -197,6 +197,9 @@ def train(setup: Setup, state: TrainState, start: int, rejected: int, run_dir, r
     log(f"{cfg.name}: {setup.molecule.n_up} up + {setup.molecule.n_down} down electrons, "
         f"{count(state.params)} parameters, solver {cfg.optim.solver}, "
         f"{cfg.sampler.walkers} walkers, {cfg.optim.steps} steps")
+    from vmc.ansatz import unused_cusp_note
+    if cusp_note := unused_cusp_note(cfg.ansatz, setup.molecule):
+        log(cusp_note)
     step_fn = make_train_step(setup)
     bar = progress_bar(cfg, cfg.optim.steps - start, "train")
     state, done, outcome, rejected = run_loop(

@@ -34,6 +34,21 @@ class Ansatz(NamedTuple):
     log_psi_at: Optional[Callable] = None
 
 
+def unused_cusp_note(cfg, molecule: Molecule) -> Optional[str]:
+    """A note when `ansatz.nuclear_cusp` is on but every atom has an ECP, where the cusp
+    factor does nothing (it acts at all-electron atoms only); else None.
+
+    Args:
+      cfg: `vmc.config.AnsatzConfig`; molecule: the Molecule (its `ecp`, one entry per atom,
+        None at all-electron atoms).
+    """
+    ecp = getattr(molecule, "ecp", ()) or ()
+    if cfg.nuclear_cusp and cfg.name != "hf" and ecp and all(e is not None for e in ecp):
+        return ("note: ansatz.nuclear_cusp has no effect here: every atom has an ECP, and the "
+                "cusp factor acts at all-electron atoms only")
+    return None
+
+
 def make_ansatz(cfg, molecule: Molecule, dtype=jnp.float32, hf=None) -> Ansatz:
     """Build the ansatz named by `cfg.name` ('ferminet', 'psiformer', 'hf').
 
