@@ -93,7 +93,8 @@ def test_damping_follows_the_electron_count_and_the_solver(name, overrides, valu
     ("Be", None, 256, "default for <= 5 electrons"),
     ("C", None, 512, "default for > 5 electrons"),
     ("CH4", None, 512, "default for > 5 electrons"),
-    ("O_ccecp", None, 256, "default with an ECP"),
+    ("O_ccecp", None, 512, "default for > 5 valence electrons with an ECP"),
+    ("Mg_ccecp", None, 256, "default for <= 5 valence electrons with an ECP"),
     ("N", "tiny", 32, "preset tiny"),
 ])
 def test_walkers_follow_the_electron_count(name, preset, value, reason):
