@@ -104,15 +104,15 @@ def sampler_walkers(n_electrons: int, ecp: bool) -> Choice:
     variance spikes that single walkers cause are fewer (N, seed 1: 30 against 69 after
     step 500). <= 5 electrons keep 256, where every README result below six electrons was
     measured. With an ECP (README "Pseudopotentials", "Walkers with an ECP"): O with ccECP
-    (6 valence electrons), 4000 steps, 512 walkers ahead of 256 by 20 mHa in the training
-    means of steps 3000–4000 and by 13 mHa at equal CPU time (steps 2000–3000 against
-    3000–4000)."""
+    (6 valence electrons), 4000 steps, evaluated +10.8 ± 0.6 mHa with 512 walkers against
+    +28.9 ± 1.4 with 256; the training means lead by 13 mHa at equal CPU time too (512's
+    steps 2000–3000 against 256's 3000–4000)."""
     where = "valence electrons with an ECP" if ecp else "electrons"
     if n_electrons <= WALKERS_SMALL_MAX:
         return Choice("sampler.walkers", 256, f"default for <= {WALKERS_SMALL_MAX} {where}")
     if ecp:
         return Choice("sampler.walkers", 512, f"default for > {WALKERS_SMALL_MAX} {where} "
-                      f"(O ccECP, 4000 steps: 512 walkers ahead of 256 by 20 mHa)")
+                      f"(O ccECP, 4000 steps: +10.8 mHa; 256 walkers: +28.9)")
     return Choice("sampler.walkers", 512, f"default for > {WALKERS_SMALL_MAX} electrons "
                   f"(4000 steps, seeds 0/1: N +11.5/+13.9, O +23.8/+26.3 mHa; 256 walkers: "
                   f"+17.3/+20.4, +27.7/+46.9)")
