@@ -42,8 +42,8 @@ def unused_cusp_note(cfg, molecule: Molecule) -> Optional[str]:
       cfg: `vmc.config.AnsatzConfig`; molecule: the Molecule (its `ecp`, one entry per atom,
         None at all-electron atoms).
     """
-    ecp = getattr(molecule, "ecp", ()) or ()
-    if cfg.nuclear_cusp and cfg.name != "hf" and ecp and all(e is not None for e in ecp):
+    ecp = molecule.ecp                      # () when no atom has one
+    if cfg.nuclear_cusp and cfg.name != "hf" and ecp and None not in ecp:
         return ("note: ansatz.nuclear_cusp has no effect here: every atom has an ECP, and the "
                 "cusp factor acts at all-electron atoms only")
     return None
