@@ -298,6 +298,6 @@ def test_before_the_first_checkpoint_any_setting_may_change_and_the_log_says_so(
     err = capsys.readouterr().err
     assert err.startswith("error: --resume: settings differ") and err.count("\n") == 1
     assert "pretrain.steps: 2 there, 3 now" in err
-    assert err.endswith("hamiltonian.chunk_walkers; any setting may change only before a run's "
-                        "first checkpoint (a resume then starts again from step 0), and this "
-                        "run has one\n"), err
+    assert err.endswith("hamiltonian.chunk_walkers, hamiltonian.ecp_rule; any setting may "
+                        "change only before a run's first checkpoint (a resume then starts "
+                        "again from step 0), and this run has one\n"), err

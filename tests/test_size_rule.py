@@ -62,7 +62,8 @@ def test_settings_without_a_size_rule_say_so():
     assert found["eval.walkers"] == "512 (default: sampler.walkers)"
     assert found["pretrain.basis"] == "cc-pvdz (default all-electron)"
     assert found["ansatz.jastrow"] == "false (default for ferminet: no Jastrow)"
-    assert list(found) == list(size_rule.REPORTED)
+    # every reported setting but the ECP rule, which an all-electron run does not use
+    assert list(found) == [k for k in size_rule.REPORTED if k != "hamiltonian.ecp_rule"]
 
 
 @pytest.mark.parametrize("name, overrides, value, reason", [
@@ -111,6 +112,27 @@ def test_an_ecp_gets_the_ecp_defaults():
     assert found["optim.steps"] == "4000 (default with an ECP, whatever the electron count)"
     assert found["optim.clip"] == "null (default with an ECP: no clipping (README \"Pseudopotentials\"))"
     assert found["pretrain.basis"] == "ccecp-cc-pvdz (default with an ECP)"
+
+
+@pytest.mark.parametrize("name, l_max, rule", [
+    ("O_ccecp", 0, "tetrahedron"), ("Mg_ccecp", 1, "octahedron"), ("S_ccecp", 1, "octahedron"),
+])
+def test_the_ecp_rule_follows_the_largest_nonlocal_channel(name, l_max, rule):
+    """The rule is the lowest-degree one exact to degree >= 2 l_max + 1 (ccECP: O has only an
+    s channel, Mg and S s and p; the degrees are tests/test_ecp.py's), what `vmc check`
+    reports and the run resolves; --set wins."""
+    from vmc.hamiltonian import ecp_l_max
+    path = SYSTEMS / f"{name}.yaml"
+    cfg = load_config(path)
+    assert ecp_l_max(cfg.build_molecule()) == l_max
+    assert cfg.hamiltonian.ecp_rule == rule
+    assert _section(path)["hamiltonian.ecp_rule"].startswith(
+        f"{rule} (default for non-local ECP channels up to l = {l_max}")
+    found = _section(path, overrides=["hamiltonian.ecp_rule=icosahedron"])
+    assert found["hamiltonian.ecp_rule"] == "icosahedron (set by --set)"
+    # an all-electron run keeps the icosahedron it always wrote (unused; config digests
+    # of all-electron runs are unchanged)
+    assert load_config(SYSTEMS / "N.yaml").hamiltonian.ecp_rule == "icosahedron"
 
 
 def test_set_beats_the_file_which_beats_the_preset(tmp_path):

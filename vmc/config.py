@@ -79,10 +79,11 @@ def _ecp_names(cfg: Config) -> tuple:
     return resolve_ecp([a.get("symbol") for a in cfg.molecule.atoms], cfg.hamiltonian.ecp)
 
 
-def _resolve_defaults(cfg: Config, n_electrons: int) -> Config:
+def _resolve_defaults(cfg: Config, molecule: Molecule) -> Config:
     """Fill the settings whose default depends on others (written out in config.yaml)."""
     from vmc import size_rule as rule   # the rules and their reasons (`vmc check`)
     optim, pre, ev = cfg.optim, cfg.pretrain, cfg.eval
+    n_electrons = molecule.n_electrons
     ecp_on = any(e is not None for e in _ecp_names(cfg))
     if optim.lr is None:
         optim = dataclasses.replace(optim, lr=rule.optim_lr(optim.solver).value)
@@ -100,6 +101,9 @@ def _resolve_defaults(cfg: Config, n_electrons: int) -> Config:
     from vmc.hamiltonian import resolve_laplacian
     ham = dataclasses.replace(cfg.hamiltonian, laplacian=resolve_laplacian(
         cfg.hamiltonian.laplacian, ansatz.name, n_electrons, ansatz.heads * ansatz.head_dim))
+    if ham.ecp_rule is None:
+        from vmc.hamiltonian import ecp_l_max
+        ham = dataclasses.replace(ham, ecp_rule=rule.ecp_rule(ecp_l_max(molecule)).value)
     if ansatz.jastrow is None:
         ansatz = dataclasses.replace(ansatz, jastrow=rule.jastrow(ansatz.name).value)
     sampler = cfg.sampler
@@ -181,7 +185,7 @@ def config_from_dict(data: dict, *, name: str = "molecule", preset: Optional[str
     cfg = _build(Config, merged, "")
     molecule = cfg.build_molecule()
     cfg = ecp_clip_default(cfg, merged, molecule.has_ecp)
-    return _one_electron_reference(_resolve_defaults(cfg, molecule.n_electrons), molecule)
+    return _one_electron_reference(_resolve_defaults(cfg, molecule), molecule)
 
 
 def _one_electron_reference(cfg: Config, molecule: Molecule) -> Config:

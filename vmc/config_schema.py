@@ -117,10 +117,11 @@ class HamiltonianConfig:
     # effective core potentials (MATH.md §8, vmc.ecp): null (all-electron), "ccecp" (every
     # atom heavier than He), or a mapping element -> ECP name, e.g. {S: ccecp}
     ecp: Optional[Any] = None
-    # spherical rule of the non-local ECP estimator, rotated at random per electron and step
-    ecp_rule: str = _field("icosahedron", choices=("tetrahedron", "octahedron", "icosahedron",
-                                                   "lebedev9", "lebedev11", "lebedev17",
-                                                   "lebedev23"))
+    # spherical rule of the non-local ECP estimator, rotated at random per electron and step;
+    # None: by the ECPs' largest non-local l (vmc.size_rule.ecp_rule), icosahedron without ECP
+    ecp_rule: Optional[str] = _field(None, choices=("tetrahedron", "octahedron", "icosahedron",
+                                                    "lebedev9", "lebedev11", "lebedev17",
+                                                    "lebedev23"))
 
 
 SOLVERS = ("sample", "dense", "adam", "cg", "kfac", "kfac-cg", "spring", "nystrom-cg")

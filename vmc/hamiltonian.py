@@ -179,6 +179,15 @@ def ecp_table(molecule):
     return make_table(ecps)
 
 
+def ecp_l_max(molecule) -> Optional[int]:
+    """The largest angular momentum l of the molecule's non-local ECP channels (0 when its
+    ECPs have only a local part), or None when it has no ECP atom."""
+    table = ecp_table(molecule)
+    if table is None:
+        return None
+    return int(table.n_channels) - 1
+
+
 def make_local_energy(log_psi: Callable, molecule, laplacian: str = "forward",
                       dtype=jnp.float32, ecp_rule: str = "icosahedron",
                       with_grad2: bool = False) -> Callable:

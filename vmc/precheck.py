@@ -36,7 +36,7 @@ RESUMABLE = ("name", "molecule.reference.", "optim.steps", "sampler.walkers", "e
              "run.log_every", "run.progress", "run.checkpoint_every", "run.checkpoint_minutes",
              "run.keep_checkpoints", "run.keep_steps", "run.max_minutes", "run.max_bad_steps",
              "run.max_bad_walkers", "run.heartbeat_seconds", "run.compile_cache",
-             "hamiltonian.chunk_walkers")
+             "hamiltonian.chunk_walkers", "hamiltonian.ecp_rule")
 
 _RUN_FILES = ("config.yaml", "train.h5", "checkpoints", "summary.json")
 
@@ -121,9 +121,9 @@ def check_resume_config(cfg: Config, run_dir: pathlib.Path) -> list[str]:
         raise InputError(f"--resume: settings differ from {str(stored_path)!r}: {shown}{more}; "
                          f"valid changes on resume: optim.steps, sampler.walkers, eval.*, "
                          f"run.* (not seed, x64), molecule.reference.*, name, "
-                         f"hamiltonian.chunk_walkers; any setting may change only before a "
-                         f"run's first checkpoint (a resume then starts again from step 0), and "
-                         f"this run has one")
+                         f"hamiltonian.chunk_walkers, hamiltonian.ecp_rule; any setting may "
+                         f"change only before a run's first checkpoint (a resume then starts "
+                         f"again from step 0), and this run has one")
     return _changes(stored, new)
 
 

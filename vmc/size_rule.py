@@ -39,7 +39,7 @@ REPORTED = ("ansatz.hidden_one", "ansatz.hidden_two", "ansatz.determinants", "sa
             "optim.steps", "optim.lr", "optim.lr_decay_steps", "optim.damping",
             "optim.damping_decay_steps", "optim.clip", "pretrain.steps", "pretrain.basis",
             "eval.steps", "eval.target_stderr_mha", "eval.max_steps", "eval.walkers",
-            "ansatz.jastrow")
+            "ansatz.jastrow", "hamiltonian.ecp_rule")
 
 _ONE_SIZE = "the same for every size: no size rule measured yet, issue #14"
 
@@ -118,6 +118,34 @@ def sampler_walkers(n_electrons: int, ecp: bool) -> Choice:
                   f"+17.3/+20.4, +27.7/+46.9)")
 
 
+# the spherical rule of the non-local ECP estimator by the ECPs' largest non-local l: the
+# lowest-degree rule of vmc.ecp.quadrature exact to degree >= 2 l + 1 (tetrahedron: 2)
+ECP_RULE_BY_L = ("tetrahedron", "octahedron", "icosahedron", "lebedev9")
+
+
+def ecp_rule(l_max: Optional[int]) -> Choice:
+    """Default `hamiltonian.ecp_rule`, by the largest angular momentum `l_max` of the
+    molecule's non-local ECP channels (None: no ECP atom): tetrahedron for l_max = 0 (ccECP
+    of H–Ne), octahedron for 1 (Na–Zn and beyond), icosahedron for 2 (e.g. Kr), lebedev9 for
+    3 and more. The icosahedron without an ECP, where the rule is not used.
+
+    The rotated-quadrature estimator is unbiased for any rule (Haar-random rotations; MATH.md
+    §8), so the rule sets only its noise and its cost (n_electrons × n_ECP-atoms × n_q
+    evaluations of ψ per walker). The projector of channel l keeps ψ's angular momentum-l
+    part about the atom; a rule exact to degree d integrates P_l times ψ's parts up to
+    L = d − l exactly, and ψ's higher-L parts are small within the cutoff radius. Measured
+    with `scripts/ecp_rules.py` (README "Pseudopotentials"), share of the E_L variance that
+    the rule adds: O ccECP (l_max 0; 512 walkers, step 1500) tetrahedron ~0.2 %, training step
+    ~0.7× the icosahedron's; S ccECP (l_max 1; step 100) octahedron 0.2 %, tetrahedron 5 %,
+    training step 0.69× and 0.62×."""
+    if l_max is None:
+        return Choice("hamiltonian.ecp_rule", "icosahedron", "default without an ECP (unused)")
+    rule = ECP_RULE_BY_L[min(max(l_max, 0), len(ECP_RULE_BY_L) - 1)]
+    return Choice("hamiltonian.ecp_rule", rule,
+                  f"default for non-local ECP channels up to l = {l_max}: the lowest-degree "
+                  f"rule exact to degree >= {2 * l_max + 1}")
+
+
 def optim_lr(solver: str) -> Choice:
     """Default `optim.lr` (η₀): 1e-3 for adam, 0.2 for the SR solvers."""
     if solver == "adam":
@@ -190,7 +218,8 @@ def _rule_reason(key: str, cfg, n_electrons: int, ecp: bool) -> str:
                                                    cfg.optim.steps),
              "sampler.walkers": lambda: sampler_walkers(n_electrons, ecp),
              "pretrain.basis": lambda: pretrain_basis(ecp),
-             "ansatz.jastrow": lambda: jastrow(cfg.ansatz.name)}
+             "ansatz.jastrow": lambda: jastrow(cfg.ansatz.name),
+             "hamiltonian.ecp_rule": lambda: ecp_rule(_l_max(cfg))}
     if key in rules:
         return rules[key]().reason
     if key == "optim.clip":
@@ -212,6 +241,11 @@ def _rule_reason(key: str, cfg, n_electrons: int, ecp: bool) -> str:
         return ("default, " + _ONE_SIZE + "; t0 of lr/(1 + t/t0), independent of "
                 "optim.steps")
     return "default, " + _ONE_SIZE
+
+
+def _l_max(cfg) -> Optional[int]:
+    from vmc.hamiltonian import ecp_l_max
+    return ecp_l_max(cfg.build_molecule())
 
 
 def _get(tree: Any, key: str) -> tuple[bool, Any]:
@@ -245,6 +279,8 @@ def choices(cfg, data: dict, *, n_electrons: int, ecp: bool, preset: Optional[st
     parsed = [_parse_override(item) for item in overrides]
     out = []
     for key in REPORTED:
+        if key == "hamiltonian.ecp_rule" and not ecp:
+            continue                # unused without an ECP
         if any(_get(p, key)[0] for p in parsed):
             reason = "set by --set"
         elif _get(data, key)[0]:
