@@ -37,27 +37,13 @@ import numpy as np  # noqa: E402
 
 def load(run: pathlib.Path, step, burn_in: int, seed: int):
     """(cfg, setup, params, mcmc, step) from a run's checkpoint, after `burn_in` moves."""
-    from vmc import checkpoint as ckpt
-    from vmc.config import load_config
-    from vmc.sampler import make_sampler
-    from vmc.train import build, init_state
-    cfg = load_config(run / "config.yaml")
-    jax.config.update("jax_enable_x64", True)
-    setup = build(cfg)
-    state = init_state(setup, jax.random.PRNGKey(0))
-    folder = run / "checkpoints"
-    path = ckpt.checkpoint_path(folder, step) if step else ckpt.list_checkpoints(folder)[-1]
-    trees, attrs = ckpt.restore(path, {"params": state.params, "mcmc": state.mcmc})
-    params, mcmc = trees["params"], trees["mcmc"]
-    s = cfg.sampler
-    init_mcmc, sampler_step = make_sampler(setup.ansatz.log_psi, s.moves, s.target_pmove,
-                                           s.adapt_rate)
-    mcmc = init_mcmc(params, mcmc.walkers, mcmc.width)
+    from run_checkpoint import load_checkpoint
+    cfg, setup, params, mcmc, at_step, sampler_step = load_checkpoint(run, step)
     step_fn = jax.jit(lambda m, k: sampler_step(params, m, k)[0])
     key = jax.random.PRNGKey(seed)
     for t in range(burn_in):
         mcmc = step_fn(mcmc, jax.random.fold_in(key, t))
-    return cfg, setup, params, mcmc, int(attrs["step"])
+    return cfg, setup, params, mcmc, at_step
 
 
 def main(argv=None) -> int:

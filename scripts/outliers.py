@@ -40,23 +40,9 @@ import numpy as np  # noqa: E402
 
 def sample(run: pathlib.Path, step, steps: int, seed: int):
     """(E_L, d_node, r_en, r_ee) as (steps, n_w) arrays, and the run's description."""
-    from vmc import checkpoint as ckpt
-    from vmc.config import load_config
-    from vmc.sampler import make_sampler
-    from vmc.train import build, init_state
-    cfg = load_config(run / "config.yaml")
-    jax.config.update("jax_enable_x64", True)
-    setup = build(cfg)
-    state = init_state(setup, jax.random.PRNGKey(0))
-    folder = run / "checkpoints"
-    path = ckpt.checkpoint_path(folder, step) if step else ckpt.list_checkpoints(folder)[-1]
-    trees, attrs = ckpt.restore(path, {"params": state.params, "mcmc": state.mcmc})
-    params, mcmc = trees["params"], trees["mcmc"]
+    from run_checkpoint import load_checkpoint
+    cfg, setup, params, mcmc, at_step, sampler_step = load_checkpoint(run, step)
     mol = setup.molecule
-    s = cfg.sampler
-    init_mcmc, sampler_step = make_sampler(setup.ansatz.log_psi, s.moves, s.target_pmove,
-                                           s.adapt_rate)
-    mcmc = init_mcmc(params, mcmc.walkers, mcmc.width)
     atoms = jnp.asarray(mol.positions, mcmc.walkers.dtype)
     n_up = mol.n_up
     grad = jax.vmap(jax.grad(lambda x: setup.ansatz.log_psi(params, x)[1]))
@@ -83,7 +69,7 @@ def sample(run: pathlib.Path, step, steps: int, seed: int):
         rows.append([np.asarray(v, np.float64) for v in out])
     cols = [np.stack([r[i] for r in rows]) for i in range(4)]
     z_max = float(np.max(mol.charges))
-    return cols, {"system": cfg.name, "step": int(attrs["step"]), "walkers": cols[0].shape[1],
+    return cols, {"system": cfg.name, "step": at_step, "walkers": cols[0].shape[1],
                   "z_max": z_max}
 
 
