@@ -8,7 +8,9 @@ Settings the issue (#14) names as candidates for scaling with the system — net
 determinants, learning-rate schedule, clipping, evaluation length — keep one value for every
 size until measurements beyond five electrons choose a rule (scripts/ladder.py); `vmc check`
 says so for each. The SR damping (`optim_damping`, measured on N and He) and the walkers
-(`sampler_walkers`, measured on N and O) have rules, the damping by the run's length too (README "Ladder beyond five electrons").
+(`sampler_walkers`, measured on N and O) have rules, the damping by the run's length too
+(README "Ladder beyond five electrons"); so has the ECP estimator's spherical rule
+(`ecp_rule`, by the ECPs' largest non-local l; README "Pseudopotentials").
 """
 
 from __future__ import annotations
