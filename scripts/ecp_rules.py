@@ -14,8 +14,7 @@ Metropolis steps with the frozen parameters, and then, on those walkers, for eac
 * the variance of E_L over the walkers (Ha², mean over `--keys` rotation keys), and the part
   of it that is the rule's: the mean over walkers of the variance over the keys of each
   walker's E_L, E_x[Var_R(E_L | x)] (the rest, Var_x(E_R[E_L | x]), is the wavefunction's);
-* the mean E_L, whose differences between rules are noise (all are unbiased).
-
+* the mean E_L, whose differences between rules are noise (all are unbiased);
 * the time of one whole training step (`vmc.train.make_train_step`: Metropolis moves, E_L,
   the optimizer's update), from the same state each time, so the rule's share of a step.
 """
@@ -59,8 +58,7 @@ def main(argv=None) -> int:
 
     import dataclasses
     from vmc.ecp import quadrature
-    from vmc.train import build
-    from vmc.train import TrainState, make_train_step
+    from vmc.train import TrainState, build, make_train_step
     cfg, setup, params, mcmc, step = load(a.run, a.step, a.burn_in, a.seed)
     walkers = mcmc.walkers
     if not setup.molecule.has_ecp:

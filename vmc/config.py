@@ -74,17 +74,11 @@ def reference_mismatch(cfg: Config) -> Optional[str]:
             f"(hamiltonian.ecp): no error against it")
 
 
-def _ecp_names(cfg: Config) -> tuple:
-    from vmc.system import resolve_ecp
-    return resolve_ecp([a.get("symbol") for a in cfg.molecule.atoms], cfg.hamiltonian.ecp)
-
-
 def _resolve_defaults(cfg: Config, molecule: Molecule) -> Config:
     """Fill the settings whose default depends on others (written out in config.yaml)."""
     from vmc import size_rule as rule   # the rules and their reasons (`vmc check`)
     optim, pre, ev = cfg.optim, cfg.pretrain, cfg.eval
-    n_electrons = molecule.n_electrons
-    ecp_on = any(e is not None for e in _ecp_names(cfg))
+    n_electrons, ecp_on = molecule.n_electrons, molecule.has_ecp
     if optim.lr is None:
         optim = dataclasses.replace(optim, lr=rule.optim_lr(optim.solver).value)
     if pre.basis is None:
