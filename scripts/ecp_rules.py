@@ -33,6 +33,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from vmc.ecp import RULES  # noqa: E402
+
 
 def load(run: pathlib.Path, step, burn_in: int, seed: int):
     """(cfg, setup, params, mcmc, step) from a run's checkpoint, after `burn_in` moves."""
@@ -49,7 +51,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=pathlib.Path)
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
-    p.add_argument("--rules", nargs="+", default=["tetrahedron", "octahedron", "icosahedron"])
+    p.add_argument("--rules", nargs="+", default=["tetrahedron", "octahedron", "icosahedron"],
+                   choices=RULES)
     p.add_argument("--keys", type=int, default=8, help="rotation keys per rule")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per rule")
     p.add_argument("--burn-in", type=int, default=20)

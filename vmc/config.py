@@ -82,7 +82,7 @@ def _resolve_defaults(cfg: Config, molecule: Molecule) -> Config:
     if optim.lr is None:
         optim = dataclasses.replace(optim, lr=rule.optim_lr(optim.solver).value)
     if pre.basis is None:
-        pre = dataclasses.replace(pre, basis=rule.pretrain_basis(ecp_on).value)
+        pre = dataclasses.replace(pre, basis=rule.pretrain_basis(molecule.ecp).value)
     if pre.steps is None:
         pre = dataclasses.replace(pre, steps=rule.pretrain_steps(n_electrons,
                                                                  cfg.ansatz.name).value)

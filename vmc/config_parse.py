@@ -90,7 +90,9 @@ def _coerce(path: str, value, tp, meta):
             raise InputError(f"{path}: expected a finite number, got {value!r}")
     elif tp is str:
         if not isinstance(value, str):
-            raise InputError(f"{path}: expected a string, got {value!r}")
+            listed = meta.get("choices")
+            raise InputError(f"{path}: expected a string, got {value!r}" + (
+                f"; valid: {', '.join(map(str, listed))}" if listed else ""))
     elif tp is tuple:
         if path == "molecule.atoms":
             value = _numeric_positions(value)

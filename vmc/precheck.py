@@ -60,8 +60,13 @@ def needs_hartree_fock(cfg: Config, *, resume: bool, init_from) -> bool:
     return cfg.pretrain.steps > 0 and not resume and init_from is None
 
 
+# Settings whose value may be a mapping but that compare as one value: a change between an
+# ECP name and a mapping (or of a mapping's keys) changes the Hamiltonian.
+_LEAF_MAPPINGS = ("hamiltonian.ecp",)
+
+
 def _flatten(tree, prefix=""):
-    if isinstance(tree, dict):
+    if isinstance(tree, dict) and prefix[:-1] not in _LEAF_MAPPINGS:
         out = {}
         for k, v in tree.items():
             out.update(_flatten(v, f"{prefix}{k}."))

@@ -16,7 +16,7 @@ says so for each. The SR damping (`optim_damping`, measured on N and He) and the
 from __future__ import annotations
 
 import pathlib
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Sequence
 
 import yaml
 
@@ -184,7 +184,7 @@ def optim_damping(n_electrons: int, ecp: bool, solver: str, steps: int = 4000) -
                       f"size: the rule is for the exact-SR solvers ({', '.join(EXACT_SR_SOLVERS)})")
     if ecp:
         return Choice("optim.damping", 1e-3, "default with an ECP, whatever the electron "
-                      "count: not measured beyond five electrons")
+                      "count: measured against 0.1 on O with ccECP (README \"Pseudopotentials\")")
     if n_electrons <= DAMPING_SMALL_MAX:
         return Choice("optim.damping", 1e-3, f"default for <= {DAMPING_SMALL_MAX} electrons")
     if steps >= DAMPING_LONG_STEPS and n_electrons <= DAMPING_LONG_MAX:
@@ -200,11 +200,18 @@ def optim_damping(n_electrons: int, ecp: bool, solver: str, steps: int = 4000) -
                   f"1e-3: +65.3)")
 
 
-def pretrain_basis(ecp: bool) -> Choice:
-    """Default `pretrain.basis`: ccecp-cc-pvdz with an ECP, else cc-pvdz."""
-    if ecp:
-        return Choice("pretrain.basis", "ccecp-cc-pvdz", "default with an ECP")
-    return Choice("pretrain.basis", "cc-pvdz", "default all-electron")
+def pretrain_basis(ecp_names: Sequence[Optional[str]] = ()) -> Choice:
+    """Default `pretrain.basis` from the atoms' ECP names (`Molecule.ecp`; None: all-electron):
+    cc-pvdz all-electron, ccecp-cc-pvdz with ccECP (or a mix of ECPs), and with one other
+    ECP the PySCF basis of its name (lanl2dz, sbkjc, crenbl and stuttgart come as ECP and
+    basis pairs)."""
+    names = sorted({n for n in ecp_names if n is not None})
+    if not names:
+        return Choice("pretrain.basis", "cc-pvdz", "default all-electron")
+    if len(names) == 1 and names[0] != "ccecp":
+        return Choice("pretrain.basis", names[0], f"default with the {names[0]} ECP: PySCF's "
+                      f"basis of the same name")
+    return Choice("pretrain.basis", "ccecp-cc-pvdz", "default with an ECP")
 
 
 def jastrow(ansatz: str) -> Choice:
@@ -222,7 +229,7 @@ def _rule_reason(key: str, cfg, n_electrons: int, ecp: bool) -> str:
              "optim.damping": lambda: optim_damping(n_electrons, ecp, cfg.optim.solver,
                                                    cfg.optim.steps),
              "sampler.walkers": lambda: sampler_walkers(n_electrons, ecp),
-             "pretrain.basis": lambda: pretrain_basis(ecp),
+             "pretrain.basis": lambda: pretrain_basis(cfg.build_molecule().ecp),
              "ansatz.jastrow": lambda: jastrow(cfg.ansatz.name),
              "hamiltonian.ecp_rule": lambda: ecp_rule(_l_max(cfg))}
     if key in rules:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -106,10 +106,12 @@ def resolve_ecp(symbols: Sequence[str], ecp) -> tuple:
       ecp: None (all-electron), 'ccecp' (every atom heavier than He), or a mapping
         {element: ECP name} (those elements only; H and He too when named).
     Returns:
-      per atom an ECP name or None.
+      per atom an ECP name in lower case (PySCF's names are case-insensitive: 'ccECP' is
+      'ccecp') or None.
     Raises:
-      InputError: a setting of another form, an element in the mapping that is unknown, or
-        an ECP name PySCF has for no element (checked whether or not an atom takes it).
+      InputError: a setting of another form, an element in the mapping that is unknown or
+        not in the molecule, or an ECP name PySCF has for no element (checked whether or
+        not an atom takes it).
     """
     if ecp is None:
         return (None,) * len(symbols)
@@ -117,7 +119,7 @@ def resolve_ecp(symbols: Sequence[str], ecp) -> tuple:
         if not ecp.strip() or ecp.lower() in ("none", "null"):
             return (None,) * len(symbols)
         _check_ecp_name(ecp, "hamiltonian.ecp")
-        return tuple(ecp if ATOMIC_NUMBER[s] > 2 else None for s in symbols)
+        return tuple(ecp.lower() if ATOMIC_NUMBER[s] > 2 else None for s in symbols)
     if isinstance(ecp, dict):
         for k, v in ecp.items():
             if k not in ATOMIC_NUMBER:
@@ -128,7 +130,11 @@ def resolve_ecp(symbols: Sequence[str], ecp) -> tuple:
                                  f"(or null), got {v!r}")
             if v is not None:
                 _check_ecp_name(v, f"hamiltonian.ecp.{k}")
-        return tuple(ecp.get(s) for s in symbols)
+            if k not in symbols:
+                present = ", ".join(dict.fromkeys(symbols))
+                raise InputError(f"hamiltonian.ecp.{k}: no {k} atom in the molecule; valid: "
+                                 f"its elements ({present})")
+        return tuple(None if ecp.get(s) is None else ecp[s].lower() for s in symbols)
     raise InputError(f"hamiltonian.ecp: expected null, an ECP name such as ccecp, or a mapping "
                      f"element -> ECP name, got {ecp!r}")
 
@@ -144,6 +150,20 @@ def pyscf_has_ecp(name: str) -> bool:
     accepts, e.g. ccECP) for at least one element H to Rn."""
     from vmc.hf import load_ecp
     return any(load_ecp(name, sym) is not None for sym in ELEMENTS)
+
+
+def _ecp_advice(symbol: str, alternative: Optional[str] = None) -> str:
+    """What `hamiltonian.ecp` may say for `symbol`: the names of ECP_EXAMPLES that PySCF
+    has for it (ccecp first), `alternative`, or that none of them covers it."""
+    from vmc.hf import load_ecp
+    have = [n for n in ECP_EXAMPLES if load_ecp(n, symbol) is not None]
+    opts = [f"hamiltonian.ecp: {have[0]}" + (f" (or {', '.join(have[1:])})" if have[1:]
+                                               else "")] if have else []
+    opts += [alternative] if alternative else []
+    if opts:
+        return " or ".join(opts)
+    return (f"none: PySCF has none of {', '.join(ECP_EXAMPLES)} for {symbol}, so vmc cannot "
+            f"run it")
 
 
 def _check_ecp_name(name: str, field: str) -> None:
@@ -206,32 +226,33 @@ def make_molecule(atoms: Sequence[dict], units: str = "bohr", charge: int = 0,
                                  f"least 0.001 bohr apart")
     names = resolve_ecp(symbols, ecp)
     n_core = []
+    from vmc.hf import load_ecp
     for i, (sym, name) in enumerate(zip(symbols, names)):
         if name is None:
             if ATOMIC_NUMBER[sym] > ALL_ELECTRON_MAX_Z:
                 raise InputError(f"molecule.atoms[{i}].symbol: {sym} is beyond Kr, where "
-                                 f"all-electron runs stop; set hamiltonian.ecp: ccecp")
+                                 f"all-electron runs stop; valid: " + _ecp_advice(sym))
             n_core.append(0)
             continue
-        from vmc.hf import load_ecp
         got = load_ecp(name, sym)
         if got is None:
+            alt = "null (all-electron)" if ATOMIC_NUMBER[sym] <= ALL_ELECTRON_MAX_Z else None
             raise InputError(f"hamiltonian.ecp: PySCF has no {name!r} ECP for {sym}; valid: "
-                             f"ccecp for the elements PySCF ships it for, or null for {sym}"
-                             + (" (all-electron)" if ATOMIC_NUMBER[sym] <= ALL_ELECTRON_MAX_Z
-                                else ""))
+                             + _ecp_advice(sym, alt))
         n_core.append(got[0])
     charges = np.asarray([ATOMIC_NUMBER[s] - c for s, c in zip(symbols, n_core)],
                          dtype=np.float64)
     n_el = int(charges.sum()) - charge
+    # with an ECP the counts are of valence electrons: say so where they look wrong
+    core = f" (valence: the ECPs remove {sum(n_core)} core electrons)" if sum(n_core) else ""
     if n_el <= 0:
         raise InputError(f"molecule.charge: {charge} leaves no electrons (total nuclear charge "
-                         f"{int(charges.sum())}); valid: charge < {int(charges.sum())}")
+                         f"{int(charges.sum())}{core}); valid: charge < {int(charges.sum())}")
     if abs(spin) > n_el:
-        raise InputError(f"molecule.spin: |spin| = {abs(spin)} exceeds the {n_el} electrons; "
-                         f"valid: -{n_el} <= spin <= {n_el}")
+        raise InputError(f"molecule.spin: |spin| = {abs(spin)} exceeds the {n_el} electrons"
+                         f"{core}; valid: -{n_el} <= spin <= {n_el}")
     if (n_el - spin) % 2:
         valid = "even" if n_el % 2 == 0 else "odd"
-        raise InputError(f"molecule.spin: 2S = {spin} does not fit {n_el} electrons; valid: an "
-                         f"{valid} value with |spin| <= {n_el}")
+        raise InputError(f"molecule.spin: 2S = {spin} does not fit {n_el} electrons{core}; "
+                         f"valid: an {valid} value with |spin| <= {n_el}")
     return Molecule(tuple(symbols), charges, positions, charge, spin, names, tuple(n_core))

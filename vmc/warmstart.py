@@ -79,10 +79,19 @@ def _differences(cfg, run_dir: pathlib.Path, err) -> str:
                for m in (mol_there, mol_here)]
     if symbols[0] != symbols[1]:
         diffs.append(f"atoms {symbols[0]} there, {symbols[1]} here")
+    from vmc.config import hamiltonian_label
+    try:
+        ham = [hamiltonian_label((t.get("hamiltonian") or {}).get("ecp"), syms)
+               for t, syms in zip((there, here), symbols)]
+    except InputError:
+        ham = [None, None]
+    if ham[0] != ham[1]:   # an ECP changes Z_eff and the envelope's shapes
+        diffs.append(f"hamiltonian.ecp: {ham[0]} there, {ham[1]} here")
     x64 = [bool((t.get("run") or {}).get("x64", False)) for t in (there, here)]
     if x64[0] != x64[1]:   # float32 parameters cannot seed a float64 run, or the reverse
         diffs.append(f"run.x64: {x64[0]} there, {x64[1]} here")
     if not diffs:
-        return f" ({err}); valid: a run of the same network settings, atoms, charge and spin"
+        return (f" ({err}); valid: a run of the same network settings, atoms, charge, spin "
+                f"and hamiltonian.ecp")
     return (f": {'; '.join(diffs[:4])}; valid: the source run's network settings, atoms, "
-            f"charge, spin and run.x64 (only positions may differ)")
+            f"charge, spin, hamiltonian.ecp and run.x64 (only positions may differ)")
