@@ -130,6 +130,10 @@ def test_the_ecp_rule_follows_the_largest_nonlocal_channel(name, l_max, rule):
         f"{rule} (default for non-local ECP channels up to l = {l_max}")
     found = _section(path, overrides=["hamiltonian.ecp_rule=icosahedron"])
     assert found["hamiltonian.ecp_rule"] == "icosahedron (set by --set)"
+    # an explicit null leaves the value to the rule, and says so
+    found = _section(path, overrides=["hamiltonian.ecp_rule=icosahedron",
+                                      "hamiltonian.ecp_rule=null"])
+    assert found["hamiltonian.ecp_rule"].startswith(f"{rule} (default for non-local"), found
     # an all-electron run keeps the icosahedron it always wrote (unused; config digests
     # of all-electron runs are unchanged)
     assert load_config(SYSTEMS / "N.yaml").hamiltonian.ecp_rule == "icosahedron"

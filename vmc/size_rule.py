@@ -293,14 +293,13 @@ def choices(cfg, data: dict, *, n_electrons: int, ecp: bool, preset: Optional[st
     for key in REPORTED:
         if key == "hamiltonian.ecp_rule" and not ecp:
             continue                # unused without an ECP
-        if any(_get(p, key)[0] for p in parsed):
-            reason = "set by --set"
-        elif _get(data, key)[0]:
-            reason = f"set in {file_label}"
-        elif preset is not None and _get(PRESETS[preset], key)[0]:
-            reason = f"preset {preset}"
-        else:
-            reason = _rule_reason(key, cfg, n_electrons, ecp)
+        # the source that wins; an explicit null there leaves the value to the rule
+        sources = [("set by --set", _get(p, key)) for p in reversed(parsed)]
+        sources += [(f"set in {file_label}", _get(data, key))]
+        sources += [(f"preset {preset}", _get(PRESETS[preset], key))] if preset else []
+        winner = next(((why, value) for why, (found, value) in sources if found), None)
+        reason = (winner[0] if winner is not None and winner[1] is not None
+                  else _rule_reason(key, cfg, n_electrons, ecp))
         out.append(Choice(key, _value(cfg, key), reason))
     return out
 
