@@ -124,6 +124,25 @@ def test_no_eval_uses_training_tail_and_no_reference(tmp_path):
     assert s.deviation_mha is None and s.deviation_label is None
 
 
+def test_a_reference_for_another_hamiltonian_is_not_compared_and_the_table_says_why(
+        run_dir, capsys):
+    """The same H2 run with ccECP on its atoms has no error against the all-electron
+    reference: --json has no reference and the note summary.json has; the table prints it."""
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert main([str(run_dir), "--json", "--no-plots"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["reference_note"] is None
+    cfg["hamiltonian"] = {"ecp": {"H": "ccecp"}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main([str(run_dir), "--json", "--no-plots"]) == 0
+    (obj,) = json.loads(capsys.readouterr().out)
+    note = ("the reference is all-electron but this run is ccecp (hamiltonian.ecp): no error "
+            "against it")
+    assert obj["reference_ha"] is None and obj["deviation_mha"] is None
+    assert obj["reference_note"] == note
+    assert main([str(run_dir), "--no-plots"]) == 0
+    assert f"{run_dir}: {note}" in capsys.readouterr().out
+
+
 def test_csv_and_table(run_dir, capsys):
     assert main([str(run_dir), "--csv", "--no-plots"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))

@@ -165,20 +165,21 @@ def test_reference_is_for_the_files_charge_and_spin():
     """A reference holds for the molecule as its file writes it: --charge/--spin or a
     molecule.* override that changes either leaves the run with no error against it (the
     summary's note, `vmc analyze`), while the file's own charge and spin keep it."""
-    from vmc.analysis import _parse_reference
+    from vmc.analysis import parse_reference
     from vmc.config import load_config, reference_mismatch, to_dict
     root = pathlib.Path(__file__).resolve().parents[1] / "systems"
     h2 = load_config(root / "H2.yaml")
     assert (h2.molecule.reference.charge, h2.molecule.reference.spin) == (0, 0)
     assert reference_mismatch(h2) is None
-    assert _parse_reference(to_dict(h2)).energy == h2.molecule.reference.energy
+    ref, why = parse_reference(to_dict(h2))
+    assert ref.energy == h2.molecule.reference.energy and why is None
     triplet = load_config(root / "H2.yaml", overrides=("molecule.spin=2",))
     note = reference_mismatch(triplet)
     assert "charge 0, spin 0" in note and "charge 0, spin 2" in note, note
-    assert _parse_reference(to_dict(triplet)) is None
+    assert parse_reference(to_dict(triplet)) == (None, note)   # vmc analyze's note
     cation = load_config(root / "LiH.yaml", charge=1, spin=1)
     assert "charge 1, spin 1" in reference_mismatch(cation)
-    assert _parse_reference(to_dict(cation)) is None
+    assert parse_reference(to_dict(cation)) == (None, reference_mismatch(cation))
     # the same charge given again, or an override of the reference itself, still compares
     assert reference_mismatch(load_config(root / "LiH.yaml", charge=0, spin=0)) is None
     li_cation = load_config(root / "Li.yaml", charge=1, spin=0,

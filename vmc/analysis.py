@@ -1,4 +1,5 @@
-"""Statistics of a run: reblocked error bars, reference comparison, run summaries.
+"""Statistics of a run: reblocked error bars and run summaries (the reference comparison is
+`vmc.reference`).
 
 Units: energies in hartree (Ha), variances in Ha², lengths in bohr.
 
@@ -25,22 +26,12 @@ from vmc.errors import InputError
 
 from vmc.reblock import (MIN_BLOCKS, MIN_SAMPLES, BlockingLevel,  # noqa: F401
                          ReblockResult, blocking_levels, reblock)
+from vmc.reference import (CHEMICAL_ACCURACY_HA, EXACT_KINDS, Reference,  # noqa: F401
+                           compare, parse_reference, deviation_label)
 
 
 # ------------------------------------------------------------------------- run directories
-CHEMICAL_ACCURACY_HA = 1.6e-3   # 1 kcal/mol = 1.594 mHa, rounded as usual in NN-VMC papers
-EXACT_KINDS = ("exact", "estimated exact")
 TRAIN_TAIL_FRACTION = 0.1
-
-
-@dataclasses.dataclass(frozen=True)
-class Reference:
-    """Reference energy from config.yaml `molecule.reference` (hartree)."""
-
-    energy: float
-    source: str
-    kind: str  # 'exact', 'estimated exact', 'CCSD(T)/CBS' or 'other'
-    hf_limit: Optional[float]  # literature Hartree-Fock limit, Ha
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +71,10 @@ class RunData:
         bohr, ...); empty when there is no train.h5 or no /stats in it yet.
       pretrain: train.h5 /pretrain columns (step, loss), or None.
       evals: eval.h5 groups in name order; empty when there is no eval.h5.
-      reference: the reference energy, or None when the config gives none.
+      reference: the reference energy, or None when the config gives none or gives one for
+        another Hamiltonian, charge or spin.
       unreadable: one line per eval.h5 group that could not be read (no 'energy', ...).
+      reference_note: why a reference the config gives is not compared with, or None.
     """
 
     run_dir: pathlib.Path
@@ -92,32 +85,11 @@ class RunData:
     evals: list
     reference: Optional[Reference]
     unreadable: tuple = ()
+    reference_note: Optional[str] = None
 
 
 def _read_group(group) -> dict:
     return {k: np.asarray(d[()]) for k, d in group.items() if isinstance(d, h5py.Dataset)}
-
-
-def _parse_reference(config: dict) -> Optional[Reference]:
-    ref = (config.get("molecule") or {}).get("reference")
-    if not ref or ref.get("energy") is None:
-        return None
-    from vmc.config import hamiltonian_label
-    atoms = (config.get("molecule") or {}).get("atoms") or []
-    run = hamiltonian_label((config.get("hamiltonian") or {}).get("ecp"),
-                            [a.get("symbol") for a in atoms])
-    if run != (ref.get("hamiltonian") or "all-electron"):
-        return None     # another Hamiltonian's energy: nothing to compare with
-    mol = config.get("molecule") or {}
-    if any(ref.get(k) is not None and ref.get(k) != mol.get(k, 0) for k in ("charge", "spin")):
-        return None     # another charge or spin state's energy
-    try:
-        hf = ref.get("hf_limit")
-        return Reference(float(ref["energy"]), str(ref.get("source", "")),
-                         str(ref.get("kind", "exact")), None if hf is None else float(hf))
-    except (TypeError, ValueError):
-        raise InputError(f"molecule.reference: energy and hf_limit must be numbers (Ha), "
-                         f"got {ref!r}") from None
 
 
 def _load_eval(name: str, group) -> EvalData:
@@ -194,8 +166,9 @@ def load_run(run_dir) -> RunData:
     else:
         unreadable = ()
     name = str(config.get("name") or run_dir.resolve().name)
-    return RunData(run_dir, name, config, stats, pretrain, evals, _parse_reference(config),
-                   unreadable)
+    reference, reference_note = parse_reference(config)
+    return RunData(run_dir, name, config, stats, pretrain, evals, reference, unreadable,
+                   reference_note)
 
 
 # ------------------------------------------------------------------------------ summaries
@@ -262,6 +235,7 @@ class RunSummary:
     flags: tuple = ()     # vmc.diagnostics.Flag: no_plateau, eval_drift, train_eval_disagree
     skipped: tuple = ()   # one line per eval.h5 group left out (unreadable, too few values)
     group: Optional[str] = None   # the eval.h5 group the estimate comes from
+    reference_note: Optional[str] = None   # why the config's reference is not compared with
 
     def to_dict(self) -> dict:
         """Plain JSON-serialisable dict with the key names of summary.json (JSON_KEYS):
@@ -341,26 +315,6 @@ def train_tail(stats: dict) -> tuple[Optional[ReblockResult], slice]:
     return (reblock(e) if e.size >= MIN_SAMPLES else None), tail
 
 
-def deviation_label(kind: str) -> str:
-    """What E − E_ref is called for a reference of this kind: 'error' (exact or estimated
-    exact), 'difference to CCSD(T)/CBS' or 'difference to reference'."""
-    return ("error" if kind in EXACT_KINDS else "difference to CCSD(T)/CBS"
-            if kind == "CCSD(T)/CBS" else "difference to reference")
-
-
-def _compare(e: float, se: float, ref: Reference) -> dict:
-    """Deviation from the reference: fields of RunSummary (see its docstring)."""
-    exactish = ref.kind in EXACT_KINDS
-    corr = None
-    if ref.hf_limit is not None and ref.hf_limit != ref.energy:
-        corr = 100.0 * (ref.hf_limit - e) / (ref.hf_limit - ref.energy)
-    return dict(deviation_mha=1e3 * (e - ref.energy),
-                deviation_sigma=(e - ref.energy) / se if se else None,
-                deviation_label=deviation_label(ref.kind),
-                within_chemical_accuracy=bool(abs(e - ref.energy) <= CHEMICAL_ACCURACY_HA)
-                if exactish else None, correlation_pct=corr)
-
-
 def summarize(run_dir) -> RunSummary:
     """Summarize a run directory: reblocked energy, error vs reference, per-eval results.
 
@@ -408,7 +362,7 @@ def summarize(run_dir) -> RunSummary:
     cmp = dict.fromkeys(("deviation_mha", "deviation_sigma", "deviation_label",
                          "within_chemical_accuracy", "correlation_pct"))
     if ref is not None and head["energy"] is not None:
-        cmp = _compare(head["energy"], head["stderr"], ref)
+        cmp = compare(head["energy"], head["stderr"], ref)
     return RunSummary(
         name=run.name, run_dir=str(run.run_dir), n_samples=int(n_s), **head,
         train_steps=int(run.stats["step"].size) if run.stats else 0,
@@ -419,4 +373,4 @@ def summarize(run_dir) -> RunSummary:
         reference_kind=None if ref is None else ref.kind,
         reference_source=None if ref is None else ref.source,
         hf_limit=None if ref is None else ref.hf_limit, **cmp, evals=evals,
-        flags=tuple(flags), skipped=tuple(skipped))
+        flags=tuple(flags), skipped=tuple(skipped), reference_note=run.reference_note)

@@ -193,6 +193,8 @@ def _notes(s: RunSummary) -> list[str]:
         last = s.evals[-1]
         out.extend(f"{last.name}: {line}" for line in
                    format_lines(last.observables, getattr(last, "steps", 0), s.run_dir))
+    if s.reference_note:
+        out.append(s.reference_note)
     if s.within_chemical_accuracy is not None:
         out.append("within chemical accuracy (1.6 mHa)" if s.within_chemical_accuracy
                    else "outside chemical accuracy (1.6 mHa)")

@@ -58,20 +58,29 @@ def hamiltonian_label(ecp_setting, symbols) -> str:
 def reference_mismatch(cfg: Config) -> Optional[str]:
     """None when the reference (if any) is for this run's Hamiltonian, else one line why the run
     reports no error against it (e.g. an all-electron reference is ~59 Ha from O with ccECP)."""
-    ref = cfg.molecule.reference
-    if ref.energy is None:
+    data = to_dict(cfg)
+    return mismatch_note(data["molecule"], data.get("hamiltonian", {}).get("ecp"))
+
+
+def mismatch_note(molecule: dict, ecp_setting) -> Optional[str]:
+    """`reference_mismatch` of a config.yaml's `molecule` mapping (with its `reference`) and
+    its `hamiltonian.ecp` setting, as `vmc analyze` reads them from a run directory: the
+    reference's charge and spin (where it gives them) and Hamiltonian must be the run's."""
+    ref = molecule.get("reference") or {}
+    if ref.get("energy") is None:
         return None
-    mol = cfg.molecule
-    if (ref.charge is not None and ref.charge != mol.charge) or (
-            ref.spin is not None and ref.spin != mol.spin):
-        return (f"the reference is for charge {ref.charge}, spin {ref.spin} but this run has "
-                f"charge {mol.charge}, spin {mol.spin} (molecule.charge, molecule.spin): no "
-                f"error against it")
-    run = hamiltonian_label(cfg.hamiltonian.ecp, [a.get("symbol") for a in cfg.molecule.atoms])
-    if run == (ref.hamiltonian or "all-electron"):
+    charge, spin = molecule.get("charge", 0), molecule.get("spin", 0)
+    if (ref.get("charge") is not None and ref["charge"] != charge) or (
+            ref.get("spin") is not None and ref["spin"] != spin):
+        return (f"the reference is for charge {ref.get('charge')}, spin {ref.get('spin')} but "
+                f"this run has charge {charge}, spin {spin} (molecule.charge, molecule.spin): "
+                f"no error against it")
+    run = hamiltonian_label(ecp_setting, [a.get("symbol") for a in molecule.get("atoms") or []
+                                          if isinstance(a, dict)])
+    theirs = ref.get("hamiltonian") or "all-electron"
+    if run == theirs:
         return None
-    return (f"the reference is {ref.hamiltonian} but this run is {run} "
-            f"(hamiltonian.ecp): no error against it")
+    return f"the reference is {theirs} but this run is {run} (hamiltonian.ecp): no error against it"
 
 
 def _resolve_defaults(cfg: Config, molecule: Molecule) -> Config:
