@@ -217,6 +217,31 @@ def test_reference_keyed_by_hamiltonian():
                                                      overrides=("hamiltonian.ecp=null",)))
 
 
+def test_local_only_ecps_skip_the_nonlocal_estimator(x64):
+    """ccECP's H has a local part only: its rows leave the non-local table (their ψ ratios
+    were masked to exactly 0), and the non-local energy of water with {O, H: ccecp} is the
+    same with the full table and with O's row alone."""
+    from vmc.hamiltonian import ecp_table
+    water = make_molecule([{"symbol": "O", "position": [0.0, 0.0, 0.0]},
+                           {"symbol": "H", "position": [0.0, 0.0, 1.8]},
+                           {"symbol": "H", "position": [1.8, 0.0, 0.0]}],
+                          ecp={"O": "ccecp", "H": "ccecp"})
+    full = ecp_table(water)
+    kept = ecp.with_nonlocal(full)
+    assert full.atoms.tolist() == [0, 1, 2] and kept.atoms.tolist() == [0]
+    assert ecp.with_nonlocal(ecp_table(make_molecule(
+        [{"symbol": "H", "position": [0.0, 0.0, 0.0]}], spin=1, ecp={"H": "ccecp"}))) is None
+    atoms = jnp.asarray(water.positions)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 3)) * 0.8)
+    psi = _psi([0.1, 0.2, -0.3])
+
+    def log_psi(y):   # many electrons: the ratio moves with any of them
+        return psi(y[:1] + 0.1 * jnp.sum(y[1:], axis=0, keepdims=True))
+    a = ecp.nonlocal_energy(full, log_psi, x, atoms)
+    b = ecp.nonlocal_energy(kept, log_psi, x, atoms)
+    assert float(a) != 0.0 and np.isclose(float(a), float(b), rtol=1e-12, atol=0.0)
+
+
 def test_ecp_energy_same_in_chunks_and_from_the_key(x64):
     """The rotations come from the step's key per walker (fold_in), not from the chunking."""
     from vmc.hamiltonian import over_walkers

@@ -62,6 +62,20 @@ class ECPTable:
         return self.nonlocal_.shape[1]
 
 
+def with_nonlocal(table: Optional[ECPTable]) -> Optional[ECPTable]:
+    """The rows of `table` whose ECP has a non-local channel (cutoff > 0), or None when none
+    has: a local-only ECP (ccECP's H and He) would cost n_electrons × n_q evaluations of ψ per
+    walker for a non-local part that is exactly 0."""
+    if table is None:
+        return None
+    keep = np.flatnonzero(table.cutoff > 0)
+    if keep.size == 0:
+        return None
+    return ECPTable(atoms=table.atoms[keep], local=table.local[keep],
+                    nonlocal_=table.nonlocal_[keep], cutoff=table.cutoff[keep],
+                    n_core=table.n_core[keep], names=tuple(table.names[i] for i in keep))
+
+
 def _radial_np(terms: np.ndarray, r: np.ndarray) -> np.ndarray:
     p, a, c = terms[..., 0], terms[..., 1], terms[..., 2]
     return np.sum(c * r[:, None] ** p * np.exp(-a * r[:, None] ** 2), axis=-1)

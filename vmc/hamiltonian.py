@@ -219,14 +219,16 @@ def make_local_energy(log_psi: Callable, molecule, laplacian: str = "forward",
     if table is not None:
         from vmc import ecp
         ecp.quadrature(ecp_rule)   # fail early on an unknown rule
+        nonlocal_table = ecp.with_nonlocal(table)   # local-only ECPs skip the estimator
 
     def local_energy(params, x, key=None):
         lap, grad2 = kinetic_parts(lambda y: log_psi(params, y)[1], x, laplacian)
         e = -0.5 * (lap + grad2) + potential_energy(x, atoms, charges, e_nn)
         if table is not None:
             e = e + ecp.local_potential(table, x, atoms)
-            e = e + ecp.nonlocal_energy(table, lambda y: log_psi(params, y), x, atoms, key,
-                                        ecp_rule).astype(e.dtype)
+            if nonlocal_table is not None:
+                e = e + ecp.nonlocal_energy(nonlocal_table, lambda y: log_psi(params, y), x,
+                                            atoms, key, ecp_rule).astype(e.dtype)
         return (e, grad2) if with_grad2 else e
 
     return local_energy
