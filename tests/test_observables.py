@@ -295,12 +295,14 @@ def test_observable_errors_without_a_plateau_print_as_lower_bounds():
     assert lines[0].startswith("<S^2> = ") and "± >=" in lines[0]
     assert "|d| = " in lines[1] and "± >=" in lines[1].split("|d| = ")[1]
     assert lines[-1].startswith("note: ") and "lower bounds" in lines[-1]
+    assert "density" not in lines[-1]          # none was sampled
     density = {"radial": {"mean": [1.0, 2.0], "stderr": [0.1, 0.1], "plateau": [False, True]},
                "axial": {"mean": [1.0], "stderr": [0.1], "plateau": [False]},
                "radial_edges_bohr": [0.0, 1.0, 2.0], "radial_outside_share": 0.0,
                "axial_outside_share": 0.0}
     note = format_lines({"density": density}, steps=1000, run_dir="runs/X")[-1]
     assert note.startswith("note: 2 of 3 density bins are lower bounds")
+    assert "marked ± >= above" not in note      # no error bar printed above is one
     assert "`vmc eval runs/X --steps 4000`" in note
     fast = summarize_observables({"s2": 0.75 + 0.01 * rng.normal(size=4096),
                                   "dipole": rng.normal(size=(4096, 3))}, walkers)

@@ -233,9 +233,11 @@ def format_lines(obs: dict, steps: int = 0, run_dir=None) -> list[str]:
     if lower or bins:
         what = [f"{lower} of these error bars" if lower else "",
                 f"{bins[0]} of {bins[1]} density bins" if bins else ""]
+        where = "marked ± >= above" if lower else ""
+        where += (", " if lower and bins else "") + (
+            "the density bins' in summary.json `plateau`" if bins else "")
         lines.append(f"note: {' and '.join(w for w in what if w)} are lower bounds (reblocking "
-                     f"found no plateau; marked ± >= above, the density bins' in summary.json "
-                     f"`plateau`): evaluate longer (`vmc eval "
+                     f"found no plateau; {where}): evaluate longer (`vmc eval "
                      f"{run_dir or 'RUN'} --steps {max(4 * int(steps or 0), 2000)}`)")
     return lines
 
