@@ -258,7 +258,8 @@ def test_run_end_to_end_on_h2(h2_run):
     # H2's Hartree-Fock error is 40.9 mHa: a run no better than HF (or a broken kinetic
     # energy) fails; 300 tiny-preset steps and 20 x 32 samples land within ~5 sigma of exact
     assert abs(energy - H2_REFERENCE) < 0.025, summary
-    assert summary["reference_ha"] == H2_REFERENCE
+    assert summary["reference_ha"] == H2_REFERENCE and summary["reference_note"] is None
+    assert summary["hamiltonian"] == summary["reference_hamiltonian"] == "all-electron"
     assert (summary["n_up"], summary["n_down"]) == (1, 1)
     assert abs(summary["deviation_mha"] - 1000 * (energy - H2_REFERENCE)) < 1e-6
     reloaded = load_config(out / "config.yaml")

@@ -104,7 +104,7 @@ def write_summary(setup, run_dir: pathlib.Path, params, evaluation, *, wall_s: f
                  if rb else [])
     flags = list(flags) + training_flags(stats, str(run_dir))
     energy = entry.get("energy_ha")
-    from vmc.config import reference_mismatch
+    from vmc.config import hamiltonian_label, reference_mismatch
     mismatch = reference_mismatch(cfg)
     deviation = (None if energy is None or ref.energy is None or mismatch
                  else 1000.0 * (energy - ref.energy))
@@ -112,6 +112,8 @@ def write_summary(setup, run_dir: pathlib.Path, params, evaluation, *, wall_s: f
     summary = {
         "system": cfg.name,
         "run_dir": str(run_dir),
+        "hamiltonian": hamiltonian_label(cfg.hamiltonian.ecp,
+                                         [a.get("symbol") for a in cfg.molecule.atoms]),
         "energy_ha": energy,
         "energy_stderr_ha": entry.get("energy_stderr_ha"),
         "reference_ha": ref.energy,
