@@ -230,3 +230,19 @@ def test_load_yaml_refuses_a_key_given_twice_at_any_depth():
     text = "base: &b {lr: 0.1, steps: 3}\noptim:\n  <<: *b\n  lr: 0.2\nsampler: *b\n"
     assert load_yaml(text) == yaml.safe_load(text)
     assert load_yaml("") is None and load_yaml("# nothing\n") is None
+
+
+@pytest.mark.parametrize("setting", ["run.seed=99999999999999999999", "run.seed=-1",
+                                     "eval.seed=2147483648"])
+def test_seeds_out_of_range_are_bad_input(setting):
+    """A seed JAX cannot take (beyond a C long, where seeding raised OverflowError after the
+    whole training) or a negative one is refused up front with its valid range."""
+    from vmc.config import config_from_dict
+    from vmc.errors import InputError
+    with pytest.raises(InputError) as e:
+        config_from_dict({"atoms": [{"symbol": "He", "position": [0, 0, 0]}]},
+                         overrides=(setting,))
+    assert str(e.value).startswith(setting.split("=")[0] + ":"), str(e.value)
+    assert ("<= 2147483647" in str(e.value)) or (">= 0" in str(e.value)), str(e.value)
+    assert config_from_dict({"atoms": [{"symbol": "He", "position": [0, 0, 0]}]},
+                            overrides=("run.seed=2147483647",)).eval.seed == 2**31

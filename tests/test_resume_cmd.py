@@ -110,6 +110,11 @@ def test_finished_run_is_left_alone_and_never_reuses_a_seed(finished, tmp_path, 
     # an explicit used seed is refused before anything is written
     assert _call(["eval", run, "--seed", seeds[1], "--steps", "16"]) == 2
     assert "--seed: " in capsys.readouterr().err
+    # so is one JAX cannot take, or whose successor (the next default seed) it could not
+    for bad in (2**63 - 1, -1):
+        assert _call(["eval", run, "--seed", bad, "--steps", "16"]) == 2
+        assert capsys.readouterr().err == (f"error: --seed: {bad} is out of range; valid: "
+                                           f"0 <= seed <= 2147483647\n")
     with h5py.File(run / "eval.h5") as f:
         assert len(f) == 2
 

@@ -16,6 +16,11 @@ from vmc.system import Molecule, make_molecule
 REFERENCE_KINDS = ("exact", "estimated exact", "CCSD(T)/CBS", "other")
 
 
+# Seeds are 0 .. 2³¹ − 1: every later seed a run picks itself (one above those used) still
+# fits JAX's PRNG seed (a C long), and negative seeds are not a second name for a positive one.
+SEED_MAX = 2**31 - 1
+
+
 def _field(default, *, choices=None, lo=None, hi=None, gt=None, lt=None, doc=""):
     """A dataclass field with validation metadata (choices, inclusive bounds lo/hi,
     exclusive bounds gt/lt)."""
@@ -191,7 +196,7 @@ class EvalConfig:
     max_steps: int = _field(50000, lo=16)
     walkers: Optional[int] = None     # None: sampler.walkers
     burn_in: int = _field(100, lo=0)
-    seed: Optional[int] = None        # None: run.seed + 1
+    seed: Optional[int] = _field(None, lo=0, hi=SEED_MAX)   # None: run.seed + 1
     # above this share of non-finite local energies the summary marks the estimate unreliable
     max_nonfinite_fraction: float = _field(1e-4, lo=0.0, hi=1.0)
     # observables beyond the energy (vmc.observables): any of s2, dipole, density, forces
@@ -206,7 +211,7 @@ class EvalConfig:
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Run control: seeds, precision, logging and checkpoints."""
-    seed: int = 0
+    seed: int = _field(0, lo=0, hi=SEED_MAX)
     x64: bool = False
     log_every: int = _field(50, lo=1)
     progress: bool = True

@@ -338,6 +338,9 @@ def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
             else max_steps)
         cfg = dataclasses.replace(cfg, eval=ev)
     used = used_eval_seeds(run_dir)
+    from vmc.config_schema import SEED_MAX
+    if seed is not None and not 0 <= seed <= SEED_MAX:
+        raise InputError(f"--seed: {seed} is out of range; valid: 0 <= seed <= {SEED_MAX}")
     if seed is not None and seed in used:
         raise InputError(f"--seed: {seed} was used by {used[seed]} in eval.h5 (it would repeat "
                          f"that evaluation); valid: a seed not in {sorted(used)}, or no --seed")
