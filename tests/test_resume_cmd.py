@@ -306,3 +306,23 @@ def test_before_the_first_checkpoint_any_setting_may_change_and_the_log_says_so(
     assert err.endswith("hamiltonian.chunk_walkers, hamiltonian.ecp_rule; any setting may "
                         "change only before a run's first checkpoint (a resume then starts "
                         "again from step 0), and this run has one\n"), err
+
+
+def test_a_finished_hf_run_is_left_alone(tmp_path, capsys):
+    """The hf ansatz has nothing to train: once evaluated, `vmc resume` says it has finished
+    instead of adding an evaluation on every call, and --steps is refused."""
+    cfg = tmp_path / "h2.yaml"
+    cfg.write_text(H2)
+    run = tmp_path / "hf"
+    assert _call(["run", cfg, "--out", run, "--set", "ansatz.name=hf", "--set",
+                  "sampler.walkers=16", "--set", "eval.steps=16", "--set",
+                  "sampler.burn_in=0"]) == 0
+    capsys.readouterr()
+    assert _call(["resume", run]) == 0
+    assert (f"{run}: finished: the hf ansatz has no parameters to train, evaluated "
+            f"(eval_000); nothing to resume.") in capsys.readouterr().out
+    assert _call(["resume", run, "--steps", "100"]) == 2
+    assert capsys.readouterr().err.startswith("error: --steps: the run's ansatz has no "
+                                              "parameters to train")
+    with h5py.File(run / "eval.h5") as f:
+        assert list(f) == ["eval_000"]

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 from vmc import checkpoint as ckpt, h5io
 from vmc.config import Config
 from vmc.errors import InputError
-from vmc.precheck import check_resume_config
+from vmc.precheck import check_resume_config, trains
 from vmc.run import EXIT_OK, train_run
 
 
@@ -21,7 +21,8 @@ def finished_message(cfg: Config, run_dir: pathlib.Path) -> Optional[str]:
     if not paths:
         return None
     step = int(paths[-1].stem.split("_")[1])
-    if step < cfg.optim.steps:
+    untrained = not trains(cfg)   # the hf ansatz: its step-0 checkpoint is all there is
+    if step < (0 if untrained else cfg.optim.steps):
         return None
     evaluated = {}
     if (run_dir / "eval.h5").is_file():
@@ -41,6 +42,11 @@ def finished_message(cfg: Config, run_dir: pathlib.Path) -> Optional[str]:
                  f"eval.steps is 0)")
     evaluate = ("adds a longer evaluation of the final checkpoint" if groups
                 else "evaluates the final checkpoint")
+    if untrained:
+        return (f"{run_dir}: finished: the {cfg.ansatz.name} ansatz has no parameters to "
+                f"train, {done}; nothing to resume.\n"
+                f"  `vmc eval {run_dir} --steps {max(4 * cfg.eval.steps, 2000)}` {evaluate} "
+                f"(with a new seed)")
     return (f"{run_dir}: finished: {step} of {cfg.optim.steps} steps trained, {done}; "
             f"nothing to resume.\n  {train};\n"
             f"  `vmc eval {run_dir} --steps {max(4 * cfg.eval.steps, 2000)}` {evaluate} (with "
@@ -64,6 +70,9 @@ def resume_run(run_dir: pathlib.Path, *, steps: Optional[int] = None, overrides=
         raise InputError(f"run_dir {str(run_dir)!r}: no config.yaml; not a run directory")
     if steps is not None and steps < 1:
         raise InputError(f"--steps: {steps} is not valid; valid: >= 1 (the total step count)")
+    if steps is not None and not trains(load_config(run_dir / "config.yaml")):
+        raise InputError(f"--steps: the run's ansatz has no parameters to train; valid: no "
+                         f"--steps (`vmc eval {run_dir} --steps N` evaluates longer)")
     items = tuple(overrides) + ((f"optim.steps={steps}",) if steps is not None else ())
     cfg = load_config(run_dir / "config.yaml", overrides=items)
     cfg = _eval_walkers_follow(cfg, load_config(run_dir / "config.yaml"), items, log)
