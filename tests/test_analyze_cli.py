@@ -248,6 +248,15 @@ def test_help_returns_0(capsys):
     assert "--curve-param" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("argv", [["--bogus"], ["--json", "--csv"], ["--export", "xlsx"], []])
+def test_bad_arguments_are_one_line_and_exit_2(run_dir, argv, capsys):
+    """As every other subcommand: one `error: ...` line, not the whole usage."""
+    assert main(([str(run_dir)] if argv else []) + argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert err.endswith("(see `vmc analyze --help`)\n"), err
+
+
 def test_helpers():
     assert format_value_error(-1.174385, 1.2e-5) == "-1.174385(12)"
     assert format_value_error(-75.0673, 0.0042) == "-75.0673(42)"

@@ -255,7 +255,8 @@ def _write_plots(run: RunData, summary: RunSummary, folder: pathlib.Path) -> Non
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vmc analyze", description=__doc__.splitlines()[0])
+    from vmc.errors import OneLineParser
+    p = OneLineParser(prog="vmc analyze", description=__doc__.splitlines()[0])
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print a JSON list, one object per run")

@@ -11,6 +11,8 @@ import pathlib
 import signal
 import sys
 
+from vmc.errors import OneLineParser as _Parser   # one-line argument errors, exit code 2
+
 
 def _integer(text: str) -> int:
     """An integer flag written as people write numbers: 3e3 or 3000.0 is 3000."""
@@ -19,13 +21,6 @@ def _integer(text: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise argparse.ArgumentTypeError(f"invalid integer {text!r}")
     return value
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that exits with code 2 and one line on errors (its default is also 2)."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
