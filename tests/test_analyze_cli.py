@@ -257,6 +257,17 @@ def test_bad_arguments_are_one_line_and_exit_2(run_dir, argv, capsys):
     assert err.endswith("(see `vmc analyze --help`)\n"), err
 
 
+def test_a_plots_dir_that_cannot_be_made_is_refused_before_any_output(run_dir, tmp_path,
+                                                                     capsys):
+    (tmp_path / "a_file").write_text("")
+    assert main([str(run_dir), "--plots-dir", str(tmp_path / "a_file" / "plots")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, (out, err)
+    assert err.startswith(f"error: --plots-dir '{tmp_path / 'a_file' / 'plots'}': cannot "
+                          f"create it") and err.endswith("or --no-plots\n"), err
+    assert not list(run_dir.glob("*.png"))
+
+
 def test_helpers():
     assert format_value_error(-1.174385, 1.2e-5) == "-1.174385(12)"
     assert format_value_error(-75.0673, 0.0042) == "-75.0673(42)"

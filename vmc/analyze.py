@@ -343,6 +343,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("error: --curve-out: not with --no-plots, which writes no PNG; valid: one of "
               "the two", file=sys.stderr)
         return 2
+    if args.plots_dir and not args.no_plots:   # before any table is printed or file written
+        from vmc.precheck import check_writable
+        try:
+            pathlib.Path(args.plots_dir).mkdir(parents=True, exist_ok=True)
+            check_writable(pathlib.Path(args.plots_dir), "--plots-dir")
+        except OSError as e:
+            print(f"error: --plots-dir {args.plots_dir!r}: cannot create it ({e.strerror}); "
+                  f"valid: a folder you can write, or --no-plots", file=sys.stderr)
+            return 2
+        except ValueError as e:
+            print(f"error: {e}, or --no-plots", file=sys.stderr)
+            return 2
     try:
         return _run(args)
     except (ValueError, OSError, KeyError) as e:

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 from vmc import checkpoint as ckpt, h5io
 from vmc.config import Config
 from vmc.errors import InputError
-from vmc.precheck import check_resume_config, trains
+from vmc.precheck import check_resume_config, check_writable, trains
 from vmc.run import EXIT_OK, train_run
 
 
@@ -68,6 +68,7 @@ def resume_run(run_dir: pathlib.Path, *, steps: Optional[int] = None, overrides=
     run_dir = pathlib.Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise InputError(f"run_dir {str(run_dir)!r}: no config.yaml; not a run directory")
+    check_writable(run_dir, "run_dir")   # named as the user gave it (not `--out`)
     if steps is not None and steps < 1:
         raise InputError(f"--steps: {steps} is not valid; valid: >= 1 (the total step count)")
     if steps is not None and not trains(load_config(run_dir / "config.yaml")):
