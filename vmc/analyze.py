@@ -114,7 +114,10 @@ def pick_curve(runs: Sequence[RunData], name: Optional[str]) -> Optional[Curve]:
         vals = [curve_parameter(r.config, name) for r in runs]
         missing = [str(r.run_dir) for r, (v, _) in zip(runs, vals) if v is None]
         if missing:
-            raise ValueError(f"--curve-param {name}: no numeric value in {', '.join(missing)}")
+            raise ValueError(f"--curve-param {name}: no numeric value in {', '.join(missing)}; "
+                             f"valid: bond_length, r_min, r_I_J (atoms I, J of the molecule) "
+                             f"or a dotted path into config.yaml such as "
+                             f"molecule.atoms.1.position.2")
         return Curve(name, [v for v, _ in vals], vals[0][1])
     if len(runs) < 2 or not _same_molecule(runs):
         return None
