@@ -68,7 +68,6 @@ def resume_run(run_dir: pathlib.Path, *, steps: Optional[int] = None, overrides=
     run_dir = pathlib.Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise InputError(f"run_dir {str(run_dir)!r}: no config.yaml; not a run directory")
-    check_writable(run_dir, "run_dir")   # named as the user gave it (not `--out`)
     if steps is not None and steps < 1:
         raise InputError(f"--steps: {steps} is not valid; valid: >= 1 (the total step count)")
     if steps is not None and not trains(load_config(run_dir / "config.yaml")):
@@ -95,6 +94,7 @@ def resume_run(run_dir: pathlib.Path, *, steps: Optional[int] = None, overrides=
                 f"with them (a changed reference included); `vmc eval {run_dir}` takes "
                 f"--steps, --walkers, --burn-in")
         return EXIT_OK
+    check_writable(run_dir, "run_dir")   # named as the user gave it (not `--out`)
     return train_run(cfg, run_dir, resume=True, log=log)
 
 
