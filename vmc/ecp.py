@@ -62,12 +62,10 @@ class ECPTable:
         return self.nonlocal_.shape[1]
 
 
-def with_nonlocal(table: Optional[ECPTable]) -> Optional[ECPTable]:
+def with_nonlocal(table: ECPTable) -> Optional[ECPTable]:
     """The rows of `table` whose ECP has a non-local channel (cutoff > 0), or None when none
     has: a local-only ECP (ccECP's H and He) would cost n_electrons × n_q evaluations of ψ per
     walker for a non-local part that is exactly 0."""
-    if table is None:
-        return None
     keep = np.flatnonzero(table.cutoff > 0)
     if keep.size == 0:
         return None

@@ -178,7 +178,7 @@ def _build_mol(molecule: Molecule, basis: str):
                      spin=abs(molecule.spin), verbose=0)
     except (KeyError, RuntimeError, ValueError, OSError, TypeError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        ecps = sorted({n for n in molecule.ecp if n is not None})
+        ecps = sorted(set(molecule.pyscf_ecp().values()))
         valid = (f"a PySCF basis made for the {'/'.join(ecps)} ECP (ccecp-cc-pvdz for ccecp, "
                  f"otherwise often the ECP's own name, e.g. lanl2dz) or def2-svp" if ecps
                  else "a PySCF basis name such as cc-pvdz, cc-pvtz")

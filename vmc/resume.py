@@ -70,11 +70,11 @@ def resume_run(run_dir: pathlib.Path, *, steps: Optional[int] = None, overrides=
         raise InputError(f"run_dir {str(run_dir)!r}: no config.yaml; not a run directory")
     if steps is not None and steps < 1:
         raise InputError(f"--steps: {steps} is not valid; valid: >= 1 (the total step count)")
-    if steps is not None and not trains(load_config(run_dir / "config.yaml")):
-        raise InputError(f"--steps: the run's ansatz has no parameters to train; valid: no "
-                         f"--steps (`vmc eval {run_dir} --steps N` evaluates longer)")
     items = tuple(overrides) + ((f"optim.steps={steps}",) if steps is not None else ())
     cfg = load_config(run_dir / "config.yaml", overrides=items)
+    if steps is not None and not trains(cfg):
+        raise InputError(f"--steps: the run's ansatz has no parameters to train; valid: no "
+                         f"--steps (`vmc eval {run_dir} --steps N` evaluates longer)")
     cfg = _eval_walkers_follow(cfg, load_config(run_dir / "config.yaml"), items, log)
     paths = ckpt.list_checkpoints(run_dir / "checkpoints")
     if paths:   # as `vmc run --resume` refuses them, also when the run has finished
