@@ -117,7 +117,7 @@ def test_two_processes_match_one_and_only_process_0_writes(reference, two):
     assert own_lines(o1) == [], o1[-2000:]            # process 1 prints no vmc line
     assert "Traceback" not in e0 + e1
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert files == ["checkpoints/ckpt_000003.h5", "checkpoints/ckpt_000006.h5",
+    assert files == [".lock", "checkpoints/ckpt_000003.h5", "checkpoints/ckpt_000006.h5",
                      "config.yaml", "eval.h5", "run.log", "summary.json", "train.h5"]
     # each train.h5 row was written once (a second writer would repeat or interleave rows)
     np.testing.assert_array_equal(h5io.read_stats(out / "train.h5")["step"], np.arange(6))

@@ -2,6 +2,7 @@
 alone; no evaluation reuses a seed of eval.h5; run.log holds the console with timestamps."""
 
 import json
+import os
 import re
 import shutil
 
@@ -12,6 +13,7 @@ import pytest
 
 from vmc import checkpoint as ckpt, h5io
 from vmc.cli import main
+from vmc.rundir_lock import RunDirBusy, RunDirLock, claim
 
 # one worker runs this module: its module fixtures are built once (pyproject: loadgroup)
 pytestmark = pytest.mark.xdist_group("resume_cmd")
@@ -326,3 +328,67 @@ def test_a_finished_hf_run_is_left_alone(tmp_path, capsys):
                                               "parameters to train")
     with h5py.File(run / "eval.h5") as f:
         assert list(f) == ["eval_000"]
+
+
+def test_the_run_directory_lock_admits_one_holder(tmp_path):
+    """Two holders of one directory's lock: the second is refused with a line that names the
+    first (command and pid) until the first releases it; claim() in one process does the same."""
+    a, b = RunDirLock(tmp_path, "vmc run"), RunDirLock(tmp_path, "vmc eval", "--out")
+    a.acquire()
+    assert f"vmc run, pid {os.getpid()} on host" in (tmp_path / ".lock").read_text()
+    with pytest.raises(RunDirBusy, match=r"^--out '.*': in use by another vmc process "
+                                         r"\(vmc run, pid \d+ on host .*, since 20"):
+        b.acquire()
+    with pytest.raises(RunDirBusy):
+        claim(b, writer=True)
+    claim(b, writer=False)   # a process other than 0 takes no lock
+    assert not b.held
+    a.release()
+    assert (tmp_path / ".lock").read_text() == ""
+    claim(b, writer=True)
+    assert b.held and "vmc eval, pid" in (tmp_path / ".lock").read_text()
+    b.release()
+
+
+def test_a_run_directory_in_use_is_refused_and_left_alone(finished, tmp_path, capsys):
+    """While another process holds run_dir/.lock (say, the run still training), `vmc resume`,
+    `vmc eval` and `vmc run --out` into it are refused with exit 2 and one line naming the
+    holder, and nothing in the directory changes (not even by the clean-up of bad input)."""
+    run = _stopped_at_step_4(finished, tmp_path)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    with RunDirLock(run, "vmc run") as holder, RunDirLock(fresh, "vmc run") as other:
+        holder.acquire()
+        other.acquire()
+        before = {p.relative_to(tmp_path).as_posix(): p.read_bytes()
+                  for p in tmp_path.rglob("*") if p.is_file()}
+        for argv in (["resume", run, "--steps", "8"], ["eval", run, "--steps", "16"],
+                     ["run", finished.parent / "h2.yaml", "--out", fresh, "--preset", "tiny"]):
+            capsys.readouterr()
+            assert _call(argv) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and "in use by another vmc process (vmc run, pid" in err[0], err
+        assert {p.relative_to(tmp_path).as_posix(): p.read_bytes()
+                for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_resume_and_eval_hold_the_lock_while_they_write(finished, tmp_path, monkeypatch):
+    """A second process is kept out for the whole of `vmc resume` and `vmc eval`: their
+    evaluations run while the lock is held, and it is free again when they return."""
+    import vmc.run
+    run = _stopped_at_step_4(finished, tmp_path)
+    seen = []
+    original = vmc.run.run_evaluation
+
+    def probe(*args, **kwargs):
+        with pytest.raises(RunDirBusy):
+            RunDirLock(run, "probe").acquire()
+        seen.append(True)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(vmc.run, "run_evaluation", probe)
+    assert _call(["resume", run]) == 0
+    assert _call(["eval", run, "--steps", "16"]) == 0
+    assert seen == [True, True]
+    with RunDirLock(run, "probe") as free:
+        free.acquire()
+        assert free.held

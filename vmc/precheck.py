@@ -288,7 +288,8 @@ class DirectoryGuard:
     On entry it records whether the directory existed, its files and folders and the bytes
     of its config.yaml. If an `InputError` leaves the `with` block, everything created since
     is removed (the directory itself and any parents this call made, if it did not exist)
-    and config.yaml is restored. Other exceptions leave the files for inspection.
+    and config.yaml is restored. Other exceptions leave the files for inspection, and so
+    does `RunDirBusy` (another process is using the directory).
     """
 
     def __init__(self, run_dir: pathlib.Path):
@@ -307,7 +308,10 @@ class DirectoryGuard:
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        from vmc.rundir_lock import RunDirBusy
         if exc_type is None or not issubclass(exc_type, InputError):
+            return False
+        if issubclass(exc_type, RunDirBusy):   # the directory is another process's
             return False
         if not parallel.is_writer():   # process 0 owns the run directory
             return False

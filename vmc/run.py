@@ -25,6 +25,7 @@ from vmc.loop import Outcome, SignalFlag
 from vmc.precheck import (RESUMABLE, DirectoryGuard, check_resume_config, check_run_dir,  # noqa: F401
                           changed_settings, check_writable, shown_changes,
                           check_run_input, holds_run, trains)
+from vmc.rundir_lock import RunDirLock, claim
 from vmc.sampler import MCMCState
 from vmc.stages import count as _count, progress_bar as _progress, restore as _restore
 from vmc.stages import run_keys, train, without_training
@@ -139,6 +140,15 @@ def train_run(cfg: Config, run_dir: pathlib.Path, *, resume: bool = False,
     wall_start = time.time()
     run_dir = pathlib.Path(run_dir)
     check_run_dir(run_dir, resume=resume)
+    lock = RunDirLock(run_dir, "vmc resume" if resume else "vmc run",
+                      "run_dir" if resume else "--out")
+    with lock:
+        if resume:   # (a fresh run takes the lock once it has made the directory)
+            claim(lock, parallel.is_writer())
+        return _locked_train_run(cfg, run_dir, resume, init_from, log, wall_start, lock)
+
+
+def _locked_train_run(cfg, run_dir, resume, init_from, log, wall_start, lock) -> int:
     if resume:
         if ckpt.list_checkpoints(run_dir / "checkpoints"):
             changed = check_resume_config(cfg, run_dir)
@@ -161,7 +171,7 @@ def train_run(cfg: Config, run_dir: pathlib.Path, *, resume: bool = False,
         phase = ["setup"]
         try:
             return _train_run(cfg, run_dir, resume, init_from, log, wall_start, phase,
-                              checked)
+                              checked, lock)
         except Interrupted as err:
             _drain()
             log(_interrupted_message(err, phase[0], resumed=resume,
@@ -169,7 +179,8 @@ def train_run(cfg: Config, run_dir: pathlib.Path, *, resume: bool = False,
             return EXIT_INTERRUPTED
 
 
-def _train_run(cfg, run_dir, resume, init_from, log, wall_start, phase, checked) -> int:
+def _train_run(cfg, run_dir, resume, init_from, log, wall_start, phase, checked,
+               lock) -> int:
     setup = build(cfg, hf=checked.hf)
     keys = run_keys(cfg.run.seed)
     if resume:
@@ -187,6 +198,8 @@ def _train_run(cfg, run_dir, resume, init_from, log, wall_start, phase, checked)
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise InputError(f"--out {str(run_dir)!r}: cannot create it ({err.strerror})") from None
+    claim(lock, parallel.is_writer())   # (held already when resuming)
+    if parallel.is_writer():
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     attach_log(log)   # run.log from here on (with the lines logged so far)
     if not trains(cfg):
@@ -352,7 +365,8 @@ def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
             from vmc.obs_report import check_forces_supported
             check_forces_supported(cfg)
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, observables=names))
-    with _RaiseOnSignal():
+    with _RaiseOnSignal(), RunDirLock(run_dir, "vmc eval") as lock:
+        claim(lock, parallel.is_writer())
         try:
             return _eval_run(cfg, run_dir, steps, walkers, seed, burn_in, log, wall_start)
         except Interrupted as err:
