@@ -144,7 +144,7 @@ def train_run(cfg: Config, run_dir: pathlib.Path, *, resume: bool = False,
                       "run_dir" if resume else "--out")
     with lock:
         if resume:   # (a fresh run takes the lock once it has made the directory)
-            claim(lock, parallel.is_writer())
+            claim(lock)
         return _locked_train_run(cfg, run_dir, resume, init_from, log, wall_start, lock)
 
 
@@ -198,7 +198,7 @@ def _train_run(cfg, run_dir, resume, init_from, log, wall_start, phase, checked,
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise InputError(f"--out {str(run_dir)!r}: cannot create it ({err.strerror})") from None
-    claim(lock, parallel.is_writer())   # (held already when resuming)
+    claim(lock)   # (held already when resuming)
     if parallel.is_writer():
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     attach_log(log)   # run.log from here on (with the lines logged so far)
@@ -366,7 +366,7 @@ def eval_run(run_dir: pathlib.Path, *, steps: Optional[int] = None,
             check_forces_supported(cfg)
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, observables=names))
     with _RaiseOnSignal(), RunDirLock(run_dir, "vmc eval") as lock:
-        claim(lock, parallel.is_writer())
+        claim(lock)
         try:
             return _eval_run(cfg, run_dir, steps, walkers, seed, burn_in, log, wall_start)
         except Interrupted as err:

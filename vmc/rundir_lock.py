@@ -19,6 +19,7 @@ import os
 import pathlib
 import socket
 import time
+from typing import Optional
 
 from vmc.errors import InputError
 
@@ -94,15 +95,18 @@ class RunDirLock:
         return False
 
 
-def claim(lock: RunDirLock, writer: bool) -> None:
-    """Process 0 (`writer`) takes `lock`; every process learns whether it got it.
+def claim(lock: RunDirLock, writer: Optional[bool] = None) -> None:
+    """Process 0 takes `lock`; every process learns whether it got it.
 
     Every process of the run must call this at the same point (one tiny collective).
+    writer: whether this process takes the lock; None: `vmc.parallel.is_writer()`.
 
     Raises:
       RunDirBusy: on every process, when process 0 could not take it.
     """
     from vmc import parallel
+    if writer is None:
+        writer = parallel.is_writer()
     busy = None
     if writer:
         try:
